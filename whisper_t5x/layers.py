@@ -1,0 +1,202 @@
+"""Flax building blocks with logical axis names on every parameter.
+
+Parameters are declared with ``flax.linen.partitioning.param_with_axes`` (T5X
+style): ``init`` returns a ``params_axes`` collection beside ``params`` that
+names every dimension, so a partitioner can shard the model by rules alone.
+Parameters are stored in ``param_dtype`` and cast to the compute ``dtype`` at
+use; layer norms and softmax always run in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
+
+from whisper_t5x import axes as A
+
+param_with_axes = nn_partitioning.param_with_axes
+Dtype = Any
+Array = jax.Array
+
+_NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+
+def constrain(x: Array, names: Sequence[Optional[str]]) -> Array:
+    """Constrain an activation by logical axis names (no-op without rules and mesh)."""
+    return nn.with_logical_constraint(x, tuple(names))
+
+
+class Dense(nn.Module):
+    """``y = x @ kernel + bias`` over the last axis; kernel is ``(in, out)``."""
+
+    features: int
+    kernel_axes: Tuple[str, str]
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = param_with_axes(
+            "kernel",
+            nn.initializers.normal(stddev=0.02),
+            (x.shape[-1], self.features),
+            self.param_dtype,
+            axes=self.kernel_axes,
+        )
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = param_with_axes(
+                "bias", nn.initializers.zeros, (self.features,), self.param_dtype, axes=(self.kernel_axes[1],)
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class LayerNorm(nn.Module):
+    """Layer norm computed in float32, returned in the compute dtype."""
+
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        width = x.shape[-1]
+        scale = param_with_axes("scale", nn.initializers.ones, (width,), self.param_dtype, axes=(A.EMBED,))
+        bias = param_with_axes("bias", nn.initializers.zeros, (width,), self.param_dtype, axes=(A.EMBED,))
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Conv1D(nn.Module):
+    """A width-3, same-padded 1-D convolution over ``(batch, length, channels)``."""
+
+    features: int
+    in_axis: str
+    strides: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = param_with_axes(
+            "kernel",
+            nn.initializers.normal(stddev=0.02),
+            (3, x.shape[-1], self.features),
+            self.param_dtype,
+            axes=(A.CONV_WIDTH, self.in_axis, A.EMBED),
+        )
+        bias = param_with_axes("bias", nn.initializers.zeros, (self.features,), self.param_dtype, axes=(A.EMBED,))
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(self.strides,),
+            padding=[(1, 1)],
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        return y + bias.astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """An embedding table; lookups are gathers, ``attend`` gives tied logits."""
+
+    num_embeddings: int
+    features: int
+    table_axes: Tuple[str, str]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = param_with_axes(
+            "embedding",
+            nn.initializers.normal(stddev=0.02),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+            axes=self.table_axes,
+        )
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def table(self) -> Array:
+        return self.embedding.astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        """Logits against the table, accumulated and returned in float32."""
+        return jnp.einsum(
+            "...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
+            preferred_element_type=jnp.float32,
+        )
+
+
+def attend(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]]) -> Array:
+    """Softmax attention of ``q`` over the concatenation of several key/value parts.
+
+    ``q`` is ``(batch, q_len, heads, kv)`` and already scaled. Each part is
+    ``(k, v, bias)`` with ``k, v`` of shape ``(batch, k_len, heads, kv)`` and an
+    additive float32 ``bias`` broadcastable to ``(batch, heads, q_len, k_len)``.
+    Splitting keys into parts lets the decoder attend to its KV cache and to the
+    new tokens without first writing the new tokens into the cache. Scores and
+    softmax are float32.
+    """
+    scores = []
+    for k, v, bias in parts:
+        s = jnp.einsum("bthd,bshd->bhts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores.append(s if bias is None else s + bias)
+    joined = scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)
+    probs = jax.nn.softmax(joined, axis=-1)
+    out = None
+    start = 0
+    for (k, v, _), s in zip(parts, scores):
+        p = probs[..., start:start + s.shape[-1]].astype(q.dtype)
+        start += s.shape[-1]
+        o = jnp.einsum("bhts,bshd->bthd", p, v.astype(q.dtype), preferred_element_type=jnp.float32)
+        out = o if out is None else out + o
+    return out.astype(q.dtype)
+
+
+def mask_to_bias(mask: Array) -> Array:
+    """Boolean "may attend" mask to an additive float32 bias."""
+    return jnp.where(mask, 0.0, _NEG_INF).astype(jnp.float32)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with Whisper's projections (``k_proj`` has no bias)."""
+
+    num_heads: int
+    width: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        dense = lambda use_bias, axes: Dense(  # noqa: E731
+            self.width, axes, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        self.q_proj = dense(True, (A.EMBED, A.JOINED_KV))
+        self.k_proj = dense(False, (A.EMBED, A.JOINED_KV))
+        self.v_proj = dense(True, (A.EMBED, A.JOINED_KV))
+        self.out_proj = dense(True, (A.JOINED_KV, A.EMBED))
+
+    def _heads(self, x: Array) -> Array:
+        b, t, d = x.shape
+        return constrain(x.reshape(b, t, self.num_heads, d // self.num_heads), (A.BATCH, A.LENGTH, A.HEADS, A.KV))
+
+    def project_q(self, x: Array) -> Array:
+        q = self._heads(self.q_proj(x))
+        return q * jnp.asarray((q.shape[-1]) ** -0.5, q.dtype)
+
+    def project_kv(self, h: Array) -> Tuple[Array, Array]:
+        return self._heads(self.k_proj(h)), self._heads(self.v_proj(h))
+
+    def output(self, o: Array) -> Array:
+        b, t, h, d = o.shape
+        return self.out_proj(o.reshape(b, t, h * d))

@@ -1,0 +1,322 @@
+"""Whisper as Flax linen modules: audio encoder, incremental text decoder.
+
+Parameter tree (``loop`` layout; ``scan`` stacks each ``layers`` subtree on a
+leading ``layers`` axis)::
+
+    encoder/{conv1, conv2, embed_positions, layers/{i}/..., layer_norm}
+    decoder/{embed_tokens, embed_positions, layers/{i}/..., layer_norm}
+
+Decoding is incremental. The decoder takes the new tokens, a preallocated
+self-attention cache ``KVCache(k, v)`` of shape ``(layers, batch,
+cache_length, heads, kv)`` and the cross-attention keys/values ``CrossKV`` of
+shape ``(layers, batch, frames, heads, kv)``. When ``cross_kv`` is not given it
+is computed from the encoder output and returned, so callers compute it once
+per audio window (in the first decoder call) and reuse it for every token. New
+tokens attend to the cache and to themselves as two key parts, so the cache is
+written exactly once per step, after all layers, with one in-place update.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
+
+from whisper_t5x import axes as A
+from whisper_t5x.config import WhisperConfig
+from whisper_t5x.layers import (
+    Attention,
+    Conv1D,
+    Dense,
+    Embed,
+    LayerNorm,
+    attend,
+    constrain,
+    mask_to_bias,
+)
+
+Dtype = Any
+Array = jax.Array
+
+CACHE_AXES = (A.LAYERS, A.BATCH, A.CACHE_LENGTH, A.HEADS, A.KV)
+CROSS_KV_AXES = (A.LAYERS, A.BATCH, A.LENGTH, A.HEADS, A.KV)
+
+
+class KVCache(NamedTuple):
+    """Decoder self-attention cache, ``(layers, batch, cache_length, heads, kv)`` each."""
+
+    k: Array
+    v: Array
+
+
+class CrossKV(NamedTuple):
+    """Cross-attention keys/values of one encoder output, ``(layers, batch, frames, heads, kv)``."""
+
+    k: Array
+    v: Array
+
+
+class DecoderOutput(NamedTuple):
+    logits: Array  # (batch, new_tokens, vocab), float32
+    cache: KVCache  # the cache with the new tokens written at cache_index
+    cross_kv: CrossKV
+
+
+def _gelu(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+class EncoderBlock(nn.Module):
+    config: WhisperConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, _unused=None) -> Tuple[Array, None]:
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = LayerNorm(cfg.layer_norm_eps, name="self_attn_layer_norm", **kw)(x)
+        attn = Attention(cfg.encoder_attention_heads, cfg.d_model, name="self_attn", **kw)
+        k, v = attn.project_kv(h)
+        x = x + attn.output(attend(attn.project_q(h), [(k, v, None)]))
+        x = constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
+        h = LayerNorm(cfg.layer_norm_eps, name="final_layer_norm", **kw)(x)
+        h = _gelu(Dense(cfg.encoder_ffn_dim, (A.EMBED, A.MLP), name="fc1", **kw)(h))
+        h = constrain(h, (A.BATCH, A.LENGTH, A.MLP))
+        x = x + Dense(cfg.d_model, (A.MLP, A.EMBED), name="fc2", **kw)(h)
+        return constrain(x, (A.BATCH, A.LENGTH, A.EMBED)), None
+
+
+class DecoderBlock(nn.Module):
+    """One decoder layer. ``(x, per_layer) -> (x, outputs)`` so it can be scanned.
+
+    ``per_layer`` holds this layer's ``cache_k``/``cache_v`` (may be empty along
+    cache_length) and, when already computed, ``cross_k``/``cross_v``.
+    ``outputs`` holds the new tokens' ``k``/``v`` and the ``cross_k``/``cross_v``
+    computed here when they were not given.
+    """
+
+    config: WhisperConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, per_layer, encoder_hidden, cache_bias, new_bias):
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        outputs = {}
+
+        h = LayerNorm(cfg.layer_norm_eps, name="self_attn_layer_norm", **kw)(x)
+        attn = Attention(cfg.decoder_attention_heads, cfg.d_model, name="self_attn", **kw)
+        k, v = attn.project_kv(h)
+        outputs["k"], outputs["v"] = k, v
+        parts = [(k, v, new_bias)]
+        if per_layer["cache_k"].shape[1]:
+            parts.insert(0, (per_layer["cache_k"], per_layer["cache_v"], cache_bias))
+        x = x + attn.output(attend(attn.project_q(h), parts))
+        x = constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
+
+        h = LayerNorm(cfg.layer_norm_eps, name="encoder_attn_layer_norm", **kw)(x)
+        cross = Attention(cfg.decoder_attention_heads, cfg.d_model, name="encoder_attn", **kw)
+        if "cross_k" in per_layer:
+            ck, cv = per_layer["cross_k"], per_layer["cross_v"]
+        else:
+            ck, cv = cross.project_kv(encoder_hidden)
+            outputs["cross_k"], outputs["cross_v"] = ck, cv
+        x = x + cross.output(attend(cross.project_q(h), [(ck, cv, None)]))
+        x = constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
+
+        h = LayerNorm(cfg.layer_norm_eps, name="final_layer_norm", **kw)(x)
+        h = _gelu(Dense(cfg.decoder_ffn_dim, (A.EMBED, A.MLP), name="fc1", **kw)(h))
+        h = constrain(h, (A.BATCH, A.LENGTH, A.MLP))
+        x = x + Dense(cfg.d_model, (A.MLP, A.EMBED), name="fc2", **kw)(h)
+        return constrain(x, (A.BATCH, A.LENGTH, A.EMBED)), outputs
+
+
+def _scanned(block_cls, num_layers: int, num_broadcast: int):
+    return nn_partitioning.scan_with_axes(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0,) + (nn.broadcast,) * num_broadcast,
+        length=num_layers,
+        axis_name=A.LAYERS,
+    )
+
+
+class _LayerLoop(nn.Module):
+    """Unscanned layers named ``0..n-1``; stacks per-layer outputs like scan does."""
+
+    block_cls: Any
+    num_layers: int
+    config: WhisperConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, per_layer, *broadcast):
+        outputs = []
+        for i in range(self.num_layers):
+            layer_in = jax.tree_util.tree_map(lambda a: a[i], per_layer)
+            x, out = self.block_cls(self.config, self.dtype, self.param_dtype, name=str(i))(x, layer_in, *broadcast)
+            outputs.append(out)
+        if outputs[0] is None:
+            return x, None
+        return x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outputs)
+
+
+def _layers(block_cls, num_layers, num_broadcast, config, dtype, param_dtype):
+    if config.scan_layers:
+        return _scanned(block_cls, num_layers, num_broadcast)(config, dtype, param_dtype, name="layers")
+    return _LayerLoop(block_cls, num_layers, config, dtype, param_dtype, name="layers")
+
+
+class AudioEncoder(nn.Module):
+    config: WhisperConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_features: Array) -> Array:
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        expected = (cfg.num_mel_bins, cfg.num_frames)
+        if input_features.ndim != 3 or tuple(input_features.shape[1:]) != expected:
+            raise ValueError(
+                f"input_features has shape {tuple(input_features.shape)}; this model expects "
+                f"(batch, {expected[0]}, {expected[1]}): {expected[0]} mel bins and 30 s of frames"
+            )
+        x = constrain(input_features, (A.BATCH, A.NUM_MEL, A.LENGTH))
+        x = jnp.transpose(x, (0, 2, 1)).astype(self.dtype)
+        x = _gelu(Conv1D(cfg.d_model, A.NUM_MEL, name="conv1", **kw)(x))
+        x = _gelu(Conv1D(cfg.d_model, A.CHANNELS, strides=2, name="conv2", **kw)(x))
+        positions = Embed(cfg.max_source_positions, cfg.d_model, (A.LENGTH, A.EMBED), name="embed_positions", **kw)
+        x = constrain(x + positions.table()[None], (A.BATCH, A.LENGTH, A.EMBED))
+        layers = _layers(EncoderBlock, cfg.encoder_layers, 0, cfg, self.dtype, self.param_dtype)
+        x, _ = layers(x, None)
+        x = LayerNorm(cfg.layer_norm_eps, name="layer_norm", **kw)(x)
+        return constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
+
+
+class TextDecoder(nn.Module):
+    config: WhisperConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        cache: Optional[KVCache] = None,
+        cache_index: Any = 0,
+        encoder_hidden: Optional[Array] = None,
+        cross_kv: Optional[CrossKV] = None,
+        positions: Optional[Array] = None,
+        cache_mask: Optional[Array] = None,
+        token_mask: Optional[Array] = None,
+    ) -> DecoderOutput:
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        batch, new_len = input_ids.shape
+        if cross_kv is None and encoder_hidden is None:
+            raise ValueError("the decoder needs either encoder_hidden or precomputed cross_kv")
+        if cache is None:
+            heads = cfg.decoder_attention_heads
+            empty = jnp.zeros((cfg.decoder_layers, batch, 0, heads, cfg.d_model // heads), self.dtype)
+            cache = KVCache(empty, empty)
+        cache_len = cache.k.shape[2]
+        cache_index = jnp.asarray(cache_index, jnp.int32)
+
+        if positions is None:
+            positions = cache_index + jnp.arange(new_len, dtype=jnp.int32)[None, :]
+        tokens = Embed(cfg.vocab_size, cfg.d_model, (A.VOCAB, A.EMBED), name="embed_tokens", **kw)
+        pos_table = Embed(
+            cfg.max_target_positions, cfg.d_model, (A.LENGTH, A.EMBED), name="embed_positions", **kw
+        )
+        x = tokens(input_ids) + pos_table(jnp.broadcast_to(positions, (batch, new_len)))
+        x = constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
+
+        # Masks are built once here, not per layer. Cache slot j is visible when
+        # it was written before this call (j < cache_index) and not masked out.
+        cache_ok = (jnp.arange(cache_len) < cache_index)[None, :]
+        if cache_mask is not None:
+            cache_ok = cache_ok & cache_mask.astype(bool)
+        cache_bias = mask_to_bias(cache_ok[:, None, None, :])
+        new_ok = jnp.tril(jnp.ones((new_len, new_len), bool))[None, None]
+        if token_mask is not None:
+            new_ok = new_ok & token_mask.astype(bool)[:, None, None, :]
+        new_bias = mask_to_bias(new_ok)
+
+        per_layer = {"cache_k": cache.k, "cache_v": cache.v}
+        if cross_kv is not None:
+            per_layer["cross_k"], per_layer["cross_v"] = cross_kv.k, cross_kv.v
+        layers = _layers(DecoderBlock, cfg.decoder_layers, 3, cfg, self.dtype, self.param_dtype)
+        x, out = layers(x, per_layer, encoder_hidden, cache_bias, new_bias)
+        x = LayerNorm(cfg.layer_norm_eps, name="layer_norm", **kw)(x)
+        logits = constrain(tokens.attend(x), (A.BATCH, A.LENGTH, A.VOCAB))
+
+        if cross_kv is None:
+            cross_kv = CrossKV(constrain(out["cross_k"], CROSS_KV_AXES), constrain(out["cross_v"], CROSS_KV_AXES))
+        new_k, new_v = out["k"].astype(self.dtype), out["v"].astype(self.dtype)
+        if cache_len:
+            start = (0, 0, cache_index, 0, 0)
+            cache = KVCache(
+                jax.lax.dynamic_update_slice(cache.k, new_k, start),
+                jax.lax.dynamic_update_slice(cache.v, new_v, start),
+            )
+        else:
+            cache = KVCache(new_k, new_v)
+        cache = KVCache(constrain(cache.k, CACHE_AXES), constrain(cache.v, CACHE_AXES))
+        return DecoderOutput(logits, cache, cross_kv)
+
+
+class WhisperModule(nn.Module):
+    """The full model. ``__call__`` is the teacher-forced forward pass (used by
+    ``init`` and parity checks); ``encode``, ``decode`` and ``init_cache`` are the
+    pieces the compiled generate loop calls."""
+
+    config: WhisperConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.encoder = AudioEncoder(self.config, self.dtype, self.param_dtype)
+        self.decoder = TextDecoder(self.config, self.dtype, self.param_dtype)
+
+    def __call__(
+        self,
+        input_features: Array,
+        decoder_input_ids: Array,
+        decoder_attention_mask: Optional[Array] = None,
+        decoder_position_ids: Optional[Array] = None,
+        return_dict: bool = True,
+        deterministic: bool = True,
+    ):
+        del deterministic  # inference only: no dropout
+        hidden = self.encoder(input_features)
+        out = self.decoder(
+            decoder_input_ids,
+            encoder_hidden=hidden,
+            positions=decoder_position_ids,
+            token_mask=decoder_attention_mask,
+        )
+        if not return_dict:
+            return out.logits, hidden
+        return {"logits": out.logits, "encoder_last_hidden_state": hidden}
+
+    def encode(self, input_features: Array) -> Array:
+        return self.encoder(input_features)
+
+    def decode(self, input_ids: Array, **kwargs) -> DecoderOutput:
+        return self.decoder(input_ids, **kwargs)
+
+
+def init_cache(config: WhisperConfig, batch_size: int, cache_length: int, dtype: Dtype = jnp.float32) -> KVCache:
+    """A zeroed self-attention cache for ``cache_length`` decoder positions."""
+    heads = config.decoder_attention_heads
+    shape = (config.decoder_layers, batch_size, cache_length, heads, config.d_model // heads)
+    zeros = jnp.zeros(shape, dtype)
+    return KVCache(zeros, zeros)
