@@ -126,7 +126,16 @@ class DecoderBlock(nn.Module):
         else:
             ck, cv = cross.project_kv(encoder_hidden)
             outputs["cross_k"], outputs["cross_v"] = ck, cv
-        x = x + cross.output(attend(cross.project_q(h), [(ck, cv, None)]))
+        q = cross.project_q(h)
+        # Beams share one copy of the cross K/V: fold the beams of each audio
+        # row into the query length instead of repeating K/V per beam.
+        beams = q.shape[0] // ck.shape[0]
+        if beams > 1:
+            b, t, nh, dh = q.shape
+            o = attend(q.reshape(b // beams, beams * t, nh, dh), [(ck, cv, None)]).reshape(b, t, nh, dh)
+        else:
+            o = attend(q, [(ck, cv, None)])
+        x = x + cross.output(o)
         x = constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
 
         h = LayerNorm(cfg.layer_norm_eps, name="final_layer_norm", **kw)(x)

