@@ -1,0 +1,183 @@
+"""Beam search inside the compiled decode loop.
+
+Beams are folded into the batch (``batch * num_beams`` decoder rows) while
+the cross-attention K/V stay one copy per audio row (the decoder folds beams
+into the query length). Scoring follows transformers' beam search so results
+can be compared token for token: log-softmax of the raw logits, then the
+logit rules, accumulated per beam; the ``2 * num_beams`` best continuations
+are kept so that beams ending in end-of-text can be replaced; a finished
+hypothesis scores ``sum_logprob / generated_length ** length_penalty``; a row
+stops when its ``num_beams`` finished hypotheses can no longer be beaten.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from whisper_t5x import logit_rules as rules
+from whisper_t5x.model import KVCache, WhisperModule
+
+_BIG = 1.0e9
+
+
+def _gather_beams(x: jax.Array, index: jax.Array) -> jax.Array:
+    """``x[b, index[b, j]]`` for arrays shaped ``(batch, beams, ...)``."""
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def beam_generate(module: WhisperModule, params: Any, input_features, options, prompt_ids=None):
+    from whisper_t5x import decoding  # circular at import time only
+
+    config = module.config
+    special = config.special_tokens
+    variables = {"params": params}
+    batch, k = input_features.shape[0], options.num_beams
+    length_penalty = 1.0 if options.length_penalty is None else float(options.length_penalty)
+    prefix = decoding.forced_prefix(options, special, config.is_multilingual)
+    context = (1 + options.prompt_length) if options.prompt_length else 0
+    total = context + options.max_length
+    if total > config.max_target_positions:
+        raise ValueError(
+            f"prompt plus max_length is {total} decoder positions; this model has {config.max_target_positions}"
+        )
+
+    hidden = module.apply(variables, input_features, method=WhisperModule.encode)
+    from whisper_t5x.model import init_cache
+
+    cache = init_cache(config, batch, total, module.dtype)
+    first = jnp.full((batch, 1), special.sot, jnp.int32)
+    if options.prompt_length:
+        prompt = jnp.broadcast_to(jnp.asarray(prompt_ids, jnp.int32), (batch, options.prompt_length))
+        first = jnp.concatenate([jnp.full((batch, 1), special.sot_prev, jnp.int32), prompt, first], axis=1)
+    out = module.apply(variables, first, cache=cache, cache_index=0, encoder_hidden=hidden, method=WhisperModule.decode)
+    cross_kv = out.cross_kv
+    sot_logits = out.logits[:, -1]
+    no_speech_prob = jax.nn.softmax(sot_logits, axis=-1)[:, special.no_speech]
+    detected, language_prob = rules.language_probs(sot_logits, special.language_ids)
+    if config.is_multilingual and options.language_token is not None:
+        language = jnp.full((batch,), options.language_token, jnp.int32)
+    elif config.is_multilingual:
+        language = detected
+    else:
+        language = jnp.full((batch,), special.language_ids[0], jnp.int32)
+        language_prob = jnp.ones((batch,), jnp.float32)
+
+    # From here on every audio row has k decoder rows (beams).
+    rep = lambda x, axis: jnp.repeat(x, k, axis=axis)  # noqa: E731
+    cache = KVCache(rep(out.cache.k, 1), rep(out.cache.v, 1))
+    seq = jnp.full((batch, options.max_length), special.eot, jnp.int32).at[:, 0].set(special.sot)
+    logits = rep(sot_logits, 0)
+    if prefix:
+        forced = jnp.stack([language if t == -1 else jnp.full((batch,), t, jnp.int32) for t in prefix], axis=1)
+        seq = seq.at[:, 1:1 + len(prefix)].set(forced)
+        out = module.apply(
+            variables, rep(forced, 0), cache=cache, cache_index=context + 1, cross_kv=cross_kv,
+            method=WhisperModule.decode,
+        )
+        cache, logits = out.cache, out.logits[:, -1]
+    sample_begin = 1 + len(prefix)
+    running = jnp.repeat(seq[:, None], k, axis=1)  # (batch, k, max_length)
+    neg = jnp.full((batch, k), -_BIG, jnp.float32)
+    flat = batch * k
+
+    state = dict(
+        cur=jnp.asarray(sample_begin, jnp.int32),
+        running=running,
+        running_scores=jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(-_BIG),
+        finished=running,
+        finished_scores=neg,
+        is_finished=jnp.zeros((batch, k), bool),
+        improvable=jnp.ones((batch,), bool),
+        all_hit=jnp.asarray(False),
+        cache=cache,
+        logits=logits,
+        num_sampled=jnp.zeros((flat,), jnp.int32),
+        last_token=jnp.full((flat,), -1, jnp.int32),
+        penultimate_token=jnp.full((flat,), -1, jnp.int32),
+        last_timestamp=jnp.full((flat,), -1, jnp.int32),
+    )
+
+    def cond(s):
+        return jnp.any(s["improvable"]) & ~s["all_hit"] & (s["cur"] < options.max_length)
+
+    def body(s):
+        cur = s["cur"]
+        vocab = s["logits"].shape[-1]
+        logprobs = jax.nn.log_softmax(s["logits"], axis=-1)
+        logprobs = decoding._apply_rules(logprobs, s, options, special)
+        scores = logprobs.reshape(batch, k, vocab) + s["running_scores"][:, :, None]
+        top_scores, top_index = jax.lax.top_k(scores.reshape(batch, k * vocab), 2 * k)
+        origin = top_index // vocab
+        token = (top_index % vocab).astype(jnp.int32)
+        candidates = _gather_beams(s["running"], origin)
+        candidates = jax.vmap(lambda c, t: jax.lax.dynamic_update_slice(c, t[:, None], (0, cur)))(candidates, token)
+        hit = (token == special.eot) | (cur + 1 >= options.max_length)
+
+        # Live beams: the k best candidates that did not end.
+        live_scores, live_index = jax.lax.top_k(top_scores - hit * _BIG, k)
+        new_running = _gather_beams(candidates, live_index)
+        new_origin = jnp.take_along_axis(origin, live_index, axis=1)
+        new_token = jnp.take_along_axis(token, live_index, axis=1)
+
+        # Finished hypotheses: ended candidates among the k best, length-normalised.
+        # transformers counts the generated length from the end of the decoder
+        # prompt, which for Whisper is the forced prefix (sample_begin tokens).
+        generated = (cur + 1 - sample_begin).astype(jnp.float32)
+        done_scores = top_scores / generated ** length_penalty
+        in_top_k = jnp.arange(2 * k)[None, :] < k
+        done_scores = done_scores - (~s["improvable"])[:, None] * _BIG - (~(hit & in_top_k)) * _BIG
+        merged_scores = jnp.concatenate([s["finished_scores"], done_scores], axis=1)
+        merged = jnp.concatenate([s["finished"], candidates], axis=1)
+        merged_done = jnp.concatenate([s["is_finished"], hit & in_top_k], axis=1)
+        fin_scores, fin_index = jax.lax.top_k(merged_scores, k)
+        finished = _gather_beams(merged, fin_index)
+        is_finished = jnp.take_along_axis(merged_done, fin_index, axis=1)
+
+        # Reorder the per-beam decoder state to the surviving beams' origins.
+        flat_origin = (jnp.arange(batch)[:, None] * k + new_origin).reshape(-1)
+        cache = KVCache(jnp.take(s["cache"].k, flat_origin, axis=1), jnp.take(s["cache"].v, flat_origin, axis=1))
+        history = {n: jnp.take(s[n], flat_origin, axis=0) for n in ("num_sampled", "last_token", "penultimate_token", "last_timestamp")}
+        flat_token = new_token.reshape(-1)
+        history = decoding._record(history, flat_token, special)
+        out = module.apply(
+            variables, flat_token[:, None], cache=cache, cache_index=context + cur, cross_kv=cross_kv,
+            method=WhisperModule.decode,
+        )
+
+        next_cur = cur + 1
+        best_possible = live_scores[:, 0] / (next_cur - sample_begin).astype(jnp.float32) ** length_penalty
+        worst_finished = jnp.where(is_finished, jnp.min(fin_scores, axis=1, keepdims=True), -_BIG)
+        improvable = s["improvable"] & jnp.any(best_possible[:, None] > worst_finished, axis=1)
+        return dict(
+            s,
+            **history,
+            cur=next_cur,
+            running=new_running,
+            running_scores=live_scores,
+            finished=finished,
+            finished_scores=fin_scores,
+            is_finished=is_finished,
+            improvable=improvable,
+            all_hit=jnp.all(hit),
+            cache=out.cache,
+            logits=out.logits[:, -1],
+        )
+
+    s = jax.lax.while_loop(cond, body, state)
+    best = s["finished"][:, 0]
+    after_prefix = jnp.arange(options.max_length)[None, :] >= sample_begin
+    num_tokens = jnp.sum(after_prefix & (jnp.cumsum(best == special.eot, axis=1) == 0), axis=1)
+    best_score = s["finished_scores"][:, 0]
+    sum_logprob = best_score * (num_tokens + 1).astype(jnp.float32) ** length_penalty
+    return decoding.GenerateOutput(
+        sequences=best,
+        sum_logprob=sum_logprob,
+        avg_logprob=sum_logprob / (num_tokens + 1).astype(jnp.float32),
+        num_tokens=num_tokens.astype(jnp.int32),
+        no_speech_prob=no_speech_prob,
+        language_token=language,
+        language_prob=language_prob,
+    )
