@@ -142,7 +142,10 @@ def attend(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]]) -> A
     """Softmax attention of ``q`` over the concatenation of several key/value parts.
 
     ``q`` is ``(batch, q_len, heads, kv)`` and already scaled. Each part is
-    ``(k, v, bias)`` with ``k, v`` of shape ``(batch, k_len, heads, kv)`` and an
+    ``(k, v, bias)`` with ``k, v`` of shape ``(batch, heads, k_len, kv)`` (heads
+    before length, so the per-head matmuls read keys and values contiguously:
+    on CPU a ``(batch, length, heads)`` layout costs a transpose of the whole
+    cache per decoding step) and an
     additive float32 ``bias`` broadcastable to ``(batch, heads, q_len, k_len)``.
     Splitting keys into parts lets the decoder attend to its KV cache and to the
     new tokens without first writing the new tokens into the cache. Scores and
@@ -150,7 +153,7 @@ def attend(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]]) -> A
     """
     scores = []
     for k, v, bias in parts:
-        s = jnp.einsum("bthd,bshd->bhts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        s = jnp.einsum("bthd,bhsd->bhts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
         scores.append(s if bias is None else s + bias)
     joined = scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)
     probs = jax.nn.softmax(joined, axis=-1)
@@ -159,7 +162,7 @@ def attend(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]]) -> A
     for (k, v, _), s in zip(parts, scores):
         p = probs[..., start:start + s.shape[-1]].astype(q.dtype)
         start += s.shape[-1]
-        o = jnp.einsum("bhts,bshd->bthd", p, v.astype(q.dtype), preferred_element_type=jnp.float32)
+        o = jnp.einsum("bhts,bhsd->bthd", p, v.astype(q.dtype), preferred_element_type=jnp.float32)
         out = o if out is None else out + o
     return out.astype(q.dtype)
 
@@ -195,7 +198,11 @@ class Attention(nn.Module):
         return q * jnp.asarray((q.shape[-1]) ** -0.5, q.dtype)
 
     def project_kv(self, h: Array) -> Tuple[Array, Array]:
-        return self._heads(self.k_proj(h)), self._heads(self.v_proj(h))
+        """Keys and values in the ``(batch, heads, length, kv)`` layout of :func:`attend`."""
+        to_heads_major = lambda x: constrain(  # noqa: E731
+            jnp.swapaxes(self._heads(x), 1, 2), (A.BATCH, A.HEADS, A.LENGTH, A.KV)
+        )
+        return to_heads_major(self.k_proj(h)), to_heads_major(self.v_proj(h))
 
     def output(self, o: Array) -> Array:
         b, t, h, d = o.shape

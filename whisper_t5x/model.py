@@ -7,9 +7,9 @@ leading ``layers`` axis)::
     decoder/{embed_tokens, embed_positions, layers/{i}/..., layer_norm}
 
 Decoding is incremental. The decoder takes the new tokens, a preallocated
-self-attention cache ``KVCache(k, v)`` of shape ``(layers, batch,
-cache_length, heads, kv)`` and the cross-attention keys/values ``CrossKV`` of
-shape ``(layers, batch, frames, heads, kv)``. When ``cross_kv`` is not given it
+self-attention cache ``KVCache(k, v)`` of shape ``(layers, batch, heads,
+cache_length, kv)`` and the cross-attention keys/values ``CrossKV`` of shape
+``(layers, batch, heads, frames, kv)``. When ``cross_kv`` is not given it
 is computed from the encoder output and returned, so callers compute it once
 per audio window (in the first decoder call) and reuse it for every token. New
 tokens attend to the cache and to themselves as two key parts, so the cache is
@@ -41,19 +41,19 @@ from whisper_t5x.layers import (
 Dtype = Any
 Array = jax.Array
 
-CACHE_AXES = (A.LAYERS, A.BATCH, A.CACHE_LENGTH, A.HEADS, A.KV)
-CROSS_KV_AXES = (A.LAYERS, A.BATCH, A.LENGTH, A.HEADS, A.KV)
+CACHE_AXES = (A.LAYERS, A.BATCH, A.HEADS, A.CACHE_LENGTH, A.KV)
+CROSS_KV_AXES = (A.LAYERS, A.BATCH, A.HEADS, A.LENGTH, A.KV)
 
 
 class KVCache(NamedTuple):
-    """Decoder self-attention cache, ``(layers, batch, cache_length, heads, kv)`` each."""
+    """Decoder self-attention cache, ``(layers, batch, heads, cache_length, kv)`` each."""
 
     k: Array
     v: Array
 
 
 class CrossKV(NamedTuple):
-    """Cross-attention keys/values of one encoder output, ``(layers, batch, frames, heads, kv)``."""
+    """Cross-attention keys/values of one encoder output, ``(layers, batch, heads, frames, kv)``."""
 
     k: Array
     v: Array
@@ -114,7 +114,7 @@ class DecoderBlock(nn.Module):
         k, v = attn.project_kv(h)
         outputs["k"], outputs["v"] = k, v
         parts = [(k, v, new_bias)]
-        if per_layer["cache_k"].shape[1]:
+        if per_layer["cache_k"].shape[2]:
             parts.insert(0, (per_layer["cache_k"], per_layer["cache_v"], cache_bias))
         x = x + attn.output(attend(attn.project_q(h), parts))
         x = constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
@@ -234,9 +234,9 @@ class TextDecoder(nn.Module):
             raise ValueError("the decoder needs either encoder_hidden or precomputed cross_kv")
         if cache is None:
             heads = cfg.decoder_attention_heads
-            empty = jnp.zeros((cfg.decoder_layers, batch, 0, heads, cfg.d_model // heads), self.dtype)
+            empty = jnp.zeros((cfg.decoder_layers, batch, heads, 0, cfg.d_model // heads), self.dtype)
             cache = KVCache(empty, empty)
-        cache_len = cache.k.shape[2]
+        cache_len = cache.k.shape[3]
         cache_index = jnp.asarray(cache_index, jnp.int32)
 
         if positions is None:
@@ -271,7 +271,7 @@ class TextDecoder(nn.Module):
             cross_kv = CrossKV(constrain(out["cross_k"], CROSS_KV_AXES), constrain(out["cross_v"], CROSS_KV_AXES))
         new_k, new_v = out["k"].astype(self.dtype), out["v"].astype(self.dtype)
         if cache_len:
-            start = (0, 0, cache_index, 0, 0)
+            start = (0, 0, 0, cache_index, 0)
             cache = KVCache(
                 jax.lax.dynamic_update_slice(cache.k, new_k, start),
                 jax.lax.dynamic_update_slice(cache.v, new_v, start),
@@ -326,6 +326,6 @@ class WhisperModule(nn.Module):
 def init_cache(config: WhisperConfig, batch_size: int, cache_length: int, dtype: Dtype = jnp.float32) -> KVCache:
     """A zeroed self-attention cache for ``cache_length`` decoder positions."""
     heads = config.decoder_attention_heads
-    shape = (config.decoder_layers, batch_size, cache_length, heads, config.d_model // heads)
+    shape = (config.decoder_layers, batch_size, heads, cache_length, config.d_model // heads)
     zeros = jnp.zeros(shape, dtype)
     return KVCache(zeros, zeros)
