@@ -16,7 +16,7 @@ Main entry points:
 
 from partitioning.chunking import DataLayout, LocalChunker, pad_batch_to_multiple
 from partitioning.mesh import device_grid, mesh_for
-from partitioning.partitioner import PartitionedCallable, PjitPartitioner, UnmappedAxisWarning
+from partitioning.partitioner import PartitionedCallable, PjitPartitioner, UnmappedAxisWarning, match_structure
 from partitioning.rules import (
     DATA,
     MESH_AXES,
@@ -56,6 +56,7 @@ __all__ = [
     "logical_axis_rules_fsdp",
     "logical_axis_rules_mp",
     "logical_to_mesh_axes",
+    "match_structure",
     "mesh_for",
     "normalize_rules",
     "pad_batch_to_multiple",

@@ -66,11 +66,54 @@ def _normalize_static(argnums) -> Tuple[int, ...]:
     return tuple(argnums)
 
 
+def match_structure(specs: Any, values: Any) -> Any:
+    """Re-shapes a spec tree (a pytree prefix) to the container types of ``values``.
+
+    Specs built from an :class:`InferenceState` are FrozenDicts while flax
+    now returns plain dicts; jax treats those as different pytrees. Mappings
+    are matched by key, sequences by position, other same-typed pytree nodes
+    (e.g. InferenceState) child by child. Anything else is returned unchanged
+    (and jax reports the mismatch).
+    """
+    if _is_spec_leaf(specs):
+        return specs
+    if isinstance(specs, Mapping) and isinstance(values, Mapping):
+        if set(specs) != set(values):
+            return specs
+        out = {k: match_structure(specs[k], values[k]) for k in values}
+        if isinstance(values, frozen_dict.FrozenDict):
+            return frozen_dict.FrozenDict(out)
+        try:
+            return type(values)(out)
+        except TypeError:
+            return out
+    if isinstance(specs, (list, tuple)) and isinstance(values, (list, tuple)):
+        if len(specs) != len(values):
+            return specs
+        out = [match_structure(s, v) for s, v in zip(specs, values)]
+        if hasattr(values, "_fields"):
+            return type(values)(*out)
+        return type(values)(out)
+    if type(specs) is type(values):
+        s_children, _ = jax.tree_util.flatten_one_level(specs)
+        v_children, _ = jax.tree_util.flatten_one_level(values)
+        if len(s_children) != len(v_children):
+            return specs
+        treedef = jax.tree_util.tree_structure(values, is_leaf=lambda x: x is not values)
+        return treedef.unflatten([match_structure(s, v) for s, v in zip(s_children, v_children)])
+    return specs
+
+
 class PartitionedCallable:
     """A function jitted over a mesh; call it, or ``.lower(...)`` it.
 
     Calls and lowering run inside ``jax.set_mesh(mesh)``; tracing runs inside
     the partitioner's logical-axis rules, so activation constraints apply.
+
+    Input shardings are matched to the arguments' container types (dict vs
+    FrozenDict) per argument structure; output shardings are imposed with a
+    ``with_sharding_constraint`` on the traced outputs (matched the same way),
+    which fixes the layout of the results.
     """
 
     def __init__(
@@ -90,46 +133,75 @@ class PartitionedCallable:
         self.out_shardings = out_shardings
         self.static_argnums = _normalize_static(static_argnums)
         self.donate_argnums = _normalize_static(donate_argnums)
+        self._cache: dict = {}
 
         @functools.wraps(fn)
         def traced(*args, **kwargs):
             with nn_partitioning.axis_rules(logical_axis_rules):
-                return fn(*args, **kwargs)
+                out = fn(*args, **kwargs)
+            if out_shardings is not _UNSET:
+                out = jax.lax.with_sharding_constraint(out, match_structure(out_shardings, out))
+            return out
 
-        jit_kwargs = dict(static_argnums=self.static_argnums, donate_argnums=self.donate_argnums)
-        if in_shardings is not _UNSET:
-            jit_kwargs["in_shardings"] = in_shardings
-        if out_shardings is not _UNSET:
-            jit_kwargs["out_shardings"] = out_shardings
-        self._jitted = jax.jit(traced, **jit_kwargs)
+        self._traced = traced
+
+    def _dynamic(self, args) -> Tuple[Any, ...]:
+        return tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
+
+    def _jitted_for(self, args):
+        dyn = self._dynamic(args)
+        key = jax.tree_util.tree_structure(dyn)
+        jitted = self._cache.get(key)
+        if jitted is None:
+            jit_kwargs = dict(static_argnums=self.static_argnums, donate_argnums=self.donate_argnums)
+            if self.in_shardings is not _UNSET:
+                ins = self.in_shardings
+                if isinstance(ins, list):
+                    ins = tuple(ins)
+                if isinstance(ins, tuple) and len(ins) == len(dyn):
+                    ins = tuple(match_structure(s, a) for s, a in zip(ins, dyn))
+                jit_kwargs["in_shardings"] = ins
+            jitted = self._cache[key] = jax.jit(self._traced, **jit_kwargs)
+        return jitted
 
     def __call__(self, *args, **kwargs):
+        jitted = self._jitted_for(args)
         with jax.set_mesh(self.mesh):
             try:
-                return self._jitted(*args, **kwargs)
+                return jitted(*args, **kwargs)
             except ValueError as e:
+                if "evenly divide" in str(e):
+                    raise ValueError(
+                        f"an argument does not divide its mesh axes ({e}); a global batch must be a multiple "
+                        f"of the 'data' axis ({self.mesh.shape['data']}): pad it with "
+                        "partitioning.pad_batch_to_multiple"
+                    ) from e
                 # A committed jax.Array laid out differently than asked: move it
                 # (as pjit users expect) and retry once.
                 if "does not match the sharding" not in str(e) or self.in_shardings is _UNSET:
                     raise
-                args = self._reshard_args(args)
-                return self._jitted(*args, **kwargs)
+                return jitted(*self._reshard_args(args), **kwargs)
 
     def lower(self, *args, **kwargs):
         """``jax.stages.Lowered`` for these arguments (``.as_text()``, ``.compile()``)."""
+        jitted = self._jitted_for(args)
         with jax.set_mesh(self.mesh):
-            return self._jitted.lower(*args, **kwargs)
+            return jitted.lower(*args, **kwargs)
 
     def eval_shape(self, *args, **kwargs):
+        jitted = self._jitted_for(args)
         with jax.set_mesh(self.mesh):
-            return self._jitted.eval_shape(*args, **kwargs)
+            return jitted.eval_shape(*args, **kwargs)
 
     def _reshard_args(self, args):
         dyn_pos = [i for i in range(len(args)) if i not in self.static_argnums]
         dyn = tuple(args[i] for i in dyn_pos)
         shardings = self.in_shardings
+        if isinstance(shardings, list):
+            shardings = tuple(shardings)
         if not isinstance(shardings, tuple):
             shardings = (shardings,) * len(dyn)
+        shardings = match_structure(shardings, dyn)
         full = jax.tree.broadcast(shardings, dyn, is_leaf=_is_spec_leaf)
 
         def move(x, s):
