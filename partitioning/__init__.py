@@ -16,7 +16,13 @@ Main entry points:
 
 from partitioning.chunking import DataLayout, LocalChunker, pad_batch_to_multiple
 from partitioning.mesh import device_grid, mesh_for
-from partitioning.partitioner import PartitionedCallable, PjitPartitioner, UnmappedAxisWarning, match_structure
+from partitioning.partitioner import (
+    PartitionedCallable,
+    PjitPartitioner,
+    UnevenShardingWarning,
+    UnmappedAxisWarning,
+    match_structure,
+)
 from partitioning.rules import (
     DATA,
     MESH_AXES,
@@ -47,6 +53,7 @@ __all__ = [
     "LocalChunker",
     "PartitionedCallable",
     "PjitPartitioner",
+    "UnevenShardingWarning",
     "UnmappedAxisWarning",
     "check_rules_cover",
     "device_grid",

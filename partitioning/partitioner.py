@@ -42,6 +42,10 @@ class UnmappedAxisWarning(UserWarning):
     """A logical axis name is not mentioned by any rule (it is replicated)."""
 
 
+class UnevenShardingWarning(UserWarning):
+    """A dimension does not divide its mesh axes, so it is replicated."""
+
+
 def _is_spec_leaf(x) -> bool:
     return x is None or isinstance(x, (PartitionSpec, Sharding))
 
@@ -379,12 +383,43 @@ class PjitPartitioner:
         return state.as_logical_axes()
 
     def get_mesh_axes(self, state: InferenceState) -> InferenceState:
-        """Same-shaped state whose leaves are mesh PartitionSpecs."""
+        """Same-shaped state whose leaves are mesh PartitionSpecs.
+
+        A dimension whose size does not divide the mesh axes the rules give it
+        (e.g. Whisper's odd vocabulary of 51865 over ``model``) is replicated
+        instead, with a warning naming the parameter: arrays passed to
+        ``jax.jit`` must divide evenly.
+        """
         logical = self.get_logical_axes(state)
-        return logical.replace(
-            params=self.logical_to_mesh_axes(logical.params),
-            flax_mutables=None if logical.flax_mutables is None else self.logical_to_mesh_axes(logical.flax_mutables),
-        )
+        params = self.fit_to_shapes(self.logical_to_mesh_axes(logical.params), state.params)
+        mutables = None
+        if logical.flax_mutables is not None:
+            mutables = self.fit_to_shapes(self.logical_to_mesh_axes(logical.flax_mutables), state.flax_mutables)
+        return logical.replace(params=params, flax_mutables=mutables)
+
+    def fit_to_shapes(self, mesh_axes_tree: Any, values: Any) -> Any:
+        """Replicates dimensions that don't divide their mesh axes (warns once)."""
+        dropped = []
+
+        def fit(path, spec, x):
+            shape = getattr(x, "shape", None)
+            if spec is None or shape is None:
+                return spec
+            entries = list(spec) + [None] * (len(shape) - len(spec))
+            for i, entry in enumerate(entries[: len(shape)]):
+                axes = (entry,) if isinstance(entry, str) else (entry if isinstance(entry, tuple) else ())
+                size = int(np.prod([self._mesh.shape[a] for a in axes])) if axes else 1
+                if size > 1 and shape[i] % size:
+                    dropped.append(f"{path} dim {i} (size {shape[i]}) over {entry} ({size})")
+                    entries[i] = None
+            return PartitionSpec(*entries[: len(spec)])
+
+        fitted = _map_with_specs(fit, mesh_axes_tree, values)
+        if dropped:
+            msg = "dimensions not divisible by their mesh axes are replicated: " + "; ".join(dropped)
+            warnings.warn(msg, UnevenShardingWarning, stacklevel=3)
+            logger.warning(msg)
+        return fitted
 
     # -------------------------------------------------------- partitioning
     def partition(

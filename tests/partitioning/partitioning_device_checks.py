@@ -141,6 +141,25 @@ def seed_flow(model, tok):
     return res
 
 
+def uneven(variables):
+    """An odd-sized vocabulary (Whisper's 51865) cannot split over "model": replicated, with a warning."""
+    from flax.core import unfreeze
+    from flax.linen import partitioning as nn_partitioning
+
+    v = unfreeze(variables)
+    v["params"]["odd"] = np.ones((51, 16), np.float32)
+    v["params_axes"]["odd_axes"] = nn_partitioning.AxisMetadata(names=("vocab", "embed"))
+    part = pt.PjitPartitioner(num_partitions=8, logical_axis_rules=pt.logical_axis_rules_mp)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        axes = part.get_mesh_axes(pt.InferenceState.create(v))
+    placed = part.shard_host_params(jax.tree_util.tree_map(np.asarray, v["params"]), axes.params)
+    return dict(
+        odd=norm(axes.params["odd"]), wi=norm(axes.params["wi"]), odd_placed=norm(placed["odd"].sharding.spec),
+        warnings=[f"{w.category.__name__}: {w.message}" for w in caught],
+    )
+
+
 def gin_builds():
     import gin
     import partitioning.gin_bindings  # noqa: F401
@@ -166,6 +185,7 @@ def main():
     result = {name: check_layout(name, model, variables, tok, ref) for name in LAYOUTS}
     result["seed"] = seed_flow(model, tok)
     result["gin"] = gin_builds()
+    result["uneven"] = uneven(variables)
     print("RESULT " + json.dumps(result))
 
 

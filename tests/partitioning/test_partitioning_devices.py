@@ -118,3 +118,11 @@ def test_gin_files_build_partitioners(report):
     assert g["mp"] == {"mesh": {"data": 4, "model": 2}, "rules_match": True}
     assert g["2d"] == {"mesh": {"data": 4, "model": 2}, "rules_match": True}
     assert g["mp_override"] == {"data": 2, "model": 4}
+
+
+def test_indivisible_parameter_dims_are_replicated_with_warning(report):
+    u = report["uneven"]
+    assert u["odd"] == [] and u["odd_placed"] == []
+    assert u["wi"] == [None, "model"]
+    assert len(u["warnings"]) == 1
+    assert u["warnings"][0].startswith("UnevenShardingWarning") and "odd dim 0 (size 51)" in u["warnings"][0]
