@@ -237,6 +237,12 @@ class PjitPartitioner:
       mesh: a ready mesh with axes ("data", "model") (overrides the above).
       strict_rules: raise instead of warn when a logical name has no rule, or
         a parameter has no annotation.
+      expected_axis_names: logical names the caller will use (e.g.
+        ``MODEL_AXIS_NAMES``, including activation-only names such as
+        ``cache_length``); those without a rule are reported at construction.
+        Parameters' names are always checked by :meth:`get_mesh_axes`, but
+        activation constraints are resolved by flax during tracing, where a
+        name without a rule is silently replicated; this closes that gap.
     """
 
     def __init__(
@@ -249,6 +255,7 @@ class PjitPartitioner:
         devices: Optional[Sequence[Any]] = None,
         mesh: Optional[Mesh] = None,
         strict_rules: bool = False,
+        expected_axis_names: Optional[Iterable[str]] = None,
     ):
         if not params_on_devices:
             raise NotImplementedError("params_on_devices=False (host-offloaded parameters) is not supported")
@@ -268,6 +275,9 @@ class PjitPartitioner:
         if unknown:
             raise ValueError(f"logical axis rules refer to mesh axes {unknown} not in the mesh {mesh.axis_names}")
         self._mesh = mesh
+        if expected_axis_names is not None:
+            missing = rules_lib.unmapped_names(self._rules, expected_axis_names)
+            self._report("logical axis names not mapped by any rule (replicated)", {n: [] for n in missing})
 
     # ----------------------------------------------------------------- basics
     @property

@@ -123,6 +123,19 @@ def test_unmapped_activation_spec_reported():
         part.logical_to_mesh_axes({"x": P("batch", "length", "embed")})
 
 
+def test_expected_axis_names_checked_at_construction():
+    with pytest.warns(pt.UnmappedAxisWarning) as caught:
+        one_device_partitioner(logical_axis_rules=SEED_RULES_DP, expected_axis_names=pt.MODEL_AXIS_NAMES)
+    msg = str(caught[0].message)
+    assert "'cache_length'" in msg and "'conv_width'" in msg and "'layers'" in msg and "'embed'" not in msg
+    with pytest.raises(ValueError, match="cache_length"):
+        one_device_partitioner(logical_axis_rules=SEED_RULES_DP, expected_axis_names=pt.MODEL_AXIS_NAMES,
+                               strict_rules=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one_device_partitioner(logical_axis_rules=pt.logical_axis_rules_fsdp, expected_axis_names=pt.MODEL_AXIS_NAMES)
+
+
 def test_full_rules_give_no_warning():
     part = one_device_partitioner(logical_axis_rules=pt.logical_axis_rules_2d)
     with warnings.catch_warnings():
