@@ -42,8 +42,11 @@ def test_parameters_are_sharded_as_the_rules_say(report):
 @pytest.mark.parametrize("layout", ["dp", "mp", "2d", "fsdp"])
 def test_partitioned_outputs_equal_unpartitioned(report, layout):
     assert report["_tokens_vary"]
-    # Sharded matmuls sum in another order: equal up to float32 rounding of the logit scale.
-    assert report[layout]["max_logit_err"] <= 1e-5 * report["_logit_scale"]
+    # Sharded matmuls sum in another order, and the test weights are scaled up
+    # (x10) so every token depends on every layer, which also amplifies rounding:
+    # measured up to 3e-4 of the logit scale with scanned layers, 1e-6 without.
+    # A wrong sharding or a missing collective gives errors of order 1.
+    assert report[layout]["max_logit_err"] <= 1e-3 * report["_logit_scale"]
     assert report[layout]["tokens_equal"]
 
 
