@@ -141,3 +141,24 @@ def test_language_detection_on_real_speech():
     out = model.generate(jfk_features(), params=params, max_length=12)
     assert model.tokenizer.id_to_code[int(out.language_token[0])] == "en"
     assert float(out.language_prob[0]) > 0.5
+
+
+def _espeak(text, voice, path):
+    import subprocess
+
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", path, text], check=True, capture_output=True)
+    return load_audio(path)
+
+
+def test_mixed_language_batch_reports_each_rows_language(tmp_path):
+    model, params = ours("base")
+    english = _espeak("The weather is lovely today and we are going for a walk in the park.", "en",
+                      str(tmp_path / "en.wav"))
+    spanish = _espeak("El tiempo es muy agradable hoy y vamos a dar un paseo por el parque.", "es",
+                      str(tmp_path / "es.wav"))
+    features = log_mel_spectrogram_np([english, spanish, english], n_mels=80).astype(np.float32)
+    out = model.generate(features, params=params, max_length=64)
+    codes = [model.tokenizer.id_to_code[int(t)] for t in np.asarray(out.language_token)]
+    assert codes == ["en", "es", "en"]
+    texts = [model.tokenizer.decode(np.asarray(row)) for row in np.asarray(out.sequences)]
+    assert "parque" in texts[1].lower() and "park" in texts[0].lower()

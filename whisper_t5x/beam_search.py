@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from whisper_t5x import logit_rules as rules
-from whisper_t5x.model import KVCache, WhisperModule
+from whisper_t5x.model import WhisperModule, map_batch
 
 _BIG = 1.0e9
 
@@ -67,7 +67,7 @@ def beam_generate(module: WhisperModule, params: Any, input_features, options, p
 
     # From here on every audio row has k decoder rows (beams).
     rep = lambda x, axis: jnp.repeat(x, k, axis=axis)  # noqa: E731
-    cache = KVCache(rep(out.cache.k, 1), rep(out.cache.v, 1))
+    cache = map_batch(lambda a, axis: jnp.repeat(a, k, axis=axis), out.cache, config)
     seq = jnp.full((batch, options.max_length), special.eot, jnp.int32).at[:, 0].set(special.sot)
     logits = rep(sot_logits, 0)
     if prefix:
@@ -138,7 +138,7 @@ def beam_generate(module: WhisperModule, params: Any, input_features, options, p
 
         # Reorder the per-beam decoder state to the surviving beams' origins.
         flat_origin = (jnp.arange(batch)[:, None] * k + new_origin).reshape(-1)
-        cache = KVCache(jnp.take(s["cache"].k, flat_origin, axis=1), jnp.take(s["cache"].v, flat_origin, axis=1))
+        cache = map_batch(lambda a, axis: jnp.take(a, flat_origin, axis=axis), s["cache"], config)
         history = {n: jnp.take(s[n], flat_origin, axis=0) for n in ("num_sampled", "last_token", "penultimate_token", "last_timestamp")}
         flat_token = new_token.reshape(-1)
         history = decoding._record(history, flat_token, special)
