@@ -62,7 +62,7 @@ def ct2_model(name):
 
 @functools.lru_cache(maxsize=None)
 def jfk_features(n_mels=80):
-    return log_mel_spectrogram_np(load_audio(JFK), n_mels=n_mels).astype(np.float32)
+    return log_mel_spectrogram_np([load_audio(JFK)], n_mels=n_mels).astype(np.float32)
 
 
 def _normalise(text):
