@@ -72,8 +72,15 @@ def configure_hf_generation(model):
     special = SpecialTokens.for_vocab_size(model.config.vocab_size)
     gc = model.generation_config
     gc.is_multilingual = model.config.vocab_size >= 51865
-    gc.lang_to_id = {"<|en|>": special.first_language, "<|es|>": special.first_language + 3}
-    gc.task_to_id = {"translate": special.translate, "transcribe": special.transcribe}
+    if gc.is_multilingual:
+        gc.lang_to_id = {"<|en|>": special.first_language, "<|es|>": special.first_language + 3}
+        gc.task_to_id = {"translate": special.translate, "transcribe": special.transcribe}
+    else:
+        # With a language table present at all, transformers detects and forces
+        # a language token even for English-only checkpoints.
+        for attr in ("lang_to_id", "task_to_id"):
+            if hasattr(gc, attr):
+                delattr(gc, attr)
     gc.no_timestamps_token_id = special.no_timestamps
     gc.decoder_start_token_id = special.sot
     gc.max_initial_timestamp_index = 50

@@ -53,7 +53,11 @@ def test_incremental_decoding_equals_full_forward(scan_layers):
                        encoder_hidden=hidden, method=WhisperModule.decode)
     steps = [out.logits]
     cache, cross_kv = out.cache, out.cross_kv
-    assert cross_kv.k.shape == (model.config.decoder_layers, 2, 4, 1500, 16)
+    per_layer = (2, 4, 1500, 16)  # (batch, heads, frames, kv)
+    if scan_layers:
+        assert cross_kv.k.shape == (model.config.decoder_layers,) + per_layer
+    else:
+        assert [k.shape for k in cross_kv.k] == [per_layer] * model.config.decoder_layers
     for i in range(3, 6):
         out = module.apply(variables, ids[:, i:i + 1], cache=cache, cache_index=i, cross_kv=cross_kv,
                            method=WhisperModule.decode)
