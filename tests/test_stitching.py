@@ -1,0 +1,148 @@
+"""Stitching of overlapping window transcripts, on synthetic token sequences."""
+
+import random
+
+import pytest
+
+from whisper_t5x.stitching import find_seam, majority_language, parse_window, stitch
+from whisper_t5x.windows import split_windows, window_params
+
+SR = 16000
+EOT, TS = 50257, 50364  # multilingual layout: <|endoftext|>, <|0.00|>
+CHUNK, STRIDE = window_params(30.0)
+
+
+def decode(ids):
+    return "".join(f" w{t}" for t in ids)
+
+
+def make_speech(duration_s, seed=0, vocab=None, rate=2.5):
+    """Words (token, time) spread over ``duration_s``; ``vocab`` small -> many repeated tokens."""
+    rng = random.Random(seed)
+    words, t = [], 0.3
+    while t < duration_s - 0.3:
+        tok = rng.randrange(vocab) + 1 if vocab else len(words) + 1000
+        words.append((tok, round(t, 2)))
+        t += rng.uniform(0.6, 1.4) / rate
+    return words
+
+
+def window_output(words, w, timestamps, seg_words=5, garble_edges=False, rng=None):
+    """What a perfect model would emit for window ``w``: its words, timestamps relative to its start."""
+    ws, we = w.start / SR, w.end / SR
+    inside = [(tok, t) for tok, t in words if ws <= t < we]
+    if garble_edges and inside:
+        # Words cut by the window edges are misheard.
+        if w.start > 0:
+            inside[0] = (inside[0][0] + 7000, inside[0][1])
+        if w.end < w.num_samples:
+            inside[-1] = (inside[-1][0] + 7000, inside[-1][1])
+    seq = [50258, 50259, 50359]  # sot, <|en|>, <|transcribe|> (skipped by the parser)
+    if not timestamps:
+        return seq + [50363] + [tok for tok, _ in inside] + [EOT, EOT]
+    for i in range(0, len(inside), seg_words):
+        seg = inside[i:i + seg_words]
+        start = max(0.0, seg[0][1] - ws - 0.1)
+        end = min(we - ws, seg[-1][1] - ws + 0.3)
+        seq += [TS + int(round(start / 0.02))] + [tok for tok, _ in seg] + [TS + int(round(end / 0.02))]
+    return seq + [EOT, EOT]
+
+
+def run(words, duration_s, timestamps, **kw):
+    n = int(duration_s * SR)
+    wins = split_windows(n, CHUNK, STRIDE)
+    trs = [parse_window(window_output(words, w, timestamps, **kw), w, EOT, TS, timestamps, language="en")
+           for w in wins]
+    return stitch(trs, decode, n / SR, timestamps), wins
+
+
+def check_chunks(out, duration):
+    prev = 0.0
+    for c in out["chunks"]:
+        s, e = c["timestamp"]
+        assert prev <= s <= e <= duration + 1e-9, out["chunks"]
+        prev = e
+    assert "".join(c["text"] for c in out["chunks"]) == out["text"]
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+@pytest.mark.parametrize("duration", [10.0, 30.0, 31.0, 75.0, 200.0])
+def test_unique_words_exact(timestamps, duration):
+    words = make_speech(duration, seed=int(duration))
+    out, wins = run(words, duration, timestamps)
+    assert out["text"] == decode([t for t, _ in words])
+    assert out["language"] == "en"
+    check_chunks(out, duration)
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_repetitive_vocabulary_exact(timestamps, seed):
+    # 12 distinct tokens: common runs of 1-2 tokens appear everywhere by chance.
+    words = make_speech(150.0, seed=seed, vocab=12)
+    out, _ = run(words, 150.0, timestamps)
+    assert out["text"] == decode([t for t, _ in words])
+    check_chunks(out, 150.0)
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_garbled_window_edges(timestamps):
+    """Words cut by a window's edge are misheard there but heard whole by the neighbour: no trace of the errors."""
+    words = make_speech(120.0, seed=5)
+    out, _ = run(words, 120.0, timestamps, garble_edges=True)
+    assert out["text"] == decode([t for t, _ in words])
+
+
+def test_timestamps_absolute_and_grouped():
+    words = make_speech(80.0, seed=3)
+    out, _ = run(words, 80.0, True)
+    check_chunks(out, 80.0)
+    # Each chunk's first word is at about its start time (absolute, not window-relative).
+    times = dict(words)
+    for c in out["chunks"]:
+        first = int(c["text"].split()[0][1:])
+        assert abs(times[first] - c["timestamp"][0]) < 0.5
+    # A chunk is never longer than two 5-word segments joined at a seam.
+    assert max(len(c["text"].split()) for c in out["chunks"]) <= 10
+
+
+def test_silent_overlap_uses_time_cut():
+    """Speech with a gap around each window boundary: no common text, the time rule splits it."""
+    words = [(tok, t) for tok, t in make_speech(70.0, seed=1) if not (17 < t < 28 or 37 < t < 48)]
+    out, _ = run(words, 70.0, True)
+    assert out["text"] == decode([t for t, _ in words])
+
+
+def test_no_speech():
+    out, wins = run([], 65.0, True)
+    assert out == {"text": "", "chunks": [], "language": "en"}
+    assert stitch([], decode, 0.0, True) == {"text": "", "chunks": [], "language": None}
+
+
+def test_parse_window_clips_and_offsets():
+    (w,) = split_windows(SR * 10, CHUNK, STRIDE)
+    tr = parse_window([TS + 50, 1, 2, TS + 100, TS + 1000, 3, EOT, 4], w, EOT, TS, True)
+    assert [t.token for t in tr.tokens] == [1, 2, 3]
+    assert tr.tokens[0].seg_start == pytest.approx(1.0) and tr.tokens[0].seg_end == pytest.approx(2.0)
+    # <|20.00|> is past the 10 s audio: clipped; the unclosed last segment ends at the window's end.
+    assert tr.tokens[2].seg_start == pytest.approx(10.0) and tr.tokens[2].seg_end == pytest.approx(10.0)
+    wins = split_windows(SR * 60, CHUNK, STRIDE)
+    tr = parse_window([TS + 50, 1, TS + 100], wins[1], EOT, TS, True)
+    assert tr.tokens[0].seg_start == pytest.approx(20.0 + 1.0)
+
+
+def test_seam_prefers_text_anchor():
+    wins = split_windows(SR * 50, CHUNK, STRIDE)
+    a = parse_window([1, 2, 3, 4, 5, 6, 7, 8, 9], wins[0], EOT, TS, False)
+    b = parse_window([6, 7, 8, 9, 10, 11], wins[1], EOT, TS, False)
+    seam = find_seam(a, b)
+    assert seam.anchored and seam.match_length == 4
+    assert a.ids[:seam.cut_left] + b.ids[seam.cut_right:] == list(range(1, 12))
+
+
+def test_majority_language():
+    wins = split_windows(SR * 100, CHUNK, STRIDE)
+    trs = [parse_window([1, 2], w, EOT, TS, False, language=lang) for w, lang in zip(wins, ["es", "en", "es", "en"])]
+    assert majority_language(trs, [1, 1, 1, 1]) == "es"  # tie -> earliest
+    assert majority_language(trs, [0, 1, 0, 1]) == "en"
+    assert majority_language(trs, [0, 0, 0, 0]) == "es"
