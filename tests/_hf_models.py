@@ -21,8 +21,9 @@ def hf_config(name, init_std=0.2, **overrides):
         d_model=64,
         encoder_attention_heads=4,
         decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
+        # 4 x d_model, as in every published Whisper (openai-whisper assumes it).
+        encoder_ffn_dim=256,
+        decoder_ffn_dim=256,
         # A large init spread gives varied, non-degenerate token choices, so
         # token-level comparisons can actually fail.
         init_std=init_std,

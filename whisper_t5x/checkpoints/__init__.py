@@ -290,6 +290,12 @@ def export_openai_checkpoint(path: str, config: WhisperConfig, params: Dict[str,
     """Write an openai-whisper ``.pt`` that ``whisper.load_model(path)`` accepts."""
     import torch
 
+    for name in ("encoder_ffn_dim", "decoder_ffn_dim"):
+        if getattr(config, name) != 4 * config.d_model:
+            raise CheckpointError(
+                f"{path}: openai-whisper fixes the MLP width at 4 x d_model ({4 * config.d_model}); "
+                f"this model has {name}={getattr(config, name)}"
+            )
     params = to_loop_layout(_map(lambda x: np.asarray(x, dtype=np.float32), params))
     state = {}
     for name, value in hf.to_state_dict(params).items():
