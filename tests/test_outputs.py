@@ -1,0 +1,120 @@
+"""Output writers (txt, srt, vtt, json, tsv): pure functions, no model."""
+
+import json
+import os
+import re
+
+import pytest
+
+from whisper_t5x import outputs as O
+
+RESULT = {
+    "text": " Hello there. General Kenobi!",
+    "chunks": [
+        {"timestamp": (0.0, 1.5), "text": " Hello there."},
+        {"timestamp": (1.5, None), "text": " General Kenobi!"},
+    ],
+    "language": "en",
+}
+
+SRT_CUE = re.compile(r"^(\d+)\n(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)\n(.+)$")
+VTT_CUE = re.compile(r"^(\d\d:\d\d:\d\d\.\d\d\d) --> (\d\d:\d\d:\d\d\.\d\d\d)\n(.+)$")
+
+
+def parse_srt(text):
+    cues = []
+    for block in text.strip().split("\n\n"):
+        m = SRT_CUE.match(block)
+        assert m, f"bad srt cue {block!r}"
+        cues.append((int(m.group(1)), m.group(2), m.group(3), m.group(4)))
+    assert [c[0] for c in cues] == list(range(1, len(cues) + 1))
+    return cues
+
+
+def parse_vtt(text):
+    head, *blocks = text.strip().split("\n\n")
+    assert head == "WEBVTT"
+    cues = []
+    for block in blocks:
+        m = VTT_CUE.match(block)
+        assert m, f"bad vtt cue {block!r}"
+        cues.append(m.groups())
+    return cues
+
+
+def test_format_timestamp():
+    assert O.format_timestamp(0) == "00:00:00.000"
+    assert O.format_timestamp(3661.5, ",") == "01:01:01,500"
+    assert O.format_timestamp(59.9996) == "00:01:00.000"
+    assert O.format_timestamp(-1) == "00:00:00.000"
+    assert O.format_timestamp(12.345, always_include_hours=False) == "00:12.345"
+
+
+def test_srt_none_end_uses_duration():
+    cues = parse_srt(O.to_srt(RESULT, duration=4.25))
+    assert cues == [
+        (1, "00:00:00,000", "00:00:01,500", "Hello there."),
+        (2, "00:00:01,500", "00:00:04,250", "General Kenobi!"),
+    ]
+
+
+def test_vtt():
+    text = O.to_vtt(RESULT, duration=4.25)
+    assert text.startswith("WEBVTT\n\n")
+    assert parse_vtt(text) == [
+        ("00:00:00.000", "00:00:01.500", "Hello there."),
+        ("00:00:01.500", "00:00:04.250", "General Kenobi!"),
+    ]
+
+
+def test_json_and_tsv():
+    doc = json.loads(O.to_json(RESULT, duration=4.25))
+    assert doc["text"] == "Hello there. General Kenobi!" and doc["language"] == "en" and doc["duration"] == 4.25
+    assert [(s["start"], s["end"], s["text"]) for s in doc["segments"]] == [
+        (0.0, 1.5, "Hello there."), (1.5, 4.25, "General Kenobi!")]
+    rows = O.to_tsv(RESULT, duration=4.25).splitlines()
+    assert rows == ["start\tend\ttext", "0\t1500\tHello there.", "1500\t4250\tGeneral Kenobi!"]
+
+
+def test_no_timestamps_is_one_cue_over_the_file():
+    result = {"text": " Just words.", "chunks": [{"timestamp": (None, None), "text": " Just words."}]}
+    assert parse_srt(O.to_srt(result, 7.0)) == [(1, "00:00:00,000", "00:00:07,000", "Just words.")]
+    assert parse_vtt(O.to_vtt({"text": "x"}, 2.0)) == [("00:00:00.000", "00:00:02.000", "x")]
+    assert O.to_txt(result) == "Just words.\n"
+    doc = json.loads(O.to_json({"text": "a b", "language": None}))
+    assert doc["segments"] == [{"id": 0, "start": 0.0, "end": 0.0, "text": "a b"}] and doc["language"] is None
+
+
+def test_missing_pieces_and_empty():
+    # missing start follows the previous end; missing end takes the next start;
+    # no duration: an open last chunk ends where it starts; empty chunks dropped
+    result = {"text": "a b c", "chunks": [
+        {"timestamp": (0.0, None), "text": "a"},
+        {"timestamp": (2.0, 3.0), "text": " "},
+        {"timestamp": (None, None), "text": "b"},
+        {"timestamp": (5.0, None), "text": "c"},
+    ]}
+    segs = O.segments_from_result(result)
+    assert [(s.start, s.end, s.text) for s in segs] == [(0.0, 2.0, "a"), (3.0, 5.0, "b"), (5.0, 5.0, "c")]
+    assert O.to_txt(result) == "a\nb\nc\n"
+    empty = {"text": "", "chunks": []}
+    assert O.to_srt(empty, 3.0) == "" and O.to_vtt(empty) == "WEBVTT\n" and O.to_txt(empty) == ""
+    assert O.to_tsv(empty) == "start\tend\ttext\n"
+
+
+def test_parse_formats():
+    assert O.parse_formats("all") == ["txt", "srt", "vtt", "json", "tsv"]
+    assert O.parse_formats("srt, .VTT,srt") == ["srt", "vtt"]
+    assert O.parse_formats(["json"]) == ["json"]
+    with pytest.raises(ValueError, match="docx"):
+        O.parse_formats("txt,docx")
+
+
+def test_write_outputs_atomic_and_exists(tmp_path):
+    d = str(tmp_path / "out")
+    assert not O.outputs_exist(d, "a", ["txt", "srt"])
+    paths = O.write_outputs(RESULT, d, "a", ["txt", "srt"], duration=4.25)
+    assert sorted(os.listdir(d)) == ["a.srt", "a.txt"]  # no temporary files left
+    assert O.outputs_exist(d, "a", ["txt", "srt"]) and not O.outputs_exist(d, "a", ["txt", "vtt"])
+    with open(paths["txt"], encoding="utf-8") as f:
+        assert f.read() == "Hello there.\nGeneral Kenobi!\n"

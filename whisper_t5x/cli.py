@@ -1,0 +1,215 @@
+"""The ``whisper-t5x`` command (also ``python -m whisper_t5x.main``): flags and dispatch.
+
+``whisper_t5x.main`` re-exports :func:`main` and :func:`run` from here, so the
+absl flags are defined once even when ``whisper_t5x.main`` runs as
+``__main__`` and is also imported.
+
+Commands::
+
+  whisper-t5x transcribe PATHS... [flags]   # files and/or directories
+  whisper-t5x benchmark PATHS... [flags]    # transcribe with configs/runs/benchmark.gin first
+  whisper-t5x serve [serving flags]         # handed to whisper_t5x.serving.main(argv)
+
+Every transcription setting is a field of ``TranscribeConfig`` (see
+``whisper_t5x/launch.py``) and can come from gin files (``--gin_file``, applied
+in order), gin bindings (``--gin_bindings='TranscribeConfig.batch_size = 8'``
+or ``--gin.TranscribeConfig.batch_size=8``, applied after the files in command
+line order) and the convenience flags below (applied last). The operative
+configuration is written to ``<output_dir>/config.gin``.
+
+Examples::
+
+  whisper-t5x transcribe samples/ --model tiny.en --output_format all --timestamps
+  whisper-t5x transcribe talks/ --gin_file runs/transcribe --gin_file hardware/gpu \\
+      --gin.TranscribeConfig.batch_size=32 --output_dir out
+  # the same command on each of N hosts:
+  whisper-t5x transcribe /data --coordinator_address=10.0.0.1:1234 --num_processes=N --process_id=I
+
+Exit status: 0 when every file was transcribed or skipped, 1 when some failed
+(listed at the end), 2 for usage / configuration errors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import importlib.util
+import logging
+import shlex
+import sys
+from typing import List, Optional, Sequence
+
+from absl import flags
+
+from whisper_t5x import launch
+
+FLAGS = flags.FLAGS
+COMMANDS = ("transcribe", "benchmark", "serve")
+
+# Convenience flags -> TranscribeConfig fields (None: not given, gin decides).
+flags.DEFINE_string("model", None, "Model name (base, tiny.en) or checkpoint path. Default: base.")
+flags.DEFINE_enum("task", None, list(launch.TASKS), "transcribe, or translate to English. Default: transcribe.")
+flags.DEFINE_string("language", None, "Source language code (en, de, ...). Default: detected.")
+flags.DEFINE_bool("timestamps", None, "Segment timestamps (srt/vtt/tsv cues). Default: off.")
+flags.DEFINE_integer("batch_size", None, "Windows per forward pass. Default: the pipeline's.", lower_bound=1)
+flags.DEFINE_enum("dtype", None, list(launch.DTYPES), "Compute dtype. Default: float32.")
+flags.DEFINE_float("chunk_length_s", None, "Long-form window length in seconds. Default: 30.")
+flags.DEFINE_string("output_dir", None, "Output directory. Default: the working directory.")
+flags.DEFINE_string("output_format", None, "txt, srt, vtt, json, tsv, a comma list, or all. Default: txt.")
+flags.DEFINE_bool("overwrite", None, "Redo files whose outputs exist (default: skip them).")
+flags.DEFINE_integer("group_size", None, "Files per pipeline call (bounds memory). Default: 16.", lower_bound=1)
+# gin
+flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order (search paths apply; "
+                          "'.gin' and 'configs/' may be left out, e.g. hardware/cpu).")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin binding(s), applied after the files. "
+                          "Also --gin.NAME=VALUE.")
+flags.DEFINE_list("gin_search_paths", [], "Extra directories searched for gin files and includes.")
+# multi-host
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-host runs).")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "jax.distributed.initialize: auto (when a coordinator is given or on a multi-host "
+                  "TPU slice), on (always; auto-detects what is not given), off.")
+flags.DEFINE_integer("initialization_timeout", None, "Seconds to wait for all processes to join.")
+flags.DEFINE_bool("quiet", False, "Only warnings and the summary.")
+
+_FLAG_TO_FIELD = {
+    "model": "model",
+    "task": "task",
+    "language": "language",
+    "timestamps": "return_timestamps",
+    "batch_size": "batch_size",
+    "dtype": "dtype",
+    "chunk_length_s": "chunk_length_s",
+    "output_dir": "output_dir",
+    "output_format": "output_formats",
+    "overwrite": "overwrite",
+    "group_size": "group_size",
+}
+
+USAGE = """usage: whisper-t5x {transcribe,benchmark} PATHS... [flags]
+       whisper-t5x serve [serving flags]
+
+Transcribe audio files and directories with Whisper (JAX), writing
+<output_dir>/<name>.<fmt> per file and format, and <output_dir>/config.gin.
+"""
+
+
+def _error(msg: str, code: int = 2) -> int:
+    print(f"whisper-t5x: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _setup_logging(quiet: bool) -> None:
+    log = logging.getLogger("whisper_t5x")
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not any(getattr(h, "_whisper_t5x", False) for h in log.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
+        h._whisper_t5x = True  # type: ignore[attr-defined]
+        log.addHandler(h)
+        log.propagate = False
+
+
+def _help() -> str:
+    ours = []
+    for name in list(_FLAG_TO_FIELD) + ["gin_file", "gin_bindings", "gin_search_paths", "coordinator_address",
+                                         "num_processes", "process_id", "distributed", "initialization_timeout",
+                                         "quiet"]:
+        f = FLAGS[name]
+        ours.append(f"  --{name}: {f.help}")
+    return USAGE + "\nflags:\n" + "\n".join(ours) + "\n"
+
+
+def _serve(argv: Sequence[str]) -> int:
+    if importlib.util.find_spec("whisper_t5x.serving") is None:
+        return _error("the 'serve' command needs the whisper_t5x.serving package, which is not installed here")
+    serving = importlib.import_module("whisper_t5x.serving")
+    entry = getattr(serving, "main", None)
+    if entry is None:
+        return _error("whisper_t5x.serving has no main(argv) entry point")
+    rc = entry([argv[0]] + list(argv[2:]))
+    return int(rc or 0)
+
+
+def _explicit_bindings() -> List[str]:
+    out = []
+    for flag, field in _FLAG_TO_FIELD.items():
+        if FLAGS[flag].present and FLAGS[flag].value is not None:
+            out.append(launch.flag_binding(field, FLAGS[flag].value))
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
+    """Runs the command line ``argv`` (``sys.argv`` by default); returns the exit status.
+
+    ``pipeline``: a ready pipeline object to use instead of building one (tests).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) > 1 and argv[1] == "serve":
+        return _serve(argv)
+    original = list(argv)
+    if len(argv) < 2 or argv[1] == "help" or any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(_help(), end="")
+        return 0 if len(argv) >= 2 else 2
+    try:
+        argv = launch.rewrite_gin_args(argv)
+        FLAGS.unparse_flags()
+        rest = FLAGS(argv)
+    except (flags.Error, launch.GinConfigError) as e:
+        return _error(f"{e}\n(see whisper-t5x --help)")
+    command, paths = (rest[1], rest[2:]) if len(rest) > 1 else (None, [])
+    if command not in COMMANDS:
+        return _error(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
+    if not paths:
+        return _error(f"'{command}' needs at least one audio file or directory")
+    _setup_logging(FLAGS.quiet)
+
+    gin_files = list(FLAGS.gin_file)
+    if command == "benchmark":
+        gin_files.insert(0, "runs/benchmark.gin")
+    try:
+        resolved = launch.parse_gin(gin_files, FLAGS.gin_bindings, FLAGS.gin_search_paths, _explicit_bindings())
+    except launch.GinConfigError as e:
+        return _error(f"invalid gin configuration: {e}")
+
+    try:
+        index, count = launch.initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed,
+            FLAGS.initialization_timeout,
+        )
+    except Exception as e:  # noqa: BLE001
+        return _error(f"jax.distributed.initialize failed: {type(e).__name__}: {e}", 1)
+
+    try:
+        config = launch.make_config()
+    except launch.GinConfigError as e:
+        return _error(f"invalid configuration: {e}")
+
+    header = "\n".join([
+        "Operative configuration of a whisper-t5x run.",
+        f"command: {shlex.join(original)}",
+        f"gin files: {', '.join(resolved) or '(none)'}",
+        f"processes: {count}",
+        f"written: {datetime.datetime.now().isoformat(timespec='seconds')}",
+    ])
+    try:
+        report = launch.run_transcribe(config, paths, pipeline=pipeline, process_index=index,
+                                       process_count=count, config_header=header)
+    except launch.GinConfigError as e:
+        return _error(f"invalid configuration: {e}")
+    except RuntimeError as e:
+        return _error(str(e), 1)
+    if report.planned == 0 and not report.failed and index == 0 and count == 1:
+        return _error("no audio files found in " + ", ".join(paths))
+    print(report.summary(), flush=True)
+    if report.failed:
+        launch.print_failures(report)
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point (``whisper-t5x``)."""
+    sys.exit(main(sys.argv))
