@@ -164,6 +164,11 @@ class WhisperConfig:
         return self.vocab_size >= 51865
 
     @property
+    def max_length(self) -> int:
+        """Longest decoder sequence (Hugging Face's ``config.max_length``)."""
+        return self.max_target_positions
+
+    @property
     def num_frames(self) -> int:
         """Input mel frames of one 30 s window (the encoder halves them)."""
         return 2 * self.max_source_positions

@@ -182,6 +182,21 @@ class FlaxWhisperForConditionalGeneration:
             if self.params is None:
                 raise ValueError("no params given and the model holds none (it was loaded with _do_init=False)")
             return self.params
+        return self._unreplicate(params)
+
+    def _unreplicate(self, params: Any) -> Any:
+        """Accept parameters replicated with ``flax.jax_utils.replicate``.
+
+        Whisper JAX's documented pmap snippet replicates ``params`` and closes
+        over them inside the pmapped function, so every leaf arrives with an
+        extra leading device axis. The replicas are identical: use the first.
+        """
+        expected = jax.tree_util.tree_leaves(self.params_shape_tree)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        if len(leaves) == len(expected) and leaves and all(
+            np.ndim(x) == len(e.shape) + 1 and tuple(np.shape(x)[1:]) == tuple(e.shape) for x, e in zip(leaves, expected)
+        ):
+            return jax.tree_util.tree_unflatten(treedef, [x[0] for x in leaves])
         return params
 
     @functools.cached_property
