@@ -1,8 +1,9 @@
 """The whisper-t5x command: arguments, gin, files, resume, failures, multi-process.
 
-Fast tests use :class:`FakePipeline` (no model); tests marked ``slow`` run the
-real ``tiny.en`` model through ``python -m whisper_t5x.main`` and are skipped
-unless selected with ``-m slow`` (or ``WHISPER_T5X_SLOW=1``).
+Most tests use :class:`FakePipeline` (no model); the others run the
+real ``tiny.en`` model through ``python -m whisper_t5x.main``: one run by
+default (``test_end_to_end_tiny_en``, ~10 s with a warm compile cache), the
+two-process real-model run only with ``-m slow``.
 """
 
 import json
@@ -28,17 +29,9 @@ SRT_CUE = re.compile(r"^(\d+)\n(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\
 VTT_CUE = re.compile(r"^(\d\d:\d\d:\d\d\.\d\d\d) --> (\d\d:\d\d:\d\d\.\d\d\d)\n(.+)$", re.S)
 FAKE = "'tests.test_cli:FakePipeline'"
 
-with warnings.catch_warnings():  # `slow` is not registered in a conftest (yet)
+with warnings.catch_warnings():  # in case pytest.ini (which registers `slow`) is absent
     warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
     slow = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _slow_gate(request):
-    if request.node.get_closest_marker("slow"):
-        selected = "slow" in (request.config.getoption("markexpr") or "")
-        if not (selected or os.environ.get("WHISPER_T5X_SLOW")):
-            pytest.skip("slow: run with -m slow or WHISPER_T5X_SLOW=1")
 
 
 class FakePipeline:
@@ -209,6 +202,34 @@ def test_batch_failure_retries_files_one_by_one(audio_dir, tmp_path):
     assert sorted(os.listdir(tmp_path / "o")) == ["a__x.txt", "c.txt", "config.gin"]
 
 
+def test_benchmark_command(audio_dir, tmp_path, capsys):
+    (audio_dir / "bad.wav").unlink()
+    out = tmp_path / "bench"
+    rc, stdout, _ = run_main(["benchmark", audio_dir, "--output_dir", out, f"--gin.TranscribeConfig.pipeline={FAKE}"],
+                             capsys)
+    assert rc == 0 and "3 file(s) transcribed" in stdout
+    assert [c["n"] for c in FakePipeline.calls] == [3, 3]  # untimed warm-up, then the timed run
+    metrics = json.loads((out / "benchmark.json").read_text())
+    assert metrics["files"] == 3 and metrics["audio_s"] == pytest.approx(2.25) and metrics["rtf"] > 0
+    assert sorted(os.listdir(out)) == ["a__x.json", "b__x.json", "benchmark.json", "c.json", "config.gin"]
+    rc, stdout, _ = run_main(["benchmark", audio_dir, "--output_dir", out, f"--gin.TranscribeConfig.pipeline={FAKE}"],
+                             capsys)
+    assert rc == 0 and "3 file(s) transcribed, 0 skipped" in stdout  # benchmarks always redo
+
+
+def test_serve_dispatch(monkeypatch, capsys):
+    import types
+
+    seen = []
+    fake = types.ModuleType("whisper_t5x.serving")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "whisper_t5x.serving", fake)
+    assert cli.main(["whisper-t5x", "serve", "--port", "9000"]) == 0
+    assert seen == [["whisper-t5x", "--port", "9000"]]
+    del fake.main
+    assert cli.main(["whisper-t5x", "serve"]) == 2 and "main(argv)" in capsys.readouterr().err
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -283,7 +304,6 @@ def _parse_srt(text):
     return cues
 
 
-@slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None or not os.path.exists(JFK), reason="needs espeak-ng and jfk.flac")
 def test_end_to_end_tiny_en(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime
 import importlib
-import importlib.util
 import logging
 import shlex
 import sys
@@ -123,9 +122,13 @@ def _help() -> str:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    if importlib.util.find_spec("whisper_t5x.serving") is None:
+    """``whisper-t5x serve ...`` -> ``whisper_t5x.serving.main([prog, ...])``."""
+    try:
+        serving = importlib.import_module("whisper_t5x.serving")
+    except ModuleNotFoundError as e:
+        if e.name not in ("whisper_t5x.serving",):
+            raise
         return _error("the 'serve' command needs the whisper_t5x.serving package, which is not installed here")
-    serving = importlib.import_module("whisper_t5x.serving")
     entry = getattr(serving, "main", None)
     if entry is None:
         return _error("whisper_t5x.serving has no main(argv) entry point")
