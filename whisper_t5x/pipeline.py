@@ -124,6 +124,13 @@ class FlaxWhisperPipeline:
         accelerators).
       silence_threshold: windows whose peak amplitude is below this are not
         decoded (empty text); ``0`` decodes everything.
+      decode_with_timestamps: decode with timestamp tokens even when
+        ``return_timestamps=False`` (default True, as openai-whisper's
+        ``transcribe`` does): Whisper skips or truncates speech in long
+        windows far more often without them, and the stitcher places seams
+        by time as well as text. ``False`` decodes with ``<|notimestamps|>``
+        unless timestamps are requested (Hugging Face's behaviour; fewer
+        tokens, but measurably worse on long-form audio).
     """
 
     def __init__(
@@ -137,6 +144,7 @@ class FlaxWhisperPipeline:
         fallback: Union[None, bool, fb.FallbackConfig] = None,
         feature_backend: str = "auto",
         silence_threshold: float = SILENCE_PEAK,
+        decode_with_timestamps: bool = True,
     ):
         from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
 
@@ -172,6 +180,7 @@ class FlaxWhisperPipeline:
             feature_backend = "numpy" if jax.default_backend() == "cpu" else "jax"
         self.feature_backend = feature_backend
         self.silence_threshold = float(silence_threshold)
+        self.decode_with_timestamps = bool(decode_with_timestamps)
         self._host_params = params
         self._params = params
         self._param_axes = None
@@ -442,7 +451,7 @@ class FlaxWhisperPipeline:
         return_timestamps = bool(gk.pop("return_timestamps", return_timestamps))
         batch_size = self._check_batch_size(batch_size if batch_size is not None else self.batch_size)
         chunk, stride = window_params(chunk_length_s, stride_length_s, SAMPLE_RATE)
-        ctx = _CallContext(self, task, language, return_timestamps, gk)
+        ctx = _CallContext(self, task, language, return_timestamps or self.decode_with_timestamps, gk)
 
         single = _is_single(inputs)
         items = [inputs] if single else list(inputs)
@@ -494,7 +503,8 @@ class FlaxWhisperPipeline:
         results = []
         for i in range(len(items)):
             info = infos[i]
-            out = stitch(transcripts[i], self.tokenizer.decode, info.num_samples / SAMPLE_RATE, return_timestamps)
+            out = stitch(transcripts[i], self.tokenizer.decode, info.num_samples / SAMPLE_RATE,
+                         ctx.return_timestamps, chunks="segments" if return_timestamps else "windows")
             result = {"text": out["text"], "chunks": out["chunks"]}
             if return_language:
                 result["language"] = out["language"] if self.config.is_multilingual else "en"

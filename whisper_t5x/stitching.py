@@ -268,12 +268,19 @@ def stitch(
     timestamps: bool,
     sampling_rate: int = SAMPLE_RATE,
     min_match: int = 3,
+    chunks: Optional[str] = None,
 ) -> Dict[str, object]:
     """Merge one input's window transcripts into ``{"text", "chunks", "language"}``.
 
     ``transcripts`` are the input's windows in order. ``duration`` (seconds)
     clips the chunk times. ``language`` is :func:`majority_language`.
+    ``chunks``: ``"segments"`` (timestamped segments; needs ``timestamps``) or
+    ``"windows"`` (one per window); default segments when ``timestamps``.
     """
+    if chunks is None:
+        chunks = "segments" if timestamps else "windows"
+    if chunks not in ("segments", "windows") or (chunks == "segments" and not timestamps):
+        raise ValueError(f"chunks must be 'windows', or 'segments' with timestamps; got {chunks!r}")
     transcripts = sorted(transcripts, key=lambda t: t.window.start)
     n = len(transcripts)
     if n == 0:
@@ -291,8 +298,8 @@ def stitch(
     all_ids = [tok.token for k, tr in enumerate(transcripts) for tok in tr.tokens[lo[k]:hi[k]]]
     text = decode(all_ids)
 
-    chunks: List[Dict[str, object]] = []
-    if timestamps:
+    mode, chunks = chunks, []
+    if mode == "segments":
         pieces: List[_Piece] = []
         for k, tr in enumerate(transcripts):
             for p in _pieces(tr, lo[k], hi[k]):
