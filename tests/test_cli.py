@@ -64,6 +64,10 @@ class FakePipeline:
         return out
 
 
+def broken_pipeline(**kwargs):
+    raise FileNotFoundError(f"no model {kwargs['checkpoint']!r}")
+
+
 def write_wav(path, seconds, rate=16000, freq=440.0):
     t = np.arange(int(seconds * rate)) / rate
     pcm = (0.2 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
@@ -129,6 +133,17 @@ def test_help_and_usage_errors(capsys):
     assert rc == 2 and "no_such_flag" in err
     rc, _, err = run_main(["frobnicate", "x"], capsys)
     assert rc == 2 and "frobnicate" in err
+
+
+def test_model_that_cannot_load(audio_dir, tmp_path, capsys):
+    rc, _, err = run_main(["transcribe", audio_dir / "c.wav", "--model", "nope", "--output_dir", tmp_path,
+                           "--gin.TranscribeConfig.pipeline='tests.test_cli:broken_pipeline'"], capsys)
+    assert rc == 1 and "cannot set up model 'nope'" in err and "FileNotFoundError" in err
+    rc, _, err = run_main(["transcribe", tmp_path / "empty_dir_missing"], capsys)
+    assert rc == 1 and "no such file" in err
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run_main(["transcribe", tmp_path / "empty", "--output_dir", tmp_path / "o"], capsys)
+    assert rc == 2 and "no audio files found" in err
 
 
 def test_unknown_gin_binding_fails_naming_it(audio_dir, tmp_path, capsys):

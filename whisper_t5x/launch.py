@@ -496,7 +496,7 @@ def build_partitioner(spec: Any, process_count: int = 1):
 def build_pipeline(config: TranscribeConfig, process_count: int = 1):
     factory = _resolve_callable(config.pipeline)
     kwargs: Dict[str, Any] = dict(checkpoint=config.model, batch_size=config.batch_size, max_length=config.max_length)
-    kwargs["dtype"] = _jnp_dtype(config.dtype) if config.pipeline == DEFAULT_PIPELINE else config.dtype
+    kwargs["dtype"] = _jnp_dtype(config.dtype)
     kwargs["partitioner"] = build_partitioner(config.partitioner, process_count)
     return factory(**kwargs)
 
@@ -618,6 +618,10 @@ def _call_pipeline(pipe, loaded: Sequence[_Loaded], config: TranscribeConfig) ->
     return results
 
 
+class PipelineBuildError(RuntimeError):
+    """The model / pipeline could not be built (nothing can be transcribed)."""
+
+
 EMPTY_RESULT = {"text": "", "chunks": [], "language": None}
 
 
@@ -665,7 +669,10 @@ def run_transcribe(
         nonlocal pipe, config_written
         if pipe is None:
             t = time.perf_counter()
-            pipe = build_pipeline(config, process_count)
+            try:
+                pipe = build_pipeline(config, process_count)
+            except Exception as e:  # noqa: BLE001 - unknown model, bad partitioner/batch size, ...
+                raise PipelineBuildError(f"cannot set up model {config.model!r}: {type(e).__name__}: {e}") from e
             report.load_model_s += time.perf_counter() - t
         if write_gin_config and process_index == 0 and not config_written:
             write_config(os.path.join(out_dir, CONFIG_FILENAME), config_header or "")
