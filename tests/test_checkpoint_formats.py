@@ -170,3 +170,15 @@ def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
             load_checkpoint("openai/whisper-nonexistent", cache_dir=str(tmp_path / "hub"))
     finally:
         del os.environ["HF_HUB_OFFLINE"]
+
+
+def test_flax_msgpack_directory(tmp_path):
+    """Hugging Face's former Flax format: a msgpack tree under ``model`` beside config.json."""
+    import shutil
+
+    from flax.serialization import msgpack_serialize
+
+    params = load_checkpoint(H.saved_hf_dir(NAME)).params
+    shutil.copy(os.path.join(H.saved_hf_dir(NAME), "config.json"), tmp_path / "config.json")
+    (tmp_path / "flax_model.msgpack").write_bytes(msgpack_serialize({"model": params}))
+    _assert_same(load_checkpoint(str(tmp_path)).params, params)
