@@ -163,7 +163,7 @@ def attend(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]]) -> A
     return jnp.moveaxis(out, 0, 1).reshape(b, q_len, h, d)
 
 
-def _attend_all(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]]) -> Array:
+def _attend_all(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]], return_probs: bool = False):
     """Softmax attention of ``q`` over the concatenation of several key/value parts.
 
     ``q`` is ``(batch, q_len, heads, kv)`` and already scaled. Each part is
@@ -189,6 +189,8 @@ def _attend_all(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]])
         start += s.shape[-1]
         o = jnp.einsum("bhts,bhsd->bthd", p, v.astype(q.dtype), preferred_element_type=jnp.float32)
         out = o if out is None else out + o
+    if return_probs:
+        return out.astype(q.dtype), probs
     return out.astype(q.dtype)
 
 

@@ -37,6 +37,7 @@ from whisper_t5x.layers import (
     Dense,
     Embed,
     LayerNorm,
+    _attend_all,
     attend,
     constrain,
     mask_to_bias,
@@ -139,6 +140,10 @@ class DecoderBlock(nn.Module):
         if beams > 1:
             b, t, nh, dh = q.shape
             o = attend(q.reshape(b // beams, beams * t, nh, dh), [(ck, cv, None)]).reshape(b, t, nh, dh)
+        elif self.is_mutable_collection("intermediates"):
+            # Word timestamps read the cross-attention weights (batch, heads, tokens, frames).
+            o, probs = _attend_all(q, [(ck, cv, None)], return_probs=True)
+            self.sow("intermediates", "cross_attention_weights", probs)
         else:
             o = attend(q, [(ck, cv, None)])
         x = x + cross.output(o)
@@ -154,7 +159,7 @@ class DecoderBlock(nn.Module):
 def _scanned(block_cls, num_layers: int, num_broadcast: int):
     return nn_partitioning.scan_with_axes(
         block_cls,
-        variable_axes={"params": 0},
+        variable_axes={"params": 0, "intermediates": 0},
         split_rngs={"params": True},
         in_axes=(0,) + (nn.broadcast,) * num_broadcast,
         length=num_layers,
