@@ -1,0 +1,31 @@
+"""The transcription endpoint: a Gradio UI and an OpenAI-compatible REST API in one process.
+
+Start it with ``whisper-t5x serve`` (or ``python -m whisper_t5x.serving``);
+see :mod:`whisper_t5x.serving.server` for the flags. Pieces:
+
+* :mod:`.batcher` -- cross-request batching of decoded audio;
+* :mod:`.service` -- model loading, warm-up, limits, validation;
+* :mod:`.api` -- ``/v1/audio/transcriptions``, ``/v1/audio/translations``, ``/health``;
+* :mod:`.ui` -- the Gradio Blocks app (and the ``/transcribe`` client endpoint);
+* :mod:`.server` -- the FastAPI app and ``main(argv)``.
+"""
+
+from whisper_t5x.serving.batcher import Batcher, DecodeOptions, QueueFull
+from whisper_t5x.serving.service import Service, ServiceError, ServingSettings
+
+
+def main(argv=None) -> int:
+    """Entry point used by ``whisper-t5x serve`` (``argv[0]`` is the program name)."""
+    from whisper_t5x.serving.server import main as _main
+
+    return _main(argv)
+
+
+def create_app(service, start: bool = True):
+    from whisper_t5x.serving.server import create_app as _create_app
+
+    return _create_app(service, start)
+
+
+__all__ = ["Batcher", "DecodeOptions", "QueueFull", "Service", "ServiceError", "ServingSettings", "main",
+           "create_app"]

@@ -1,0 +1,222 @@
+"""OpenAI-compatible REST API: ``/v1/audio/transcriptions``, ``/v1/audio/translations``, ``/health``.
+
+Requests are ``multipart/form-data`` as in OpenAI's audio API:
+
+``file`` (required), ``model`` (accepted, ignored: this server has one
+model), ``language`` (code or English name; absent or ``auto``: detected),
+``prompt`` (text conditioning the first window), ``response_format``
+(``json`` default, ``text``, ``srt``, ``vtt``, ``verbose_json``),
+``temperature`` (0 default: greedy with the temperature fallback; >0: that
+temperature only), ``timestamp_granularities[]`` (``segment``; ``word`` is
+not supported and answers 400).
+
+Errors are ``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx
+status; with an API key configured, ``Authorization: Bearer <key>`` is
+required on ``/v1/*``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any, Dict, List, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from whisper_t5x import outputs as outputs_lib
+from whisper_t5x.audio import SAMPLE_RATE
+from whisper_t5x.serving.service import Service, ServiceError, internal_error
+
+logger = logging.getLogger("whisper_t5x.serving")
+
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+_FORM_OVERHEAD = 64 * 1024  # multipart headers and small fields on top of the file
+
+
+def error_response(err: ServiceError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+def _check_api_key(service: Service, request: Request) -> None:
+    key = service.settings.api_key
+    if not key:
+        return
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if not auth:
+        raise ServiceError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                           code="missing_api_key")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        raise ServiceError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    too_big = ServiceError(413, f"the request is larger than the upload limit ({limit // (1024 * 1024)} MB)",
+                           param="file", code="file_too_large")
+    if declared is not None:
+        try:
+            if int(declared) > limit + _FORM_OVERHEAD:
+                raise too_big
+        except ValueError:
+            raise ServiceError(400, "invalid Content-Length header") from None
+    chunks: List[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit + _FORM_OVERHEAD:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _field(form: Any, name: str) -> Optional[str]:
+    value = form.get(name)
+    if value is None or not isinstance(value, str):
+        return None
+    return value
+
+
+def _parse_temperature(raw: Optional[str]) -> Optional[float]:
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ServiceError(400, f"temperature must be a number, got {raw!r}", param="temperature") from None
+
+
+def render(result: Dict[str, Any], fmt: str, task: str, duration: float, tokenizer: Any = None) -> Response:
+    text = str(result.get("text") or "").strip()
+    if fmt == "json":
+        return JSONResponse({"text": text})
+    if fmt == "text":
+        return PlainTextResponse(text + "\n")
+    if fmt == "srt":
+        return PlainTextResponse(outputs_lib.to_srt(result, duration))
+    if fmt == "vtt":
+        return PlainTextResponse(outputs_lib.to_vtt(result, duration), media_type="text/vtt")
+    # verbose_json
+    from whisper_t5x.fallback import compression_ratio
+    from whisper_t5x.languages import LANGUAGES
+
+    segments = []
+    for i, s in enumerate(outputs_lib.segments_from_result(result, duration)):
+        tokens: List[int] = []
+        if tokenizer is not None:
+            try:
+                tokens = [int(t) for t in tokenizer.encode(" " + s.text)]
+            except Exception:  # noqa: BLE001 - tokens are informative only
+                tokens = []
+        segments.append({
+            "id": i, "seek": int(round(s.start * 100)), "start": round(s.start, 3), "end": round(s.end, 3),
+            "text": s.text, "tokens": tokens, "temperature": None, "avg_logprob": None,
+            "compression_ratio": round(compression_ratio(s.text), 4) if s.text else None, "no_speech_prob": None,
+        })
+    lang = result.get("language")
+    return JSONResponse({
+        "task": task,
+        "language": LANGUAGES.get(lang, lang) if lang else None,
+        "duration": round(duration, 3),
+        "text": text,
+        "segments": segments,
+    })
+
+
+def add_routes(app: FastAPI, service: Service) -> None:
+    """Registers the REST routes on ``app`` (before the UI is mounted at ``/``)."""
+
+    @app.get("/health")
+    async def health():
+        body = service.health()
+        return JSONResponse(body, status_code=200 if service.ready else 503)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        try:
+            _check_api_key(service, request)
+        except ServiceError as e:
+            return error_response(e)
+        return {"object": "list", "data": [{"id": service.settings.model, "object": "model", "owned_by": "whisper_t5x"}]}
+
+    async def handle(request: Request, task: str) -> Response:
+        try:
+            _check_api_key(service, request)
+            service.check_ready()
+            ctype = request.headers.get("content-type", "")
+            if not ctype.lower().startswith("multipart/form-data"):
+                raise ServiceError(400, "send the audio as multipart/form-data with a 'file' field",
+                                   param="file", code="invalid_content_type")
+            # Read (bounded) first; request.form() then parses the kept body.
+            request._body = await _read_limited(request, service.settings.max_upload_bytes)
+            try:
+                form = await request.form(max_files=1, max_fields=64)
+            except Exception as e:  # noqa: BLE001 - malformed multipart bodies
+                raise ServiceError(400, f"could not parse the multipart form: {e}", param="file") from None
+            try:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ServiceError(400, "the 'file' field (an audio file) is required", param="file",
+                                       code="missing_file")
+                data = await upload.read()
+                fmt = (_field(form, "response_format") or "json").strip().lower()
+                if fmt not in RESPONSE_FORMATS:
+                    raise ServiceError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
+                                       f"got {fmt!r}", param="response_format")
+                granularities = [g.strip().lower() for g in form.getlist("timestamp_granularities[]")
+                                 + form.getlist("timestamp_granularities") if isinstance(g, str) and g.strip()]
+                bad = [g for g in granularities if g not in ("segment", "word")]
+                if bad:
+                    raise ServiceError(400, f"timestamp_granularities must be 'segment' or 'word', got {bad}",
+                                       param="timestamp_granularities[]")
+                if "word" in granularities:
+                    raise ServiceError(400, "word-level timestamps are not supported; use 'segment'",
+                                       param="timestamp_granularities[]", code="unsupported_value")
+                timestamps = fmt in ("srt", "vtt", "verbose_json") or "segment" in granularities
+                options = service.make_options(
+                    task=task, language=_field(form, "language"), timestamps=timestamps,
+                    temperature=_parse_temperature(_field(form, "temperature")), prompt=_field(form, "prompt"),
+                )
+            finally:
+                await form.close()
+            audio = await run_in_threadpool(service.decode_audio, data)
+            del data
+            fut = service.submit(audio, options)
+            wrapped = asyncio.wrap_future(fut)
+            try:
+                result = await asyncio.wait_for(wrapped, timeout=service.settings.request_timeout_s)
+            except asyncio.TimeoutError:
+                fut.cancel()
+                raise ServiceError(504, f"the transcription took longer than "
+                                   f"{service.settings.request_timeout_s:g} s", "server_error",
+                                   code="timeout") from None
+            except ServiceError:
+                raise
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise internal_error(e) from None
+            return render(result, fmt, task, audio.shape[0] / SAMPLE_RATE, getattr(service.pipeline, "tokenizer", None))
+        except ServiceError as e:
+            if e.status >= 500:
+                logger.warning("request failed (%d): %s", e.status, e.message)
+            return error_response(e)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - never let one request take the server down
+            logger.exception("unexpected error while serving a request")
+            return error_response(internal_error(e))
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request):
+        return await handle(request, "transcribe")
+
+    @app.post("/v1/audio/translations")
+    async def translations(request: Request):
+        return await handle(request, "translate")

@@ -1,0 +1,229 @@
+"""Cross-request batching: concurrent requests decoded in shared compiled batches.
+
+Requests (decoded 16 kHz waveforms plus decoding options) are put on a queue.
+One worker thread owns the pipeline. It takes the oldest waiting request,
+then keeps collecting requests with the *same* decoding options (task,
+language, timestamps, temperature, prompt) for up to ``max_delay_s`` or until
+their windows fill ``max_batch_size`` rows, and transcribes them in one
+pipeline call. The pipeline packs the windows of all the inputs of a call into
+its compiled batches (``FlaxWhisperPipeline.__call__`` with a list), so eight
+concurrent one-window requests cost one batch of eight rows instead of eight
+batches of one.
+
+Isolation: if a grouped call raises, every request of the group is retried
+alone, so one bad request fails only itself. Requests whose caller gave up
+(timeout, disconnect) before their group started are dropped unprocessed.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from whisper_t5x.audio import SAMPLE_RATE
+from whisper_t5x.windows import split_windows, window_params
+
+logger = logging.getLogger("whisper_t5x.serving")
+
+__all__ = ["DecodeOptions", "Batcher", "QueueFull", "BatcherStopped"]
+
+
+class QueueFull(RuntimeError):
+    """Too many requests are waiting; the caller should answer 503."""
+
+
+class BatcherStopped(RuntimeError):
+    """The batcher was shut down."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """Options that must be equal for requests to share a batch (hashable)."""
+
+    task: str = "transcribe"
+    language: Optional[str] = None
+    return_timestamps: bool = False
+    temperature: Optional[float] = None  # None: the pipeline's fallback schedule
+    prompt_ids: Tuple[int, ...] = ()
+
+    def pipeline_kwargs(self) -> Dict[str, Any]:
+        gk: Dict[str, Any] = {}
+        if self.temperature is not None:
+            gk["temperature"] = float(self.temperature)
+        if self.prompt_ids:
+            gk["prompt_ids"] = np.asarray(self.prompt_ids, np.int32)
+        return dict(
+            task=self.task,
+            language=self.language,
+            return_timestamps=bool(self.return_timestamps),
+            return_language=True,
+            generate_kwargs=gk or None,
+        )
+
+
+@dataclasses.dataclass
+class _Request:
+    audio: np.ndarray
+    options: DecodeOptions
+    future: concurrent.futures.Future
+    num_windows: int
+    enqueued: float
+
+
+class Batcher:
+    """Owns ``pipeline`` in a worker thread; :meth:`submit` returns a Future of the result dict.
+
+    Args:
+      pipeline: a ``FlaxWhisperPipeline`` (or anything with its call signature).
+      max_batch_size: rows per compiled batch; a group is closed once its
+        requests hold this many windows.
+      max_delay_s: how long the first request of a group waits for companions.
+      max_queue: waiting requests beyond which :meth:`submit` raises :class:`QueueFull`.
+      chunk_length_s: window length (as the pipeline's argument).
+    """
+
+    def __init__(self, pipeline: Any, max_batch_size: int = 8, max_delay_s: float = 0.01, max_queue: int = 64,
+                 chunk_length_s: float = 30.0, call: Optional[Callable[..., Any]] = None):
+        self.pipeline = pipeline
+        self.max_batch_size = max(1, int(max_batch_size))
+        self.max_delay_s = max(0.0, float(max_delay_s))
+        self.max_queue = max(1, int(max_queue))
+        self.chunk_length_s = float(chunk_length_s)
+        self._chunk, self._stride = window_params(self.chunk_length_s, None, SAMPLE_RATE)
+        self._call = call or pipeline
+        self._queue: Deque[_Request] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.stats = collections.Counter()
+        self._thread = threading.Thread(target=self._run, name="whisper_t5x-batcher", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------- public
+    def submit(self, audio: np.ndarray, options: DecodeOptions) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        n = max(1, len(split_windows(int(audio.shape[0]), self._chunk, self._stride)))
+        with self._cond:
+            if self._stopped:
+                raise BatcherStopped("the server is shutting down")
+            if len(self._queue) >= self.max_queue:
+                self.stats["rejected"] += 1
+                raise QueueFull(f"{len(self._queue)} requests are already waiting; try again later")
+            self._queue.append(_Request(audio, options, fut, n, time.monotonic()))
+            self._cond.notify_all()
+        return fut
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Blocking helper: submit and wait (the Future is cancelled on timeout)."""
+        fut = self.submit(audio, options)
+        try:
+            return fut.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise
+
+    @property
+    def queue_length(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopped = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for r in pending:
+            if r.future.set_running_or_notify_cancel():
+                r.future.set_exception(BatcherStopped("the server is shutting down"))
+        self._thread.join(timeout=timeout)
+
+    # ----------------------------------------------------------------- worker
+    def _take_group(self) -> Optional[List[_Request]]:
+        """Blocks for the oldest live request, then gathers compatible ones."""
+        with self._cond:
+            while True:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return None
+                first = self._queue.popleft()
+                if first.future.set_running_or_notify_cancel():
+                    break  # else: cancelled while waiting; drop it
+            group, windows = [first], first.num_windows
+            deadline = time.monotonic() + self.max_delay_s
+            while windows < self.max_batch_size and not self._stopped:
+                for r in list(self._queue):
+                    if r.options != first.options:
+                        continue
+                    if windows + r.num_windows > self.max_batch_size:
+                        continue
+                    self._queue.remove(r)
+                    if not r.future.set_running_or_notify_cancel():
+                        continue
+                    group.append(r)
+                    windows += r.num_windows
+                    if windows >= self.max_batch_size:
+                        break
+                left = deadline - time.monotonic()
+                if windows >= self.max_batch_size or left <= 0:
+                    break
+                self._cond.wait(timeout=left)
+            return group
+
+    def _run(self) -> None:
+        while True:
+            try:
+                group = self._take_group()
+            except Exception:  # noqa: BLE001 - never let the worker die
+                logger.exception("batcher: cannot take requests")
+                time.sleep(0.05)
+                continue
+            if group is None:
+                return
+            self._process(group)
+
+    def _process(self, group: List[_Request]) -> None:
+        self.stats["groups"] += 1
+        self.stats["requests"] += len(group)
+        self.stats["windows"] += sum(r.num_windows for r in group)
+        self.stats["max_group"] = max(self.stats["max_group"], len(group))
+        kwargs = group[0].options.pipeline_kwargs()
+        t0 = time.perf_counter()
+        try:
+            results = self._call([r.audio for r in group], chunk_length_s=self.chunk_length_s,
+                                 batch_size=self.max_batch_size, **kwargs)
+            if isinstance(results, dict):
+                results = [results]
+            results = list(results)
+            if len(results) != len(group):
+                raise RuntimeError(f"pipeline returned {len(results)} results for {len(group)} inputs")
+        except Exception as e:  # noqa: BLE001
+            if len(group) == 1:
+                logger.warning("transcription failed: %s: %s", type(e).__name__, e)
+                group[0].future.set_exception(e)
+                return
+            logger.warning("batched transcription of %d requests failed (%s: %s); retrying one by one",
+                           len(group), type(e).__name__, e)
+            for r in group:
+                self._process_alone(r)
+            return
+        logger.debug("batch of %d request(s), %d window(s) in %.2f s", len(group),
+                     sum(r.num_windows for r in group), time.perf_counter() - t0)
+        for r, res in zip(group, results):
+            r.future.set_result(res)
+
+    def _process_alone(self, r: _Request) -> None:
+        try:
+            res = self._call([r.audio], chunk_length_s=self.chunk_length_s, batch_size=self.max_batch_size,
+                             **r.options.pipeline_kwargs())
+            r.future.set_result(res[0] if isinstance(res, list) else res)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("transcription failed: %s: %s", type(e).__name__, e)
+            r.future.set_exception(e)

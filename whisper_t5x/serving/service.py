@@ -1,0 +1,313 @@
+"""The transcription service behind both front ends (REST API and Gradio UI).
+
+:class:`Service` loads the pipeline in a background thread, warms it up
+(compiles the common programs) and only then reports ready; it validates
+requests, enforces the limits of :class:`ServingSettings` and hands decoded
+audio to the :class:`~whisper_t5x.serving.batcher.Batcher`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from whisper_t5x.audio import SAMPLE_RATE, AudioError, load_audio
+from whisper_t5x.serving.batcher import Batcher, BatcherStopped, DecodeOptions, QueueFull
+
+logger = logging.getLogger("whisper_t5x.serving")
+
+__all__ = ["ServingSettings", "Service", "ServiceError", "MAX_PROMPT_TOKENS"]
+
+# openai-whisper keeps at most n_text_ctx // 2 - 1 prompt tokens.
+MAX_PROMPT_TOKENS = 223
+
+
+class ServiceError(Exception):
+    """A request failure with an HTTP status and OpenAI error fields."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None):
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> Dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclasses.dataclass
+class ServingSettings:
+    """Everything the endpoint needs (built from ``ServeConfig`` + flags by :mod:`.server`).
+
+    Attributes:
+      model: model name or checkpoint path (``tiny.en``, ``base``, ...).
+      dtype: ``float32`` / ``bfloat16`` / ``float16``.
+      max_batch_size: rows per compiled batch (windows of several requests).
+      max_batch_delay_ms: how long a request waits for others to batch with.
+      max_queue: waiting requests beyond which new ones get 503.
+      chunk_length_s: window length.
+      max_length: decoder token limit (``None``: model default).
+      max_upload_mb: largest accepted upload.
+      max_audio_s: longest accepted audio (after decoding).
+      request_timeout_s: a request not answered by then gets 504.
+      api_key: if set, the REST API requires ``Authorization: Bearer <api_key>``.
+      warmup: compile the common programs before reporting ready.
+      warmup_timestamps: also compile the timestamp programs.
+      ui: mount the Gradio UI at ``/``.
+    """
+
+    model: str = "base"
+    dtype: str = "float32"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 8
+    max_batch_delay_ms: float = 10.0
+    max_queue: int = 64
+    chunk_length_s: float = 30.0
+    max_length: Optional[int] = None
+    partitioner: Any = None
+    pipeline: Any = None
+    max_upload_mb: float = 25.0
+    max_audio_s: float = 3600.0
+    request_timeout_s: float = 600.0
+    api_key: Optional[str] = None
+    warmup: bool = True
+    warmup_timestamps: bool = True
+    ui: bool = True
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def _bucket_sizes(max_batch_size: int) -> List[int]:
+    sizes, s = [], 1
+    while s < max_batch_size:
+        sizes.append(s)
+        s *= 2
+    sizes.append(max_batch_size)
+    return sizes
+
+
+def _warmup_audio(seconds: float = 2.0) -> np.ndarray:
+    """A quiet, non-silent signal (silent windows are skipped, so would not compile)."""
+    rng = np.random.default_rng(0)
+    n = int(seconds * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    return (0.05 * np.sin(2 * math.pi * 220 * t) + 0.01 * rng.standard_normal(n)).astype(np.float32)
+
+
+class Service:
+    """Pipeline + batcher + readiness; thread-safe.
+
+    ``pipeline``: an already built pipeline (tests); otherwise one is built
+    from ``settings`` in the background by :meth:`start`.
+    """
+
+    def __init__(self, settings: ServingSettings, pipeline: Any = None,
+                 pipeline_factory: Optional[Callable[[ServingSettings], Any]] = None):
+        self.settings = settings
+        self.pipeline = pipeline
+        self._factory = pipeline_factory or _build_pipeline
+        self.batcher: Optional[Batcher] = None
+        self.state = "starting"  # starting -> loading -> warming_up -> ready | error
+        self.error: Optional[str] = None
+        self.started_at = time.time()
+        self.ready_at: Optional[float] = None
+        self.warmup_s: Optional[float] = None
+        self._ready = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self, background: bool = True) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._startup, name="whisper_t5x-startup", daemon=True)
+        self._thread.start()
+        if not background:
+            self._thread.join()
+
+    def _startup(self) -> None:
+        try:
+            if self.pipeline is None:
+                self.state = "loading"
+                t = time.perf_counter()
+                self.pipeline = self._factory(self.settings)
+                logger.info("model %s loaded in %.1f s", self.settings.model, time.perf_counter() - t)
+            s = self.settings
+            self.batcher = Batcher(self.pipeline, s.max_batch_size, s.max_batch_delay_ms / 1000.0, s.max_queue,
+                                   s.chunk_length_s)
+            if s.warmup:
+                self.state = "warming_up"
+                t = time.perf_counter()
+                self._warmup()
+                self.warmup_s = time.perf_counter() - t
+                logger.info("warm-up (compilation) took %.1f s", self.warmup_s)
+            self.state = "ready"
+            self.ready_at = time.time()
+            self._ready.set()
+            logger.info("ready: serving %s", s.model)
+        except Exception as e:  # noqa: BLE001
+            self.state = "error"
+            self.error = f"{type(e).__name__}: {e}"
+            logger.exception("server start-up failed")
+            self._ready.set()
+
+    def _warmup(self) -> None:
+        """Compile greedy decoding for each batch bucket (plain and with timestamps)."""
+        audio = _warmup_audio()
+        for ts in ([False, True] if self.settings.warmup_timestamps else [False]):
+            for size in _bucket_sizes(self.settings.max_batch_size):
+                self.pipeline([audio] * size, return_timestamps=ts, batch_size=self.settings.max_batch_size,
+                              chunk_length_s=self.settings.chunk_length_s, generate_kwargs={"temperature": 0.0})
+
+    def wait_ready(self, timeout: Optional[float] = None) -> bool:
+        self._ready.wait(timeout)
+        return self.state == "ready"
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+
+    def health(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"status": "ok" if self.ready else self.state, "model": self.settings.model}
+        if self.error:
+            out["error"] = self.error
+        if self.warmup_s is not None:
+            out["warmup_s"] = round(self.warmup_s, 2)
+        if self.batcher is not None:
+            out["queue"] = self.batcher.queue_length
+            out["batches"] = dict(self.batcher.stats)
+        return out
+
+    # ----------------------------------------------------------------- requests
+    @property
+    def multilingual(self) -> bool:
+        tok = getattr(self.pipeline, "tokenizer", None)
+        return bool(getattr(tok, "is_multilingual", True))
+
+    def languages(self) -> Dict[str, str]:
+        """Code -> English name of the languages the loaded model knows (before load: all)."""
+        from whisper_t5x.languages import LANGUAGES
+
+        tok = getattr(self.pipeline, "tokenizer", None)
+        if tok is not None and not tok.is_multilingual:
+            return {"en": "english"}
+        n = getattr(tok, "num_languages", len(LANGUAGES)) if tok is not None else len(LANGUAGES)
+        return dict(list(LANGUAGES.items())[:n])
+
+    def check_ready(self) -> None:
+        if not self.ready:
+            if self.state == "error":
+                raise ServiceError(503, f"the model failed to load: {self.error}", "server_error", code="not_ready")
+            raise ServiceError(503, f"the model is not ready yet ({self.state}); retry shortly", "server_error",
+                               code="not_ready")
+
+    def make_options(self, task: str = "transcribe", language: Optional[str] = None, timestamps: bool = False,
+                     temperature: Optional[float] = None, prompt: Optional[str] = None) -> DecodeOptions:
+        """Validated decoding options (ServiceError 400 on bad values)."""
+        self.check_ready()
+        task = (task or "transcribe").strip().lower()
+        if task not in ("transcribe", "translate"):
+            raise ServiceError(400, f"unknown task {task!r}; use transcribe or translate", param="task")
+        lang = (language or "").strip()
+        if lang.lower() in ("", "auto", "none", "detect"):
+            lang_code = None
+        else:
+            tok = self.pipeline.tokenizer
+            try:
+                lang_code = tok.language_code(lang)
+            except (ValueError, KeyError) as e:
+                raise ServiceError(400, f"unsupported language {lang!r}: {e}", param="language",
+                                   code="unsupported_language") from None
+        try:
+            self.pipeline.tokenizer.sot_sequence(lang_code, task, timestamps)
+        except ValueError as e:
+            raise ServiceError(400, f"{e} (model {self.settings.model})",
+                               param="language" if lang_code else "task") from None
+        if temperature is not None:
+            if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)) or not 0 <= temperature <= 1:
+                raise ServiceError(400, f"temperature must be between 0 and 1, got {temperature!r}",
+                                   param="temperature")
+            # OpenAI semantics: 0 (the default) means "start greedy, raise the
+            # temperature when the output looks wrong" -- the pipeline's fallback.
+            temperature = None if temperature == 0 else float(temperature)
+        prompt_ids: tuple = ()
+        if prompt and prompt.strip():
+            ids = self.pipeline.tokenizer.encode(" " + prompt.strip())
+            prompt_ids = tuple(int(i) for i in ids[-MAX_PROMPT_TOKENS:])
+        return DecodeOptions(task, lang_code, bool(timestamps), temperature, prompt_ids)
+
+    def decode_audio(self, data: Any) -> np.ndarray:
+        """Upload (bytes or path) -> 16 kHz waveform, with the upload and duration limits."""
+        if isinstance(data, (bytes, bytearray)):
+            if len(data) == 0:
+                raise ServiceError(400, "the uploaded file is empty", param="file", code="empty_file")
+            if len(data) > self.settings.max_upload_bytes:
+                raise ServiceError(413, f"the uploaded file is larger than {self.settings.max_upload_mb:g} MB",
+                                   param="file", code="file_too_large")
+        try:
+            audio = load_audio(data, SAMPLE_RATE)
+        except AudioError as e:
+            raise ServiceError(400, f"could not decode the audio: {e}", param="file", code="invalid_audio") from None
+        if audio.shape[0] == 0:
+            raise ServiceError(400, "the uploaded file contains no audio samples", param="file", code="empty_audio")
+        if not np.all(np.isfinite(audio)):
+            raise ServiceError(400, "the audio contains non-finite samples", param="file", code="invalid_audio")
+        duration = audio.shape[0] / SAMPLE_RATE
+        if duration > self.settings.max_audio_s:
+            raise ServiceError(400, f"the audio is {duration:.1f} s long; the limit is {self.settings.max_audio_s:g} s",
+                               param="file", code="audio_too_long")
+        return audio
+
+    def submit(self, audio: np.ndarray, options: DecodeOptions) -> concurrent.futures.Future:
+        self.check_ready()
+        try:
+            return self.batcher.submit(audio, options)
+        except QueueFull as e:
+            raise ServiceError(503, f"the server is busy: {e}", "server_error", code="queue_full") from None
+        except BatcherStopped as e:
+            raise ServiceError(503, str(e), "server_error", code="shutting_down") from None
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Dict[str, Any]:
+        """Blocking transcription with the request timeout (for the UI's worker threads)."""
+        fut = self.submit(audio, options)
+        try:
+            return fut.result(timeout=self.settings.request_timeout_s)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise ServiceError(504, f"the transcription took longer than {self.settings.request_timeout_s:g} s",
+                               "server_error", code="timeout") from None
+        except ServiceError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise internal_error(e) from None
+
+
+def internal_error(e: BaseException) -> ServiceError:
+    return ServiceError(500, f"transcription failed: {type(e).__name__}: {e}", "server_error", code="internal_error")
+
+
+def _build_pipeline(settings: ServingSettings) -> Any:
+    from whisper_t5x import launch
+
+    config = launch.TranscribeConfig(
+        model=settings.model, dtype=settings.dtype, batch_size=settings.max_batch_size,
+        max_length=settings.max_length, partitioner=settings.partitioner,
+        pipeline=settings.pipeline or launch.DEFAULT_PIPELINE, chunk_length_s=settings.chunk_length_s,
+    )
+    return launch.build_pipeline(config)
