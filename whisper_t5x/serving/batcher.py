@@ -68,7 +68,7 @@ class DecodeOptions:
         )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity equality (holds arrays)
 class _Request:
     audio: np.ndarray
     options: DecodeOptions

@@ -166,7 +166,10 @@ class Service:
     def _warmup(self) -> None:
         """Compile greedy decoding for each batch bucket (plain and with timestamps)."""
         audio = _warmup_audio()
-        for ts in ([False, True] if self.settings.warmup_timestamps else [False]):
+        # Pipelines that decode with timestamp tokens anyway compile the same
+        # program for both settings; others need both.
+        both = self.settings.warmup_timestamps and not getattr(self.pipeline, "decode_with_timestamps", False)
+        for ts in ([False, True] if both else [False]):
             for size in _bucket_sizes(self.settings.max_batch_size):
                 self.pipeline([audio] * size, return_timestamps=ts, batch_size=self.settings.max_batch_size,
                               chunk_length_s=self.settings.chunk_length_s, generate_kwargs={"temperature": 0.0})

@@ -1,0 +1,435 @@
+"""The transcription endpoint (whisper_t5x.serving): batcher, REST API, Gradio client, browser.
+
+Three layers, fastest first:
+
+* the batcher and the API's limits/errors against a fake pipeline (in-process,
+  no model, milliseconds);
+* one real ``python -m whisper_t5x.serving --model tiny.en`` subprocess on a
+  free port (module fixture, always stopped): health, every response format,
+  the Gradio client, 8 concurrent clients plus a corrupt upload, the API key;
+* headless Chromium driving the UI (``-m slow``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import wave
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+import httpx  # noqa: E402
+
+from tests._server_helpers import REPO, ServerProcess  # noqa: E402
+from whisper_t5x.serving.batcher import Batcher, DecodeOptions, QueueFull  # noqa: E402
+from whisper_t5x.serving.service import Service, ServingSettings  # noqa: E402
+
+JFK = os.path.join(REPO, "samples", "jfk.flac")
+JFK_TEXT = "And so my fellow Americans ask not what your country can do for you ask what you can do for your country"
+API_KEY = "test-key-123"
+ESPEAK = shutil.which("espeak-ng")
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please bring the red umbrella to the train station.",
+    "Seven green apples are sitting on the kitchen table.",
+    "My grandmother plays the piano every Sunday morning.",
+    "The library closes early on Friday evenings.",
+    "We watched the rocket launch from the sandy beach.",
+    "Turn left at the bakery and walk two more blocks.",
+]
+
+
+# ============================================================== helpers
+def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def words(text: str):
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def recall(reference: str, hypothesis: str) -> float:
+    ref, hyp = words(reference), set(words(hypothesis))
+    return sum(w in hyp for w in ref) / max(1, len(ref))
+
+
+class FakeTokenizer:
+    is_multilingual = True
+    num_languages = 99
+
+    def language_code(self, language):
+        from whisper_t5x.languages import to_code
+
+        return to_code(language)
+
+    def sot_sequence(self, language=None, task=None, timestamps=False):
+        return [0]
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+class FakePipeline:
+    """Answers ``"n=<samples>"`` per input; an input starting with 0.5 raises; records call sizes."""
+
+    decode_with_timestamps = True
+
+    def __init__(self, delay: float = 0.0, gate: threading.Event = None):
+        self.tokenizer = FakeTokenizer()
+        self.calls = []
+        self.kwargs = []
+        self.delay = delay
+        self.gate = gate
+
+    def __call__(self, inputs, task=None, language=None, return_timestamps=False, return_language=False,
+                 chunk_length_s=30.0, batch_size=None, generate_kwargs=None, **_):
+        self.calls.append(len(inputs))
+        self.kwargs.append(dict(task=task, language=language, generate_kwargs=generate_kwargs))
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.delay:
+            time.sleep(self.delay)
+        out = []
+        for a in inputs:
+            if a.shape[0] and abs(float(a[0]) - 0.5) < 1e-3:
+                raise ValueError("poisoned input")
+            n = a.shape[0]
+            out.append({"text": f" n={n}", "chunks": [{"timestamp": (0.0, n / 16000), "text": f" n={n}"}],
+                        "language": "en"})
+        return out
+
+
+# ============================================================== batcher
+def test_batcher_groups_concurrent_requests_and_keeps_them_apart():
+    pipe = FakePipeline()
+    b = Batcher(pipe, max_batch_size=8, max_delay_s=0.3)
+    try:
+        opts = DecodeOptions()
+        futs = [b.submit(np.zeros(1000 + i, np.float32), opts) for i in range(5)]
+        assert [f.result(5)["text"] for f in futs] == [f" n={1000 + i}" for i in range(5)]
+        assert pipe.calls == [5]
+        # Different options are never mixed in one call.
+        f1 = b.submit(np.zeros(10, np.float32), DecodeOptions(task="transcribe"))
+        f2 = b.submit(np.zeros(11, np.float32), DecodeOptions(task="translate"))
+        assert (f1.result(5)["text"], f2.result(5)["text"]) == (" n=10", " n=11")
+        assert pipe.calls[1:] == [1, 1]
+        assert {k["task"] for k in pipe.kwargs[1:]} == {"transcribe", "translate"}
+    finally:
+        b.stop()
+
+
+def test_batcher_group_is_bounded_by_windows():
+    pipe = FakePipeline()
+    b = Batcher(pipe, max_batch_size=2, max_delay_s=0.3)
+    try:
+        long = np.zeros(16000 * 50, np.float32)  # 3 windows: alone
+        futs = [b.submit(x, DecodeOptions()) for x in (np.zeros(5, np.float32), long, np.zeros(6, np.float32))]
+        for f in futs:
+            f.result(5)
+        assert sorted(pipe.calls) == [1, 2]
+    finally:
+        b.stop()
+
+
+def test_batcher_failure_costs_only_the_failing_request():
+    pipe = FakePipeline()
+    b = Batcher(pipe, max_batch_size=8, max_delay_s=0.3)
+    try:
+        bad = np.full(100, 0.5, np.float32)
+        futs = [b.submit(x, DecodeOptions()) for x in (np.zeros(7, np.float32), bad, np.zeros(9, np.float32))]
+        assert futs[0].result(5)["text"] == " n=7"
+        assert futs[2].result(5)["text"] == " n=9"
+        with pytest.raises(ValueError, match="poisoned"):
+            futs[1].result(5)
+        assert pipe.calls == [3, 1, 1, 1]
+        assert b.submit(np.zeros(3, np.float32), DecodeOptions()).result(5)["text"] == " n=3"  # still serving
+    finally:
+        b.stop()
+
+
+def test_batcher_queue_limit_and_cancelled_requests():
+    gate = threading.Event()
+    pipe = FakePipeline(gate=gate)
+    b = Batcher(pipe, max_batch_size=1, max_delay_s=0.0, max_queue=2)
+    try:
+        first = b.submit(np.zeros(1, np.float32), DecodeOptions())
+        deadline = time.monotonic() + 5
+        while not pipe.calls and time.monotonic() < deadline:  # the worker holds `first`
+            time.sleep(0.01)
+        waiting = [b.submit(np.zeros(2 + i, np.float32), DecodeOptions()) for i in range(2)]
+        with pytest.raises(QueueFull):
+            b.submit(np.zeros(9, np.float32), DecodeOptions())
+        assert waiting[0].cancel()  # the caller gave up: never decoded
+        gate.set()
+        assert first.result(5)["text"] == " n=1"
+        assert waiting[1].result(5)["text"] == " n=3"
+        assert pipe.calls == [1, 1]
+    finally:
+        gate.set()
+        b.stop()
+
+
+# ============================================================== API against a fake pipeline
+@pytest.fixture()
+def fake_app():
+    from fastapi.testclient import TestClient
+
+    from whisper_t5x.serving import create_app
+
+    def make(**overrides):
+        settings = ServingSettings(model="fake", ui=False, warmup=False, max_upload_mb=0.5, max_audio_s=5.0,
+                                   max_batch_delay_ms=1.0, **overrides)
+        pipe = FakePipeline()
+        service = Service(settings, pipeline=pipe)
+        client = TestClient(create_app(service))
+        client.__enter__()
+        assert service.wait_ready(10)
+        made.append(client)
+        return client, service, pipe
+
+    made = []
+    yield make
+    for c in made:
+        c.__exit__(None, None, None)
+
+
+def _post(client, data, key=None, path="/v1/audio/transcriptions", **fields):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.post(path, files={"file": ("a.wav", data, "audio/wav")}, data=fields, headers=headers)
+
+
+def _assert_error(r, status, code=None, param=None):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code is not None:
+        assert err["code"] == code
+    if param is not None:
+        assert err["param"] == param
+
+
+def test_api_errors_and_limits_fake_pipeline(fake_app):
+    client, service, pipe = fake_app()
+    one_s = wav_bytes(np.full(16000, 0.1, np.float32))
+    r = _post(client, one_s)
+    assert r.status_code == 200 and r.json() == {"text": "n=16000"}
+    _assert_error(_post(client, b""), 400, "empty_file", "file")
+    _assert_error(_post(client, b"this is not audio at all" * 10), 400, "invalid_audio", "file")
+    _assert_error(_post(client, wav_bytes(np.zeros(16000 * 6, np.float32))), 400, "audio_too_long")
+    _assert_error(_post(client, b"RIFF" + os.urandom(600 * 1024)), 413, "file_too_large")
+    _assert_error(_post(client, one_s, response_format="xml"), 400, param="response_format")
+    _assert_error(_post(client, one_s, language="klingon"), 400, "unsupported_language", "language")
+    _assert_error(_post(client, one_s, temperature="hot"), 400, param="temperature")
+    _assert_error(_post(client, one_s, **{"timestamp_granularities[]": "word"}), 400)
+    _assert_error(client.post("/v1/audio/transcriptions", json={"file": "x"}), 400, "invalid_content_type")
+    _assert_error(client.post("/v1/audio/transcriptions", data={"model": "whisper-1"},
+                              files={"other": ("x", b"1")}), 400, "missing_file")
+    # OpenAI's parameters reach the pipeline.
+    r = _post(client, one_s, path="/v1/audio/translations", language="german", prompt="Hallo.", temperature="0.4")
+    assert r.status_code == 200
+    kw = pipe.kwargs[-1]
+    assert kw["task"] == "translate" and kw["language"] == "de"
+    assert kw["generate_kwargs"]["temperature"] == pytest.approx(0.4)
+    assert list(kw["generate_kwargs"]["prompt_ids"]) == [ord(c) for c in " Hallo."]
+    assert _post(client, one_s).status_code == 200  # errors left the server healthy
+
+
+def test_api_key_and_timeout_fake_pipeline(fake_app):
+    client, service, pipe = fake_app(api_key="s3cret", request_timeout_s=0.3)
+    audio = wav_bytes(np.full(1600, 0.1, np.float32))
+    _assert_error(_post(client, audio), 401, "missing_api_key")
+    _assert_error(_post(client, audio, key="wrong"), 401, "invalid_api_key")
+    assert client.get("/health").status_code == 200  # health needs no key
+    assert _post(client, audio, key="s3cret").status_code == 200
+    pipe.delay = 1.0
+    _assert_error(_post(client, audio, key="s3cret"), 504, "timeout")
+    pipe.delay = 0.0
+    time.sleep(0.8)  # the slow call finishes in the background
+    assert _post(client, audio, key="s3cret").json() == {"text": "n=1600"}
+
+
+def test_health_not_ready_until_started():
+    from fastapi.testclient import TestClient
+
+    from whisper_t5x.serving import create_app
+
+    service = Service(ServingSettings(model="fake", ui=False, warmup=False), pipeline=FakePipeline())
+    with TestClient(create_app(service, start=False)) as client:
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "starting"
+        _assert_error(_post(client, wav_bytes(np.full(1600, 0.1, np.float32))), 503, "not_ready")
+        service.start(background=False)
+        assert client.get("/health").json()["status"] == "ok"
+
+
+# ============================================================== the real server (tiny.en)
+@pytest.fixture(scope="module")
+def server():
+    srv = ServerProcess(["--model", "tiny.en", "--batch_size", "8", "--max_batch_delay_ms", "50",
+                         "--api_key", API_KEY, "--max_upload_mb", "5", "--max_audio_s", "120",
+                         "--request_timeout_s", "300"])
+    try:
+        srv.wait_ready(timeout=300)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _auth():
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def _transcribe(url, data, name="a.wav", path="/v1/audio/transcriptions", timeout=240, headers=None, **fields):
+    return httpx.post(url + path, files={"file": (name, data)}, data=fields,
+                      headers=_auth() if headers is None else headers, timeout=timeout)
+
+
+def test_health_ready_only_after_warmup(server):
+    seen = [body.get("status") for status, body in server.health_log if status != 200 and isinstance(body, dict)]
+    assert seen and set(seen) <= {"starting", "loading", "warming_up"}, server.health_log[:5]
+    r = httpx.get(server.url + "/health", timeout=10)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["model"] == "tiny.en" and body["warmup_s"] > 0
+
+
+def test_every_response_format(server):
+    data = open(JFK, "rb").read()
+    formats = ["json", "text", "srt", "vtt", "verbose_json"]
+    with concurrent.futures.ThreadPoolExecutor(len(formats)) as ex:
+        rs = dict(zip(formats, ex.map(lambda f: _transcribe(server.url, data, "jfk.flac", response_format=f,
+                                                            model="whisper-1"), formats)))
+    for f, r in rs.items():
+        assert r.status_code == 200, (f, r.text)
+    assert recall(JFK_TEXT, rs["json"].json()["text"]) > 0.9
+    assert recall(JFK_TEXT, rs["text"].text) > 0.9 and rs["text"].headers["content-type"].startswith("text/plain")
+    srt = rs["srt"].text
+    assert srt.startswith("1\n00:00:0") and re.search(r"\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}", srt)
+    assert "country" in srt
+    vtt = rs["vtt"].text
+    assert vtt.startswith("WEBVTT") and re.search(r"\d\d:\d\d:\d\d\.\d{3} --> ", vtt) and "country" in vtt
+    v = rs["verbose_json"].json()
+    assert v["task"] == "transcribe" and v["language"] == "english" and v["duration"] == pytest.approx(11.0, abs=0.1)
+    assert recall(JFK_TEXT, v["text"]) > 0.9
+    segs = v["segments"]
+    assert segs and all({"id", "start", "end", "text", "tokens"} <= set(s) for s in segs)
+    assert all(s["start"] <= s["end"] for s in segs) and segs[-1]["end"] <= 11.01
+
+
+def test_gradio_client(server):
+    from gradio_client import Client, handle_file
+
+    client = Client(server.url + "/", verbose=False)
+    text, runtime = client.predict(handle_file(JFK), "transcribe", False, api_name="/transcribe")
+    assert recall(JFK_TEXT, text) > 0.9
+    assert isinstance(runtime, (int, float)) and 0 < runtime < 240
+    text, _ = client.predict(handle_file(JFK), "transcribe", True, api_name="/transcribe")
+    assert re.match(r"\[00:00\.000 -> \d\d:\d\d\.\d{3}\] ", text) and "country" in text
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    if ESPEAK is None:
+        pytest.skip("espeak-ng not installed")
+    d = tmp_path_factory.mktemp("clips")
+    out = []
+    for i, s in enumerate(SENTENCES):
+        p = d / f"clip{i}.wav"
+        subprocess.run([ESPEAK, "-v", "en-us", "-s", "140", "-w", str(p), s], check=True, capture_output=True)
+        out.append((p.read_bytes(), s))
+    return out
+
+
+def test_concurrent_clients_get_their_own_text_and_a_corrupt_upload_fails_alone(server, clips):
+    jobs = [(open(JFK, "rb").read(), JFK_TEXT, "jfk.flac")] + [(b, s, f"clip{i}.wav") for i, (b, s) in enumerate(clips)]
+    assert len(jobs) == 8
+    corrupt = b"RIFF\x24\x08\x00\x00WAVEfmt " + os.urandom(3000)
+    before = httpx.get(server.url + "/health", timeout=10).json()["batches"]
+
+    def send(job):
+        data, _, name = job
+        return _transcribe(server.url, data, name)
+
+    with concurrent.futures.ThreadPoolExecutor(9) as ex:
+        futs = [ex.submit(send, j) for j in jobs[:4]] + [ex.submit(send, (corrupt, "", "bad.wav"))]
+        futs += [ex.submit(send, j) for j in jobs[4:]]
+        results = [f.result(timeout=300) for f in futs]
+    bad = results.pop(4)
+    _assert_error(bad, 400, "invalid_audio", "file")
+    refs = [j[1] for j in jobs]
+    for k, r in enumerate(results):
+        assert r.status_code == 200, r.text
+        text = r.json()["text"]
+        scores = [recall(ref, text) for ref in refs]
+        assert scores[k] >= 0.6, (refs[k], text)
+        assert int(np.argmax(scores)) == k, (refs[k], text, scores)
+    after = httpx.get(server.url + "/health", timeout=10).json()["batches"]
+    # The requests were decoded in shared batches, not one by one.
+    assert after["requests"] - before.get("requests", 0) == 8
+    assert after["groups"] - before.get("groups", 0) < 8
+    assert after["max_group"] > 1
+
+
+def test_api_key_and_validation_real_server(server):
+    data = open(JFK, "rb").read()
+    _assert_error(_transcribe(server.url, data, headers={}), 401, "missing_api_key")
+    _assert_error(_transcribe(server.url, data, headers={"Authorization": "Bearer nope"}), 401, "invalid_api_key")
+    # tiny.en is English-only: translation is a clear 400, not a server error.
+    _assert_error(_transcribe(server.url, data, path="/v1/audio/translations"), 400, param="task")
+    _assert_error(_transcribe(server.url, b"\x00" * 10 * 1024 * 1024), 413, "file_too_large")
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+
+
+# ============================================================== browser
+@pytest.mark.slow
+def test_browser_ui_transcribes_an_upload(server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip("chromium not installed")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(120_000)
+            page.goto(server.url + "/", wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Audio file").click()
+            page.locator("#file-audio input[type=file]").set_input_files(JFK)
+            page.locator("#file-audio audio, #file-audio [data-testid='waveform-Audio file']").first.wait_for(
+                state="attached")
+            page.locator("#file-submit").click()
+            page.wait_for_function(
+                "() => { const t = document.querySelector('#file-text textarea');"
+                " return t && /country/i.test(t.value); }", timeout=180_000)
+            text = page.locator("#file-text textarea").input_value()
+            runtime = page.locator("#file-runtime input").input_value()
+            shot = tmp_path / "serving_ui.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert recall(JFK_TEXT, text) > 0.9
+    assert float(runtime) > 0
+    results = os.path.join(REPO, "benchmarks", "results")
+    os.makedirs(results, exist_ok=True)
+    shutil.copyfile(shot, os.path.join(results, "serving_ui.png"))
