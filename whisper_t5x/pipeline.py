@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 8
 PROGRESS_MIN_WINDOWS = 4  # a progress bar only for more windows than this
 SILENCE_PEAK = 1e-4  # windows quieter than this (-80 dBFS peak) are not decoded
+EARLY_STOP_S = 3.0  # a window whose text stops this long before its owned end gets a continuation
 
 __all__ = ["FlaxWhisperPipeline", "FlaxWhisperPipline", "DEFAULT_BATCH_SIZE"]
 
@@ -131,6 +132,9 @@ class FlaxWhisperPipeline:
         by time as well as text. ``False`` decodes with ``<|notimestamps|>``
         unless timestamps are requested (Hugging Face's behaviour; fewer
         tokens, but measurably worse on long-form audio).
+      continue_early_stops: when a window's timestamped text stops well
+        before the end of the audio it owns, decode a continuation window
+        from its last timestamp (see :meth:`_continue_early_stops`).
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class FlaxWhisperPipeline:
         feature_backend: str = "auto",
         silence_threshold: float = SILENCE_PEAK,
         decode_with_timestamps: bool = True,
+        continue_early_stops: bool = True,
     ):
         from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
 
@@ -181,6 +186,7 @@ class FlaxWhisperPipeline:
         self.feature_backend = feature_backend
         self.silence_threshold = float(silence_threshold)
         self.decode_with_timestamps = bool(decode_with_timestamps)
+        self.continue_early_stops = bool(continue_early_stops)
         self._host_params = params
         self._params = params
         self._param_axes = None
@@ -292,7 +298,7 @@ class FlaxWhisperPipeline:
             return np.stack([pad_or_trim(c, N_SAMPLES) for c in clips]).astype(np.float32)
         return log_mel_spectrogram_np(clips, n_mels=self.n_mels)
 
-    def _producer(self, items, chunk, stride, batch_size, out_q, infos, stop):
+    def _producer(self, items, chunk, stride, batch_size, out_q, infos, stop, store):
         """Loader thread: audio -> windows -> batches with features, into ``out_q``."""
 
         def put(msg):
@@ -331,6 +337,8 @@ class FlaxWhisperPipeline:
                     if multiple:
                         raise AudioError(f"input {i}: {e}") from e
                     raise
+                if store is not None and audio.shape[0] > chunk:
+                    store[i] = audio  # kept for continuation windows
                 windows = split_windows(audio.shape[0], chunk, stride, input_index=i)
                 infos[i] = _InputInfo(i, int(audio.shape[0]), len(windows))
                 put(("input", infos[i]))
@@ -459,10 +467,11 @@ class FlaxWhisperPipeline:
             return []
         infos: Dict[int, _InputInfo] = {}
         transcripts: Dict[int, List[WindowTranscript]] = {i: [] for i in range(len(items))}
+        store: Optional[Dict[int, np.ndarray]] = {} if (ctx.return_timestamps and self.continue_early_stops) else None
         out_q: "queue.Queue" = queue.Queue(maxsize=2)
         stop = threading.Event()
         thread = threading.Thread(
-            target=self._producer, args=(items, chunk, stride, batch_size, out_q, infos, stop),
+            target=self._producer, args=(items, chunk, stride, batch_size, out_q, infos, stop, store),
             name="whisper_t5x-loader", daemon=True,
         )
         bar = _Progress(progress)
@@ -495,6 +504,8 @@ class FlaxWhisperPipeline:
                 in_flight = dispatched
             if in_flight is not None:
                 self._finish(in_flight, ctx, transcripts, bar)
+            if store:
+                self._continue_early_stops(store, transcripts, chunk, batch_size, ctx, bar, batch_no)
         finally:
             stop.set()
             bar.close()
@@ -512,6 +523,50 @@ class FlaxWhisperPipeline:
         logger.debug("transcribed %d input(s) in %.2f s (%s)", len(items), time.perf_counter() - started, ctx.stats)
         self.last_stats = dict(ctx.stats, seconds=time.perf_counter() - started)
         return results[0] if single else results
+
+    def _continue_early_stops(self, store, transcripts, chunk, batch_size, ctx, bar, batch_no) -> None:
+        """Re-decode from where a window's text stopped early (openai-whisper's "seek"), once.
+
+        Whisper sometimes ends a window's transcript long before the end of its
+        audio (most often on repetitive speech). When the text of a window stops
+        more than ``EARLY_STOP_S`` before the end of the audio it owns and that
+        remaining audio is not quiet, a *continuation* window starting at the
+        last timestamp is decoded; the stitcher cuts the stopped window at its
+        last timestamp and takes the text after it from the continuation.
+        """
+        extra: List[Window] = []
+        clips: List[np.ndarray] = []
+        for i, trs in transcripts.items():
+            audio = store.get(i)
+            if audio is None:
+                continue
+            for tr in list(trs):
+                w = tr.window
+                owned_end = w.owned[1] / SAMPLE_RATE
+                if not tr.tokens or tr.last_timestamp is None or owned_end - tr.last_timestamp < EARLY_STOP_S:
+                    continue
+                start = int(round(tr.last_timestamp * SAMPLE_RATE))
+                rest, whole = audio[start:w.owned[1]], audio[w.start:w.end]
+                if rest.size == 0 or np.percentile(np.abs(rest), 95) < 0.1 * np.percentile(np.abs(whole), 95):
+                    continue  # the model stopped at a real pause
+                tr.content_end = tr.last_timestamp
+                end = min(start + chunk, audio.shape[0])
+                extra.append(Window(i, -1, start, end, 0, 0, int(audio.shape[0])))
+                clips.append(audio[start:end])
+        if not extra:
+            return
+        ctx.stats["continuation_windows"] += len(extra)
+        bar.add_total(len(extra))
+        for k in range(0, len(extra), batch_size):
+            take = extra[k:k + batch_size]
+            size = bucket_size(len(take), batch_size, self._data_size())
+            rows = tuple(take) + (None,) * (size - len(take))
+            prep = _Prepared(Batch(rows), self._window_features(clips[k:k + batch_size], rows), [])
+            t0 = time.perf_counter()
+            out = self._dispatch(prep.features, ctx.options, ctx.prompt, ctx.first_temperature,
+                                 jax.random.fold_in(ctx.rng, batch_no))
+            self._finish((prep, out, t0, batch_no), ctx, transcripts, bar)
+            batch_no += 1
 
     def _empty(self, w: Window) -> WindowTranscript:
         return WindowTranscript(w, [], None, False)
@@ -577,7 +632,8 @@ class _CallContext:
         self.num_beams = int(gk.get("num_beams", 1))
         self.options = self.options_for(self.first_temperature)
         self.rng = jax.random.PRNGKey(int(gk.get("seed", 0)))
-        self.stats = {"windows": 0, "padding_rows": 0, "fallback_decodes": 0, "silent_windows": 0}
+        self.stats = {"windows": 0, "padding_rows": 0, "fallback_decodes": 0, "silent_windows": 0,
+                      "continuation_windows": 0}
 
     def options_for(self, temperature: float):
         sample = temperature > 0

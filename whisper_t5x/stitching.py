@@ -77,6 +77,8 @@ class WindowTranscript:
     tokens: List[TimedToken]
     language: Optional[str] = None
     timestamps: bool = False
+    last_timestamp: Optional[float] = None  # absolute time of the last timestamp token (end of decoded content)
+    content_end: Optional[float] = None  # set when the window's text stops early: the seam after it is no later
 
     @property
     def ids(self) -> List[int]:
@@ -149,7 +151,12 @@ def parse_window(
         for j, tok in enumerate(toks):
             out.append(TimedToken(tok, s + (j + 0.5) / n * (e - s), k, s, e))
         prev_end = e if timestamps else w_start
-    return WindowTranscript(window, out, language, timestamps)
+    last_ts = None
+    if timestamps:
+        stamps = [t for t in ids if t >= timestamp_begin]
+        if stamps:
+            last_ts = clip(w_start + (stamps[-1] - timestamp_begin) * time_precision)
+    return WindowTranscript(window, out, language, timestamps, last_ts)
 
 
 def _runs(a: np.ndarray, b: np.ndarray) -> List[Tuple[int, int, int]]:
@@ -191,7 +198,13 @@ def find_seam(
     max_time_skew_s: float = 4.0,
 ) -> Seam:
     """Where to stop ``left``'s tokens and start ``right``'s (see the module docstring)."""
-    boundary = left.window.owned[1] / sampling_rate
+    # The middle of the overlap (= where left's owned span ends, for regular windows).
+    boundary = (left.window.end + right.window.start) / 2 / sampling_rate
+    if left.content_end is not None:
+        # ``right`` continues ``left`` from where its text stopped: a pure time cut
+        # (text alignment could only find false anchors in the little overlap).
+        boundary = min(boundary, left.content_end)
+        return Seam(_time_cut(left.tokens, boundary), _time_cut(right.tokens, boundary), False)
     a_toks, b_toks = left.tokens, right.tokens
     timed = left.timestamps and right.timestamps
     # Candidate regions: with timestamps, only the overlapping audio (plus a margin).
