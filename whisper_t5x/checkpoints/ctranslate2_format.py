@@ -1,168 +1,284 @@
-"""Reader for CTranslate2 / faster-whisper ``model.bin`` (binary version 6).
+"""Reader for CTranslate2 / faster-whisper Whisper models (``model.bin``).
 
-Layout (little-endian, as written by ctranslate2's ``model_spec``): ``u32``
-version, string model name, ``u32`` revision, ``u32`` variable count, then per
-variable a string name, ``u8`` rank, ``u32`` dims, ``u8`` dtype id (float32,
-int8, int16, int32, float16, bfloat16), ``u32`` byte count and the raw bytes;
-then ``u32`` alias count and (alias, target) string pairs. Strings are a
-``u16`` length (including a trailing NUL) and the bytes.
+Binary layout (little-endian, as written by ctranslate2's
+``specs/model_spec.py``; binary version 6 today):
 
-Whisper in CTranslate2 fuses projections: encoder and decoder self-attention
-``linear_0`` is q, k, v stacked on the output axis; decoder cross-attention
-``linear_0`` is q and ``linear_1`` is k, v stacked. ``int8`` weights carry a
-per-row ``weight_scale`` with ``int8 = round(w * scale)``.
+* ``u32`` binary version; from version 2: model spec name (string) and
+  ``u32`` spec revision (``WhisperSpec``, revision 3);
+* ``u32`` variable count, then per variable: name (string), ``u8`` rank,
+  ``rank x u32`` dims, then (version >= 4) ``u8`` dtype id -- 0 float32,
+  1 int8, 2 int16, 3 int32, 4 float16, 5 bfloat16 -- and ``u32`` byte count
+  (before version 4: ``u8`` item size and ``u32`` element count), then the raw
+  bytes;
+* (version >= 3) ``u32`` alias count and (alias, target) string pairs; an
+  alias also stands for its target's ``_scale``.
+
+Strings are ``u16`` length (counting a trailing NUL) + UTF-8 bytes + NUL.
+
+Whisper variables (converter: ``ctranslate2.converters.transformers.WhisperLoader``):
+
+* ``encoder/conv{1,2}/weight`` in PyTorch layout ``(out, in, width)``, ``bias``;
+* ``{encoder,decoder}/position_encodings/encodings`` (the audio sinusoids
+  stored as a table), ``decoder/embeddings/weight`` (vocab, d);
+* ``.../self_attention/linear_0`` = q, k, v stacked on the output axis
+  ``(3d, d)`` with a zero k bias; ``linear_1`` = out;
+* decoder ``.../attention/linear_0`` = q, ``linear_1`` = k, v stacked
+  ``(2d, d)`` (zero k bias), ``linear_2`` = out;
+* ``.../ffn/linear_0`` = fc1, ``linear_1`` = fc2; layer norms ``gamma``/``beta``
+  under ``self_attention/layer_norm``, ``attention/layer_norm``,
+  ``ffn/layer_norm``, and ``{encoder,decoder}/layer_norm``;
+* ``decoder/projection/weight``: an alias of the embeddings (tied);
+* scalars: ``num_heads`` (int16), ``pre_norm``, ``activation`` ... (ignored).
+
+Quantization (``_quantize`` in model_spec): ``int8`` weights (linears, convs
+reshaped to ``(out, in*width)``, embeddings) carry a float ``weight_scale``
+per output row with ``int8 = rint(w * scale)``, ``scale = 127 / max|row|``,
+so ``w ~= int8 / scale``. ``int16`` uses one scalar scale
+``2**10 / max|w|`` the same way. Other variables are stored float32,
+float16 or bfloat16 as requested (``int8_float16`` and so on).
 """
 
-import io
+from __future__ import annotations
+
+import mmap
+import os
 import struct
-from typing import BinaryIO, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from whisper_t5x.checkpoints.errors import CheckpointError
+from whisper_t5x.checkpoints.params import sinusoids
 
-_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, "bfloat16")
-
-
-class _Chained(io.RawIOBase):
-    """Read several files (``model.bin.part1``, ``.part2``) as one stream."""
-
-    def __init__(self, paths: List[str]):
-        self._files = [open(p, "rb") for p in paths]
-        self._i = 0
-
-    def readinto(self, buffer):
-        while self._i < len(self._files):
-            n = self._files[self._i].readinto(buffer)
-            if n:
-                return n
-            self._i += 1
-        return 0
-
-    def readable(self):
-        return True
-
-    def close(self):
-        for f in self._files:
-            f.close()
-        super().close()
+SUPPORTED_VERSIONS = range(2, 7)
+SPEC_NAME = "WhisperSpec"
 
 
-def read_model_bin(paths: List[str]) -> Dict[str, np.ndarray]:
-    """All variables (aliases resolved) from ``model.bin`` or its concatenated parts."""
+def _dtype(type_id: int) -> np.dtype:
+    if type_id == 5:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    table = {0: "<f4", 1: "i1", 2: "<i2", 3: "<i4", 4: "<f2"}
+    if type_id not in table:
+        raise KeyError(type_id)
+    return np.dtype(table[type_id])
+
+
+class _Segments:
+    """Several memory-mapped files read as one byte string (``model.bin.part1`` + ``.part2``).
+
+    Reads that fall inside one file are zero-copy views of its copy-on-write
+    mapping; a read across a file boundary copies just that range.
+    """
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+        self.maps: List[Any] = []
+        self.starts: List[int] = []
+        total = 0
+        for path in self.paths:
+            try:
+                size = os.path.getsize(path)
+                with open(path, "rb") as f:
+                    self.maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else b"")
+            except OSError as e:
+                raise CheckpointError(f"{path}: cannot open ({e})") from e
+            self.starts.append(total)
+            total += size
+        self.size = total
+
+    def read(self, offset: int, count: int):
+        """``(buffer, buffer offset)`` holding ``count`` bytes at ``offset``."""
+        if offset + count > self.size:
+            raise EOFError(offset + count)
+        for i in range(len(self.maps) - 1, -1, -1):
+            if offset >= self.starts[i]:
+                break
+        local = offset - self.starts[i]
+        if local + count <= len(self.maps[i]):
+            return self.maps[i], local
+        pieces = []
+        remaining = count
+        while remaining:
+            chunk = bytes(self.maps[i][local:local + remaining])
+            pieces.append(chunk)
+            remaining -= len(chunk)
+            i, local = i + 1, 0
+        return b"".join(pieces), 0
+
+
+def read_model_bin(paths: Sequence[str]) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """(variables with aliases resolved, header info) of ``model.bin`` or its parts in order."""
     name = " + ".join(paths)
-    stream = io.BufferedReader(_Chained(paths), buffer_size=1 << 20)
+    data = _Segments(paths)
+    pos = 0
 
-    def read(n: int) -> bytes:
-        data = stream.read(n)
-        if len(data) != n:
-            raise CheckpointError(f"{name}: truncated model.bin (wanted {n} bytes, got {len(data)})")
-        return data
+    def take(count: int):
+        nonlocal pos
+        buffer, at = data.read(pos, count)
+        pos += count
+        return buffer, at
 
     def unpack(fmt: str):
-        return struct.unpack("<" + fmt, read(struct.calcsize("<" + fmt)))[0]
+        buffer, at = take(struct.calcsize("<" + fmt))
+        return struct.unpack_from("<" + fmt, buffer, at)[0]
 
     def string() -> str:
         length = unpack("H")
-        return read(length)[:-1].decode("utf-8")
+        buffer, at = take(length)
+        raw = bytes(buffer[at:at + length])
+        if not raw.endswith(b"\0"):
+            raise ValueError("string without its NUL terminator")
+        return raw[:-1].decode("utf-8")
 
+    variables: Dict[str, np.ndarray] = {}
     try:
         version = unpack("I")
-        if version < 5 or version > 6:
-            raise CheckpointError(f"{name}: CTranslate2 binary version {version} is not supported (5 or 6 expected)")
-        model_name = string()
-        if model_name != "WhisperSpec":
-            raise CheckpointError(f"{name}: a CTranslate2 {model_name!r} model, not Whisper")
-        unpack("I")  # revision
-        variables: Dict[str, np.ndarray] = {}
-        for _ in range(unpack("I")):
+        if version not in SUPPORTED_VERSIONS:
+            raise CheckpointError(
+                f"{name}: not a CTranslate2 model this reader supports (binary version {version}; "
+                f"supported {SUPPORTED_VERSIONS.start}..{SUPPORTED_VERSIONS.stop - 1})"
+            )
+        spec = string()
+        if spec != SPEC_NAME:
+            raise CheckpointError(f"{name}: a CTranslate2 {spec!r} model, not {SPEC_NAME}")
+        revision = unpack("I")
+        count = unpack("I")
+        for _ in range(count):
             var = string()
             shape = tuple(unpack("I") for _ in range(unpack("B")))
-            type_id = unpack("B")
-            nbytes = unpack("I")
-            if type_id >= len(_DTYPES):
-                raise CheckpointError(f"{name}: variable {var!r} has unknown dtype id {type_id}")
-            raw = read(nbytes)
-            if _DTYPES[type_id] == "bfloat16":
-                bits = np.frombuffer(raw, np.uint16).astype(np.uint32) << 16
-                array = bits.view(np.float32)
+            if version >= 4:
+                type_id = unpack("B")
+                nbytes = unpack("I")
+                try:
+                    dtype = _dtype(type_id)
+                except KeyError:
+                    raise CheckpointError(f"{name}: variable {var!r} has unknown dtype id {type_id}") from None
             else:
-                array = np.frombuffer(raw, _DTYPES[type_id])
-            if array.size != int(np.prod(shape, dtype=np.int64)):
-                raise CheckpointError(f"{name}: variable {var!r} has {array.size} values for shape {shape}")
-            variables[var] = array.reshape(shape)
-        for _ in range(unpack("I")):
+                item_size = unpack("B")
+                dtype = {4: np.dtype("<f4"), 2: np.dtype("<i2"), 1: np.dtype("i1")}[item_size]
+                nbytes = unpack("I") * item_size
+            elements = int(np.prod(shape, dtype=np.int64))
+            if nbytes != elements * dtype.itemsize:
+                raise CheckpointError(
+                    f"{name}: corrupt model.bin: variable {var!r} has {nbytes} bytes for shape {shape} {dtype}"
+                )
+            buffer, at = take(nbytes)
+            variables[var] = np.frombuffer(buffer, dtype=dtype, count=elements, offset=at).reshape(shape)
+        aliases = unpack("I") if version >= 3 else 0
+        for _ in range(aliases):
             alias, target = string(), string()
+            if target not in variables:
+                raise CheckpointError(f"{name}: corrupt model.bin: alias {alias!r} of unknown variable {target!r}")
             variables[alias] = variables[target]
-        return variables
-    except (struct.error, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{name}: corrupt model.bin ({e})") from e
-    finally:
-        stream.close()
+            if target + "_scale" in variables:
+                variables[alias + "_scale"] = variables[target + "_scale"]
+    except EOFError:
+        raise CheckpointError(
+            f"{name}: truncated model.bin ({data.size} bytes; the data ends inside "
+            f"{'variable ' + repr(var) if 'var' in locals() else 'the header'})"
+        ) from None
+    except (struct.error, UnicodeDecodeError, ValueError, KeyError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{name}: corrupt model.bin ({type(e).__name__}: {e})") from e
+    if pos != data.size:
+        raise CheckpointError(f"{name}: corrupt model.bin ({data.size - pos} unexpected bytes after the aliases)")
+    return variables, {"binary_version": version, "spec": spec, "revision": revision}
 
 
-def _weight(v: Dict[str, np.ndarray], prefix: str) -> np.ndarray:
-    w = v[prefix + "/weight"]
-    scale = v.get(prefix + "/weight_scale")
-    if w.dtype == np.int8 or scale is not None:
-        if scale is None:
-            raise CheckpointError(f"int8 weight {prefix} has no weight_scale")
-        flat = w.reshape(w.shape[0], -1).astype(np.float32) / np.asarray(scale, np.float32).reshape(-1, 1)
-        return flat.reshape(w.shape)
-    return w
+# ---------------------------------------------------------------------- variables -> params
+def dequantize(variables: Dict[str, np.ndarray], prefix: str) -> np.ndarray:
+    """``prefix/weight`` as floats: int8/int16 divided by ``weight_scale`` (per row or scalar)."""
+    weight = variables[prefix + "/weight"]
+    if weight.dtype.kind not in "iu":
+        return weight
+    scale = variables.get(prefix + "/weight_scale")
+    if scale is None:
+        raise KeyError(prefix + "/weight_scale")
+    scale = np.asarray(scale, dtype=np.float32)
+    rows = weight.reshape(weight.shape[0], -1).astype(np.float32)
+    if scale.size == 1:
+        rows /= scale.reshape(())
+    else:
+        if scale.size != weight.shape[0]:
+            raise ValueError(f"{prefix}/weight_scale has {scale.size} values for {weight.shape[0]} rows")
+        rows /= scale.reshape(-1, 1)
+    return rows.reshape(weight.shape)
 
 
-def _dense(v, prefix, rows=None):
-    """A Flax dense dict from a CT2 linear; ``rows`` selects a slice of a fused projection."""
-    w = _weight(v, prefix)
+def _dense(v, prefix: str, rows: Optional[slice] = None, bias: bool = True) -> Dict[str, np.ndarray]:
+    """Flax Dense from a CT2 linear ``(out, in)``; ``rows`` picks one projection of a fused one."""
+    w = dequantize(v, prefix)
     b = v.get(prefix + "/bias")
     if rows is not None:
         w = w[rows]
         b = None if b is None else b[rows]
     out = {"kernel": np.ascontiguousarray(w.T)}
-    if b is not None:
-        out["bias"] = b
+    if bias:
+        out["bias"] = b if b is not None else np.zeros(w.shape[0], w.dtype)
+    elif b is not None and np.any(np.asarray(b, dtype=np.float32)):
+        raise ValueError(f"{prefix}/bias is nonzero for Whisper's bias-free key projection")
     return out
 
 
-def _norm(v, prefix):
+def _norm(v, prefix: str) -> Dict[str, np.ndarray]:
     return {"scale": v[prefix + "/gamma"], "bias": v[prefix + "/beta"]}
 
 
-def _attention(v, prefix, fused_q_k_v: bool, d: int):
-    if fused_q_k_v:
-        q, k, vv = (_dense(v, prefix + "/linear_0", slice(i * d, (i + 1) * d)) for i in range(3))
-        out = prefix + "/linear_1"
+def _attention(v, prefix: str, d: int, cross: bool) -> Dict[str, Any]:
+    def part(i):
+        return slice(i * d, (i + 1) * d)
+
+    if cross:
+        fused_q, fused_kv, out = prefix + "/linear_0", prefix + "/linear_1", prefix + "/linear_2"
+        q = _dense(v, fused_q)
+        k, value = _dense(v, fused_kv, part(0), bias=False), _dense(v, fused_kv, part(1))
+        shapes = {fused_q: d, fused_kv: 2 * d}
     else:
-        q = _dense(v, prefix + "/linear_0")
-        k, vv = (_dense(v, prefix + "/linear_1", slice(i * d, (i + 1) * d)) for i in range(2))
-        out = prefix + "/linear_2"
-    k.pop("bias", None)  # Whisper's key projection has no bias (CT2 stores zeros)
-    return {"q_proj": q, "k_proj": k, "v_proj": vv, "out_proj": _dense(v, out)}
+        fused, out = prefix + "/linear_0", prefix + "/linear_1"
+        q, k, value = _dense(v, fused, part(0)), _dense(v, fused, part(1), bias=False), _dense(v, fused, part(2))
+        shapes = {fused: 3 * d}
+    for name, rows in shapes.items():
+        if v[name + "/weight"].shape != (rows, d):
+            raise ValueError(f"{name}/weight has shape {v[name + '/weight'].shape}, expected {(rows, d)} (fused)")
+    return {"q_proj": q, "k_proj": k, "v_proj": value, "out_proj": _dense(v, out)}
 
 
-def _layer_count(v, prefix):
+def _conv(v, prefix: str) -> Dict[str, np.ndarray]:
+    w = dequantize(v, prefix)
+    if w.ndim != 3:
+        raise ValueError(f"{prefix}/weight has shape {w.shape}, expected (out, in, width)")
+    return {"kernel": np.ascontiguousarray(np.transpose(w, (2, 1, 0))), "bias": v[prefix + "/bias"]}
+
+
+def _layer_count(v, part: str) -> int:
     count = 0
-    while f"{prefix}/layer_{count}/ffn/linear_0/weight" in v:
+    while f"{part}/layer_{count}/ffn/linear_0/weight" in v:
         count += 1
     return count
 
 
-def to_params(v: Dict[str, np.ndarray], source: str) -> Tuple[Dict, Dict]:
-    """(params in loop layout, config sizes) from CT2 Whisper variables."""
+def to_params(v: Dict[str, np.ndarray], source: str) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    """(params in loop layout, WhisperConfig size fields) from CT2 Whisper variables."""
     try:
-        d = v["encoder/conv1/weight"].shape[0]
+        vocab, d = v["decoder/embeddings/weight"].shape
         enc, dec = _layer_count(v, "encoder"), _layer_count(v, "decoder")
+        audio_positions = v.get("encoder/position_encodings/encodings")
+        if audio_positions is None:  # not stored: Whisper's fixed sinusoids for 30 s windows
+            audio_positions = sinusoids(1500, d)
+        embeddings = dequantize(v, "decoder/embeddings")
         params = {
             "encoder": {
-                "conv1": {"kernel": np.transpose(_weight(v, "encoder/conv1"), (2, 1, 0)), "bias": v["encoder/conv1/bias"]},
-                "conv2": {"kernel": np.transpose(_weight(v, "encoder/conv2"), (2, 1, 0)), "bias": v["encoder/conv2/bias"]},
-                "embed_positions": {"embedding": v["encoder/position_encodings/encodings"]},
+                "conv1": _conv(v, "encoder/conv1"),
+                "conv2": _conv(v, "encoder/conv2"),
+                "embed_positions": {"embedding": audio_positions},
                 "layers": {},
                 "layer_norm": _norm(v, "encoder/layer_norm"),
             },
             "decoder": {
-                "embed_tokens": {"embedding": _weight(v, "decoder/embeddings")},
+                "embed_tokens": {"embedding": embeddings},
                 "embed_positions": {"embedding": v["decoder/position_encodings/encodings"]},
                 "layers": {},
                 "layer_norm": _norm(v, "decoder/layer_norm"),
@@ -171,7 +287,7 @@ def to_params(v: Dict[str, np.ndarray], source: str) -> Tuple[Dict, Dict]:
         for i in range(enc):
             p = f"encoder/layer_{i}"
             params["encoder"]["layers"][str(i)] = {
-                "self_attn": _attention(v, p + "/self_attention", True, d),
+                "self_attn": _attention(v, p + "/self_attention", d, cross=False),
                 "self_attn_layer_norm": _norm(v, p + "/self_attention/layer_norm"),
                 "fc1": _dense(v, p + "/ffn/linear_0"),
                 "fc2": _dense(v, p + "/ffn/linear_1"),
@@ -180,27 +296,41 @@ def to_params(v: Dict[str, np.ndarray], source: str) -> Tuple[Dict, Dict]:
         for i in range(dec):
             p = f"decoder/layer_{i}"
             params["decoder"]["layers"][str(i)] = {
-                "self_attn": _attention(v, p + "/self_attention", True, d),
+                "self_attn": _attention(v, p + "/self_attention", d, cross=False),
                 "self_attn_layer_norm": _norm(v, p + "/self_attention/layer_norm"),
-                "encoder_attn": _attention(v, p + "/attention", False, d),
+                "encoder_attn": _attention(v, p + "/attention", d, cross=True),
                 "encoder_attn_layer_norm": _norm(v, p + "/attention/layer_norm"),
                 "fc1": _dense(v, p + "/ffn/linear_0"),
                 "fc2": _dense(v, p + "/ffn/linear_1"),
                 "final_layer_norm": _norm(v, p + "/ffn/layer_norm"),
             }
+        projection = v.get("decoder/projection/weight")
+        if projection is not None and projection is not v["decoder/embeddings/weight"]:
+            projection = dequantize(v, "decoder/projection")
+            if projection.shape != embeddings.shape or not np.array_equal(projection, embeddings):
+                raise ValueError("decoder/projection differs from decoder/embeddings; Whisper ties them")
         sizes = dict(
-            vocab_size=int(v["decoder/embeddings/weight"].shape[0]),
+            vocab_size=int(vocab),
             num_mel_bins=int(v["encoder/conv1/weight"].shape[1]),
             d_model=int(d),
             encoder_layers=enc,
             decoder_layers=dec,
             encoder_attention_heads=int(v["encoder/num_heads"]),
             decoder_attention_heads=int(v["decoder/num_heads"]),
-            encoder_ffn_dim=int(v["encoder/layer_0/ffn/linear_0/weight"].shape[0]),
-            decoder_ffn_dim=int(v["decoder/layer_0/ffn/linear_0/weight"].shape[0]),
-            max_source_positions=int(v["encoder/position_encodings/encodings"].shape[0]),
+            encoder_ffn_dim=int(v["encoder/layer_0/ffn/linear_0/weight"].shape[0]) if enc else 4 * int(d),
+            decoder_ffn_dim=int(v["decoder/layer_0/ffn/linear_0/weight"].shape[0]) if dec else 4 * int(d),
+            max_source_positions=int(audio_positions.shape[0]),
             max_target_positions=int(v["decoder/position_encodings/encodings"].shape[0]),
         )
     except KeyError as e:
-        raise CheckpointError(f"{source}: CTranslate2 Whisper variable {e} is missing") from e
+        raise CheckpointError(f"{source}: CTranslate2 Whisper variable {e.args[0]!r} is missing") from None
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
     return params, sizes
+
+
+def load(paths: Sequence[str], source: str) -> Tuple[Dict[str, Any], Dict[str, int], Dict[str, Any]]:
+    """(params, sizes, header info) of a CT2 Whisper model split over ``paths``."""
+    variables, info = read_model_bin(paths)
+    params, sizes = to_params(variables, source)
+    return params, sizes, info

@@ -1,43 +1,105 @@
-"""Convert parameter trees between the loop layout (``layers/{i}/...``) and the
-scan layout (one block tree stacked on a leading layers axis)."""
+"""Loop and scan layouts of the layer parameters.
 
+Loop layout: ``encoder/layers/{i}/...`` holds one block tree per layer, the
+index a string key. Scan layout: ``encoder/layers`` holds ONE block tree whose
+leaves are stacked on a new leading axis of size ``num_layers`` (what
+``nn.scan`` over the blocks expects).
+
+Both conversions detect the layout they are given and are idempotent. They
+also unwrap the extra module level some scanned Flax trees put between
+``layers`` and the block (e.g. whisper-jax's
+``layers/FlaxWhisperEncoderLayers/...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
 from typing import Any, Dict
 
 import numpy as np
 
+from whisper_t5x.checkpoints.errors import CheckpointError
 
-def _is_loop(layers: Dict[str, Any]) -> bool:
-    return bool(layers) and all(k.isdigit() for k in layers)
-
-
-def to_scan_layout(params: Dict[str, Any]) -> Dict[str, Any]:
-    out = dict(params)
-    for part in ("encoder", "decoder"):
-        layers = params[part]["layers"]
-        if _is_loop(layers):
-            blocks = [layers[str(i)] for i in range(len(layers))]
-            stacked = _map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *blocks)
-            out[part] = dict(params[part], layers=stacked)
-    return out
+_PARTS = ("encoder", "decoder")
+# Child names of an encoder or decoder block.
+_BLOCK_KEYS = {
+    "self_attn", "self_attn_layer_norm", "encoder_attn", "encoder_attn_layer_norm",
+    "fc1", "fc2", "final_layer_norm",
+}
 
 
-def to_loop_layout(params: Dict[str, Any]) -> Dict[str, Any]:
-    out = dict(params)
-    for part in ("encoder", "decoder"):
-        layers = params[part]["layers"]
-        if not _is_loop(layers):
-            count = len(_leaves(layers)[0])
-            out[part] = dict(params[part], layers={str(i): _map(lambda x, i=i: x[i], layers) for i in range(count)})
-    return out
+def _is_loop(layers: Mapping) -> bool:
+    return bool(layers) and all(str(k).isdigit() for k in layers)
+
+
+def _unwrap(layers: Mapping) -> Mapping:
+    """``{"FlaxWhisperEncoderLayers": block}`` -> ``block`` (one non-block, non-index key)."""
+    if len(layers) == 1:
+        (key, value), = layers.items()
+        if not str(key).isdigit() and key not in _BLOCK_KEYS and isinstance(value, Mapping):
+            return value
+    return layers
+
+
+def _leaves(tree: Mapping):
+    for value in tree.values():
+        if isinstance(value, Mapping):
+            yield from _leaves(value)
+        else:
+            yield value
 
 
 def _map(fn, *trees):
-    if isinstance(trees[0], dict):
-        return {k: _map(fn, *(t[k] for t in trees)) for k in trees[0]}
+    first = trees[0]
+    if isinstance(first, Mapping):
+        for other in trees[1:]:
+            if set(other) != set(first):
+                raise CheckpointError(f"layers have different parameters: {sorted(first)} vs {sorted(other)}")
+        return {k: _map(fn, *(t[k] for t in trees)) for k in first}
     return fn(*trees)
 
 
-def _leaves(tree):
-    if isinstance(tree, dict):
-        return [leaf for v in tree.values() for leaf in _leaves(v)]
-    return [tree]
+def is_scan_layout(params: Mapping) -> bool:
+    """True when the layer parameters are stacked (scan layout)."""
+    return not _is_loop(_unwrap(params["encoder"]["layers"]))
+
+
+def num_layers(layers: Mapping) -> int:
+    layers = _unwrap(layers)
+    if _is_loop(layers):
+        return len(layers)
+    sizes = {np.shape(leaf)[0] for leaf in _leaves(layers)}
+    if len(sizes) != 1:
+        raise CheckpointError(f"stacked layer parameters disagree on the number of layers: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def to_scan_layout(params: Mapping) -> Dict[str, Any]:
+    """Stack ``layers/{i}`` blocks on a leading axis (host numpy); scan-layout input is returned as is."""
+    out = dict(params)
+    for part in _PARTS:
+        if part not in params:
+            continue
+        layers = _unwrap(params[part]["layers"])
+        if _is_loop(layers):
+            count = len(layers)
+            if set(layers) != {str(i) for i in range(count)}:
+                raise CheckpointError(f"{part} layer indices are not 0..{count - 1}: {sorted(layers, key=int)}")
+            blocks = [layers[str(i)] for i in range(count)]
+            layers = _map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)
+        out[part] = dict(params[part], layers=layers)
+    return out
+
+
+def to_loop_layout(params: Mapping) -> Dict[str, Any]:
+    """Split stacked layers into ``layers/{i}`` blocks (views, no copies); loop-layout input is returned as is."""
+    out = dict(params)
+    for part in _PARTS:
+        if part not in params:
+            continue
+        layers = _unwrap(params[part]["layers"])
+        if not _is_loop(layers):
+            count = num_layers(layers)
+            layers = {str(i): _map(lambda x, i=i: x[i], layers) for i in range(count)}
+        out[part] = dict(params[part], layers=dict(layers))
+    return out
