@@ -12,12 +12,11 @@ stops when its ``num_beams`` finished hypotheses can no longer be beaten.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from whisper_t5x import logit_rules as rules
 from whisper_t5x.model import WhisperModule, map_batch
 
 _BIG = 1.0e9
@@ -36,50 +35,9 @@ def beam_generate(module: WhisperModule, params: Any, input_features, options, p
     variables = {"params": params}
     batch, k = input_features.shape[0], options.num_beams
     length_penalty = 1.0 if options.length_penalty is None else float(options.length_penalty)
-    prefix = decoding.forced_prefix(options, special, config.is_multilingual)
-    context = (1 + options.prompt_length) if options.prompt_length else 0
-    total = context + options.max_length
-    if total > config.max_target_positions:
-        raise ValueError(
-            f"prompt plus max_length is {total} decoder positions; this model has {config.max_target_positions}"
-        )
-
-    hidden = module.apply(variables, input_features, method=WhisperModule.encode)
-    from whisper_t5x.model import init_cache
-
-    cache = init_cache(config, batch, total, module.dtype)
-    first = jnp.full((batch, 1), special.sot, jnp.int32)
-    if options.prompt_length:
-        prompt = jnp.broadcast_to(jnp.asarray(prompt_ids, jnp.int32), (batch, options.prompt_length))
-        first = jnp.concatenate([jnp.full((batch, 1), special.sot_prev, jnp.int32), prompt, first], axis=1)
-    out = module.apply(variables, first, cache=cache, cache_index=0, encoder_hidden=hidden, method=WhisperModule.decode)
-    cross_kv = out.cross_kv
-    sot_logits = out.logits[:, -1]
-    no_speech_prob = jax.nn.softmax(sot_logits, axis=-1)[:, special.no_speech]
-    detected, language_prob = rules.language_probs(sot_logits, special.language_ids)
-    if config.is_multilingual and options.language_token is not None:
-        language = jnp.full((batch,), options.language_token, jnp.int32)
-    elif config.is_multilingual:
-        language = detected
-    else:
-        language = jnp.full((batch,), special.language_ids[0], jnp.int32)
-        language_prob = jnp.ones((batch,), jnp.float32)
-
-    # From here on every audio row has k decoder rows (beams).
-    rep = lambda x, axis: jnp.repeat(x, k, axis=axis)  # noqa: E731
-    cache = map_batch(lambda a, axis: jnp.repeat(a, k, axis=axis), out.cache, config)
-    seq = jnp.full((batch, options.max_length), special.eot, jnp.int32).at[:, 0].set(special.sot)
-    logits = rep(sot_logits, 0)
-    if prefix:
-        forced = jnp.stack([language if t == -1 else jnp.full((batch,), t, jnp.int32) for t in prefix], axis=1)
-        seq = seq.at[:, 1:1 + len(prefix)].set(forced)
-        out = module.apply(
-            variables, rep(forced, 0), cache=cache, cache_index=context + 1, cross_kv=cross_kv,
-            method=WhisperModule.decode,
-        )
-        cache, logits = out.cache, out.logits[:, -1]
-    sample_begin = 1 + len(prefix)
-    running = jnp.repeat(seq[:, None], k, axis=1)  # (batch, k, max_length)
+    begin = decoding.start(module, params, input_features, options, prompt_ids, beams=k)
+    cross_kv, context, sample_begin = begin.cross_kv, begin.context, begin.sample_begin
+    running = begin.seq.reshape(batch, k, options.max_length)
     neg = jnp.full((batch, k), -_BIG, jnp.float32)
     flat = batch * k
 
@@ -92,8 +50,8 @@ def beam_generate(module: WhisperModule, params: Any, input_features, options, p
         is_finished=jnp.zeros((batch, k), bool),
         improvable=jnp.ones((batch,), bool),
         all_hit=jnp.asarray(False),
-        cache=cache,
-        logits=logits,
+        cache=begin.cache,
+        logits=begin.logits,
         num_sampled=jnp.zeros((flat,), jnp.int32),
         last_token=jnp.full((flat,), -1, jnp.int32),
         penultimate_token=jnp.full((flat,), -1, jnp.int32),
@@ -177,7 +135,7 @@ def beam_generate(module: WhisperModule, params: Any, input_features, options, p
         sum_logprob=sum_logprob,
         avg_logprob=sum_logprob / (num_tokens + 1).astype(jnp.float32),
         num_tokens=num_tokens.astype(jnp.int32),
-        no_speech_prob=no_speech_prob,
-        language_token=language,
-        language_prob=language_prob,
+        no_speech_prob=begin.no_speech_prob,
+        language_token=begin.language,
+        language_prob=begin.language_prob,
     )

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from whisper_t5x import logit_rules as rules
 from whisper_t5x.config import SpecialTokens, WhisperConfig
-from whisper_t5x.model import CrossKV, KVCache, WhisperModule, init_cache
+from whisper_t5x.model import WhisperModule, init_cache, map_batch
 
 Array = jax.Array
 
@@ -110,27 +110,32 @@ def _record(state, token, special: SpecialTokens):
     )
 
 
-def generate(
-    module: WhisperModule,
-    params: Any,
-    input_features: Array,
-    options: DecodeOptions,
-    prompt_ids: Optional[Array] = None,
-    temperature: Any = 0.0,
-    rng: Optional[Array] = None,
-) -> GenerateOutput:
-    """Decode a batch of log-mel windows. Jittable with ``options`` static."""
+class Start(NamedTuple):
+    """Decoder state after the forced prefix, shared by greedy and beam search."""
+
+    seq: Array  # (rows, max_length): <|startoftranscript|> + forced prefix, then end-of-text
+    cache: Any  # self-attention cache with the context and prefix written
+    cross_kv: Any  # one copy per audio row (beams share it)
+    logits: Array  # (rows, vocab) logits of the first sampled position
+    context: int  # decoder positions before <|startoftranscript|> (<|startofprev|> + prompt)
+    sample_begin: int  # index in ``seq`` of the first sampled token
+    no_speech_prob: Array  # (batch,)
+    language: Array  # (batch,) forced or detected language token
+    language_prob: Array  # (batch,)
+
+
+def start(module: WhisperModule, params: Any, input_features: Array, options: DecodeOptions,
+          prompt_ids: Optional[Array] = None, beams: int = 1) -> Start:
+    """Encode, compute the cross K/V once, read language and no-speech, force the prefix.
+
+    With ``beams > 1`` every audio row becomes ``beams`` consecutive decoder
+    rows (cache, logits, sequences); the cross K/V stay one copy per audio row.
+    """
     config: WhisperConfig = module.config
     special = config.special_tokens
     batch = input_features.shape[0]
     variables = {"params": params}
-    if options.num_beams > 1:
-        from whisper_t5x import beam_search  # local: greedy users never import it
-
-        return beam_search.beam_generate(module, params, input_features, options, prompt_ids)
-
     prefix = forced_prefix(options, special, config.is_multilingual)
-    # Positions before <|startoftranscript|>: <|startofprev|> + prompt.
     context = (1 + options.prompt_length) if options.prompt_length else 0
     total = context + options.max_length
     if total > config.max_target_positions:
@@ -142,8 +147,6 @@ def generate(
         raise ValueError(f"max_length {options.max_length} leaves no room after the forced prefix {prefix}")
 
     hidden = module.apply(variables, input_features, method=WhisperModule.encode)
-    cache = init_cache(config, batch, total, module.dtype)
-
     # Step 1: context + <|startoftranscript|>; computes the cross K/V once.
     first = jnp.full((batch, 1), special.sot, jnp.int32)
     if options.prompt_length:
@@ -151,9 +154,10 @@ def generate(
         prompt = jnp.broadcast_to(jnp.asarray(prompt_ids, jnp.int32), (batch, options.prompt_length))
         first = jnp.concatenate([sot_prev, prompt, first], axis=1)
     out = module.apply(
-        variables, first, cache=cache, cache_index=0, encoder_hidden=hidden, method=WhisperModule.decode
+        variables, first, cache=init_cache(config, batch, total, module.dtype), cache_index=0,
+        encoder_hidden=hidden, method=WhisperModule.decode,
     )
-    cache, cross_kv = out.cache, out.cross_kv
+    cross_kv = out.cross_kv
     sot_logits = out.logits[:, -1]
     no_speech_prob = jax.nn.softmax(sot_logits, axis=-1)[:, special.no_speech]
     detected, language_prob = rules.language_probs(sot_logits, special.language_ids)
@@ -168,21 +172,46 @@ def generate(
         language = jnp.full((batch,), special.language_ids[0], jnp.int32)  # English
         language_prob = jnp.ones((batch,), jnp.float32)
 
-    seq = jnp.full((batch, options.max_length), special.eot, jnp.int32)
-    seq = seq.at[:, 0].set(special.sot)
-    next_logits = sot_logits
+    cache, logits, row_language = out.cache, sot_logits, language
+    if beams > 1:
+        cache = map_batch(lambda a, axis: jnp.repeat(a, beams, axis=axis), cache, config)
+        logits = jnp.repeat(logits, beams, axis=0)
+        row_language = jnp.repeat(language, beams, axis=0)
+    rows = batch * beams
+    seq = jnp.full((rows, options.max_length), special.eot, jnp.int32).at[:, 0].set(special.sot)
     if prefix:
         forced = jnp.stack(
-            [language if tok == -1 else jnp.full((batch,), tok, jnp.int32) for tok in prefix], axis=1
+            [row_language if tok == -1 else jnp.full((rows,), tok, jnp.int32) for tok in prefix], axis=1
         )
         seq = seq.at[:, 1:1 + len(prefix)].set(forced)
         out = module.apply(
             variables, forced, cache=cache, cache_index=context + 1, cross_kv=cross_kv, method=WhisperModule.decode
         )
-        cache = out.cache
-        next_logits = out.logits[:, -1]
+        cache, logits = out.cache, out.logits[:, -1]
+    return Start(seq, cache, cross_kv, logits, context, 1 + len(prefix), no_speech_prob, language, language_prob)
 
-    sample_begin = 1 + len(prefix)
+
+def generate(
+    module: WhisperModule,
+    params: Any,
+    input_features: Array,
+    options: DecodeOptions,
+    prompt_ids: Optional[Array] = None,
+    temperature: Any = 0.0,
+    rng: Optional[Array] = None,
+) -> GenerateOutput:
+    """Decode a batch of log-mel windows. Jittable with ``options`` static."""
+    special = module.config.special_tokens
+    batch = input_features.shape[0]
+    variables = {"params": params}
+    if options.num_beams > 1:
+        from whisper_t5x import beam_search  # local: greedy users never import it
+
+        return beam_search.beam_generate(module, params, input_features, options, prompt_ids)
+
+    begin = start(module, params, input_features, options, prompt_ids)
+    seq, cache, cross_kv, next_logits, context = begin.seq, begin.cache, begin.cross_kv, begin.logits, begin.context
+    sample_begin = begin.sample_begin
     temperature = jnp.asarray(temperature, jnp.float32)
     if rng is None:
         rng = jax.random.PRNGKey(0)
@@ -250,7 +279,7 @@ def generate(
         sum_logprob=state["sum_logprob"],
         avg_logprob=avg_logprob,
         num_tokens=state["num_tokens"],
-        no_speech_prob=no_speech_prob,
-        language_token=language,
-        language_prob=language_prob,
+        no_speech_prob=begin.no_speech_prob,
+        language_token=begin.language,
+        language_prob=begin.language_prob,
     )

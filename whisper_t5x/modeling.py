@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.core import freeze, unfreeze
+from flax.core import unfreeze
 
 from whisper_t5x import decoding
 from whisper_t5x.config import WhisperConfig
