@@ -1,0 +1,158 @@
+"""REST throughput of the endpoint: audio seconds transcribed per wall second at 1, 4 and 8 clients.
+
+Starts ``python -m whisper_t5x.serving`` on a free local port (or uses
+``--url``), waits for ``/health`` (warm-up compiled), then for each client
+count runs that many concurrent clients, each posting ``--requests`` files to
+``/v1/audio/transcriptions`` back to back (files taken round-robin from
+``--audio``; default ``samples/jfk.flac``). One untimed round per client count
+comes first, so every batch shape is compiled before timing. Reports audio
+seconds per wall second, speed-up over one client, request latency (median and
+p90) and how the server batched (requests per pipeline call). Writes a
+markdown table to stdout and JSON to ``--out``.
+
+    python benchmarks/serving_throughput.py --model tiny.en --clients 1 4 8 --requests 3
+    python benchmarks/serving_throughput.py --url http://127.0.0.1:8000 --api_key KEY
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+from tests._server_helpers import ServerProcess, get_json  # noqa: E402
+
+SAMPLE = os.path.join(HERE, "..", "samples", "jfk.flac")
+
+
+def duration_s(path: str) -> float:
+    from whisper_t5x.audio import get_duration
+
+    return get_duration(path)
+
+
+def run_clients(url, files, clients, requests, api_key, timeout):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    latencies, audio, errors = [], 0.0, []
+
+    def client(c):
+        out = []
+        with httpx.Client(timeout=timeout) as http:
+            for r in range(requests):
+                name, data, dur = files[(c * requests + r) % len(files)]
+                t = time.perf_counter()
+                resp = http.post(url + "/v1/audio/transcriptions", files={"file": (name, data)},
+                                 data={"model": "whisper-1", "response_format": "json"}, headers=headers)
+                out.append((resp.status_code, time.perf_counter() - t, dur, resp.text[:200]))
+        return out
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as ex:
+        results = [x for chunk in ex.map(client, range(clients)) for x in chunk]
+    wall = time.perf_counter() - start
+    for status, lat, dur, body in results:
+        if status == 200:
+            latencies.append(lat)
+            audio += dur
+        else:
+            errors.append(f"{status}: {body}")
+    return wall, audio, latencies, errors
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="an already running server (default: start one)")
+    p.add_argument("--model", default="tiny.en")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--max_batch_delay_ms", type=float, default=20.0)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--requests", type=int, default=3, help="requests per client per timed round")
+    p.add_argument("--audio", nargs="+", default=[SAMPLE])
+    p.add_argument("--api_key", default=None)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--no_warm_round", action="store_true", help="skip the untimed round per client count")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "serving_throughput.json"))
+    args = p.parse_args(argv)
+
+    files = [(os.path.basename(f), open(f, "rb").read(), duration_s(f)) for f in args.audio]
+    server = None
+    if args.url:
+        url = args.url.rstrip("/")
+    else:
+        extra = ["--dtype", args.dtype] if args.dtype else []
+        server = ServerProcess(["--model", args.model, "--batch_size", str(args.batch_size), "--max_batch_delay_ms",
+                                str(args.max_batch_delay_ms), "--no_ui", "--log_level", "warning", *extra])
+        url = server.url
+    rows = []
+    try:
+        t = time.perf_counter()
+        if server is not None:
+            server.wait_ready(timeout=900)
+        ready_s = time.perf_counter() - t
+        health = get_json(url + "/health")[1] or {}
+        for n in args.clients:
+            if not args.no_warm_round:
+                run_clients(url, files, n, 1, args.api_key, args.timeout)
+            before = (get_json(url + "/health")[1] or {}).get("batches", {})
+            wall, audio, lat, errors = run_clients(url, files, n, args.requests, args.api_key, args.timeout)
+            after = (get_json(url + "/health")[1] or {}).get("batches", {})
+            groups = after.get("groups", 0) - before.get("groups", 0)
+            reqs = after.get("requests", 0) - before.get("requests", 0)
+            rows.append(dict(
+                clients=n, requests=len(lat) + len(errors), errors=len(errors), wall_s=round(wall, 3),
+                audio_s=round(audio, 3), audio_s_per_s=round(audio / wall, 3) if wall else None,
+                latency_p50_s=round(statistics.median(lat), 3) if lat else None,
+                latency_p90_s=round(sorted(lat)[max(0, int(0.9 * len(lat)) - 1)], 3) if lat else None,
+                requests_per_batch=round(reqs / groups, 2) if groups else None,
+                first_errors=errors[:3],
+            ))
+            print(f"{n} client(s): {rows[-1]['audio_s_per_s']} audio s/s", file=sys.stderr, flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+
+    base = rows[0]["audio_s_per_s"] if rows and rows[0]["audio_s_per_s"] else None
+    for r in rows:
+        r["speedup_vs_first"] = round(r["audio_s_per_s"] / base, 2) if base and r["audio_s_per_s"] else None
+    try:
+        import jax
+
+        device = f"{jax.default_backend()}: {jax.devices()[0].device_kind} x{jax.device_count()}"
+    except Exception:  # noqa: BLE001
+        device = "unknown"
+    meta = dict(model=args.model if not args.url else health.get("model"), batch_size=args.batch_size,
+                max_batch_delay_ms=args.max_batch_delay_ms, audio=[f[0] for f in files],
+                audio_durations_s=[round(f[2], 3) for f in files], requests_per_client=args.requests,
+                device=device, cpu_count=os.cpu_count(), platform=platform.platform(),
+                server_ready_s=round(ready_s, 1), warmup_s=health.get("warmup_s"),
+                command=" ".join([os.path.basename(sys.executable), "benchmarks/serving_throughput.py"]
+                                 + list(sys.argv[1:] if argv is None else argv)))
+    print(f"\nREST throughput, {meta['model']} (batch {args.batch_size}, delay {args.max_batch_delay_ms:g} ms), "
+          f"{device}, {os.cpu_count()} CPU cores\n")
+    print("| clients | requests | audio s / wall s | speed-up | latency p50 (s) | latency p90 (s) | requests / batch | errors |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['requests']} | {r['audio_s_per_s']} | {r['speedup_vs_first']} | "
+              f"{r['latency_p50_s']} | {r['latency_p90_s']} | {r['requests_per_batch']} | {r['errors']} |")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(dict(meta, results=rows), f, indent=2)
+            f.write("\n")
+        print(f"\nwrote {args.out}")
+    return 0 if rows and all(r["errors"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
