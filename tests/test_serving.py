@@ -120,7 +120,7 @@ class FakePipeline:
 # ============================================================== batcher
 def test_batcher_groups_concurrent_requests_and_keeps_them_apart():
     pipe = FakePipeline()
-    b = Batcher(pipe, max_batch_size=8, max_delay_s=0.3)
+    b = Batcher(pipe, max_batch_size=8, max_delay_s=0.3, trim_to_bucket=False)
     try:
         opts = DecodeOptions()
         futs = [b.submit(np.zeros(1000 + i, np.float32), opts) for i in range(5)]
@@ -149,9 +149,20 @@ def test_batcher_group_is_bounded_by_windows():
         b.stop()
 
 
+def test_batcher_trims_short_groups_to_a_bucket():
+    pipe = FakePipeline()
+    b = Batcher(pipe, max_batch_size=8, max_delay_s=0.3, trim_to_bucket=True)
+    try:
+        futs = [b.submit(np.zeros(100 + i, np.float32), DecodeOptions()) for i in range(7)]
+        assert [f.result(5)["text"] for f in futs] == [f" n={100 + i}" for i in range(7)]
+        assert pipe.calls == [4, 2, 1]  # no padding rows; arrival order kept
+    finally:
+        b.stop()
+
+
 def test_batcher_failure_costs_only_the_failing_request():
     pipe = FakePipeline()
-    b = Batcher(pipe, max_batch_size=8, max_delay_s=0.3)
+    b = Batcher(pipe, max_batch_size=8, max_delay_s=0.3, trim_to_bucket=False)
     try:
         bad = np.full(100, 0.5, np.float32)
         futs = [b.submit(x, DecodeOptions()) for x in (np.zeros(7, np.float32), bad, np.zeros(9, np.float32))]
@@ -278,6 +289,22 @@ def test_health_not_ready_until_started():
         _assert_error(_post(client, wav_bytes(np.full(1600, 0.1, np.float32))), 503, "not_ready")
         service.start(background=False)
         assert client.get("/health").json()["status"] == "ok"
+
+
+def test_settings_from_flags_and_gin(monkeypatch):
+    from whisper_t5x.launch import GinConfigError
+    from whisper_t5x.serving.server import settings_from_args
+
+    monkeypatch.delenv("WHISPER_T5X_API_KEY", raising=False)
+    s = settings_from_args(["--gin.ServeConfig.max_batch_size=16", "--gin.PORT=9001", "--model", "tiny.en",
+                            "--max_upload_mb", "3", "--no_ui"])
+    assert (s.model, s.port, s.max_batch_size, s.max_upload_mb, s.ui, s.api_key) == ("tiny.en", 9001, 16, 3.0,
+                                                                                       False, None)
+    assert settings_from_args(["--batch_size", "2", "--port", "7860"]).max_batch_size == 2
+    monkeypatch.setenv("WHISPER_T5X_API_KEY", "from-env")
+    assert settings_from_args([]).api_key == "from-env"
+    with pytest.raises(GinConfigError):
+        settings_from_args(["--gin.Nope.x=1"])
 
 
 # ============================================================== the real server (tiny.en)

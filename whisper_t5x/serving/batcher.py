@@ -35,6 +35,15 @@ logger = logging.getLogger("whisper_t5x.serving")
 __all__ = ["DecodeOptions", "Batcher", "QueueFull", "BatcherStopped"]
 
 
+def _default_trim() -> bool:
+    try:
+        import jax
+
+        return jax.default_backend() == "cpu"
+    except Exception:  # noqa: BLE001
+        return False
+
+
 class QueueFull(RuntimeError):
     """Too many requests are waiting; the caller should answer 503."""
 
@@ -84,13 +93,18 @@ class Batcher:
       pipeline: a ``FlaxWhisperPipeline`` (or anything with its call signature).
       max_batch_size: rows per compiled batch; a group is closed once its
         requests hold this many windows.
-      max_delay_s: how long the first request of a group waits for companions.
+      max_delay_s: how long the first request of a group may wait (from its
+        arrival) for companions.
       max_queue: waiting requests beyond which :meth:`submit` raises :class:`QueueFull`.
       chunk_length_s: window length (as the pipeline's argument).
+      trim_to_bucket: close a short group at a power-of-two number of windows
+        instead of padding it (default: on for the CPU backend, where padding
+        rows cost as much as real ones; off on accelerators).
     """
 
     def __init__(self, pipeline: Any, max_batch_size: int = 8, max_delay_s: float = 0.01, max_queue: int = 64,
-                 chunk_length_s: float = 30.0, call: Optional[Callable[..., Any]] = None):
+                 chunk_length_s: float = 30.0, call: Optional[Callable[..., Any]] = None,
+                 trim_to_bucket: Optional[bool] = None):
         self.pipeline = pipeline
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_delay_s = max(0.0, float(max_delay_s))
@@ -98,6 +112,9 @@ class Batcher:
         self.chunk_length_s = float(chunk_length_s)
         self._chunk, self._stride = window_params(self.chunk_length_s, None, SAMPLE_RATE)
         self._call = call or pipeline
+        if trim_to_bucket is None:
+            trim_to_bucket = _default_trim()
+        self.trim_to_bucket = bool(trim_to_bucket)
         self._queue: Deque[_Request] = collections.deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -145,37 +162,78 @@ class Batcher:
         self._thread.join(timeout=timeout)
 
     # ----------------------------------------------------------------- worker
+    def _compatible(self, first: _Request) -> Tuple[List[_Request], int]:
+        """Waiting requests (in arrival order) that can join ``first``'s group."""
+        picked, windows = [first], first.num_windows
+        for r in self._queue:
+            if r is first or r.options != first.options or r.future.cancelled():
+                continue
+            if windows + r.num_windows > self.max_batch_size:
+                continue
+            picked.append(r)
+            windows += r.num_windows
+            if windows >= self.max_batch_size:
+                break
+        return picked, windows
+
+    def _trim(self, picked: List[_Request]) -> List[_Request]:
+        """Keep a prefix whose windows fit the largest bucket not above their count.
+
+        A short batch is padded up to a bucket (a power of two, or the full
+        batch); where padding rows cost as much as real ones (CPU) it is
+        cheaper to leave the extra requests for the next batch.
+        """
+        total = sum(r.num_windows for r in picked)
+        if total >= self.max_batch_size or len(picked) == 1:
+            return picked
+        target = 1
+        while target * 2 <= total:
+            target *= 2
+        kept, windows = [], 0
+        for r in picked:
+            if kept and windows + r.num_windows > target:
+                continue
+            kept.append(r)
+            windows += r.num_windows
+        return kept
+
     def _take_group(self) -> Optional[List[_Request]]:
-        """Blocks for the oldest live request, then gathers compatible ones."""
+        """Blocks for the oldest live request, then gathers compatible ones.
+
+        Requests stay in the queue until the group is decided, so the ones
+        left out (by :meth:`_trim`) keep their place at its head.
+        """
         with self._cond:
             while True:
                 while not self._queue and not self._stopped:
                     self._cond.wait()
                 if self._stopped:
                     return None
-                first = self._queue.popleft()
-                if first.future.set_running_or_notify_cancel():
-                    break  # else: cancelled while waiting; drop it
-            group, windows = [first], first.num_windows
-            deadline = time.monotonic() + self.max_delay_s
-            while windows < self.max_batch_size and not self._stopped:
-                for r in list(self._queue):
-                    if r.options != first.options:
-                        continue
-                    if windows + r.num_windows > self.max_batch_size:
-                        continue
-                    self._queue.remove(r)
-                    if not r.future.set_running_or_notify_cancel():
-                        continue
-                    group.append(r)
-                    windows += r.num_windows
-                    if windows >= self.max_batch_size:
+                live = [r for r in self._queue if not r.future.cancelled()]
+                if len(live) != len(self._queue):
+                    self._queue = collections.deque(live)
+                    continue
+                first = self._queue[0]
+                # The wait counts from the first request's arrival: requests that
+                # queued while the previous batch ran do not wait again.
+                deadline = first.enqueued + self.max_delay_s
+                while True:
+                    picked, windows = self._compatible(first)
+                    left = deadline - time.monotonic()
+                    if windows >= self.max_batch_size or left <= 0 or self._stopped or first.future.cancelled():
                         break
-                left = deadline - time.monotonic()
-                if windows >= self.max_batch_size or left <= 0:
-                    break
-                self._cond.wait(timeout=left)
-            return group
+                    self._cond.wait(timeout=left)
+                if self._stopped:
+                    return None
+                if self.trim_to_bucket:
+                    picked = self._trim(picked)
+                group = []
+                for r in picked:
+                    self._queue.remove(r)
+                    if r.future.set_running_or_notify_cancel():
+                        group.append(r)
+                if group:
+                    return group
 
     def _run(self) -> None:
         while True:

@@ -6,8 +6,9 @@
     python -m whisper_t5x.serving --model tiny.en --port 7860 --api_key SECRET
     whisper-t5x serve --gin_file runs/serve --gin_file hardware/gpu --gin.ServeConfig.max_batch_size=16
 
-Settings come from ``launch.ServeConfig`` (gin: ``configs/runs/serve.gin``
-and any ``--gin_file`` / ``--gin.NAME=VALUE``), then from the flags below.
+Settings come from ``launch.ServeConfig`` (gin: ``configs/runs/serve.gin``,
+always parsed first when present, then any ``--gin_file`` and
+``--gin.NAME=VALUE`` / ``--gin_bindings``), then from the flags below.
 Serving limits (upload size, audio duration, timeout, API key) are flags,
 or ``ServeConfig`` fields of the same name when it has them.
 The API key may also come from ``$WHISPER_T5X_API_KEY``.
@@ -27,6 +28,7 @@ from whisper_t5x.serving.service import Service, ServingSettings
 logger = logging.getLogger("whisper_t5x.serving")
 
 API_KEY_ENV = "WHISPER_T5X_API_KEY"
+DEFAULT_GIN = "runs/serve.gin"
 
 
 def create_app(service: Service, start: bool = True) -> Any:
@@ -101,7 +103,13 @@ def settings_from_args(argv: Sequence[str]) -> ServingSettings:
 
     args = _parser().parse_args(launch.rewrite_gin_args(list(argv)))
     search = [s for s in args.gin_search_paths.split(",") if s.strip()]
-    launch.parse_gin(args.gin_file, args.gin_bindings, search)
+    files = list(args.gin_file)
+    try:  # configs/runs/serve.gin first when the source tree has it (its MODEL/HOST/PORT macros)
+        launch.resolve_gin_file(DEFAULT_GIN, search + launch.default_search_paths())
+        files.insert(0, DEFAULT_GIN)
+    except launch.GinConfigError:
+        pass
+    launch.parse_gin(files, args.gin_bindings, search)
     config = launch.make_serve_config()
     values = {f: getattr(config, f) for f in _SERVE_FIELDS if hasattr(config, f)}
     values.update({f: getattr(config, f) for f in _LIMIT_FIELDS if getattr(config, f, None) is not None})
