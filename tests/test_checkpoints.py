@@ -515,6 +515,14 @@ def test_truncated_and_corrupt_files(tmp_path):
     (trailing / "model.bin").write_bytes(data + b"\0\0\0\0")
     with pytest.raises(CheckpointError, match=r"trailing.model\.bin.*corrupt"):
         load_checkpoint(str(trailing))
+    # A decoder flag Whisper does not have (scaled embeddings): rank 0, int8, 1 byte, then the value.
+    at = data.index(b"decoder/scale_embeddings\0") + len(b"decoder/scale_embeddings\0")
+    assert data[at:at + 6] == b"\x00\x01\x01\x00\x00\x00"
+    flagged = tmp_path / "flagged"
+    flagged.mkdir()
+    (flagged / "model.bin").write_bytes(data[:at + 6] + b"\x01" + data[at + 7:])
+    with pytest.raises(CheckpointError, match=r"flagged.model\.bin.*scale_embeddings=1"):
+        load_checkpoint(str(flagged))
     # Truncated safetensors and a missing shard.
     hf_dir = tmp_path / "hf"
     shutil.copytree(_hf_dir(), hf_dir)
@@ -550,3 +558,16 @@ def test_config_that_does_not_match_the_weights(tmp_path):
     loaded = load_checkpoint(_hf_dir())
     with pytest.raises(CheckpointError, match="d_model"):
         save_pretrained(str(tmp_path / "out"), loaded.config.replace(d_model=128), loaded.params)
+
+
+def test_openai_file_named_like_a_model_gets_its_published_alignment_heads(tmp_path):
+    pytest.importorskip("whisper")
+    loaded = load_checkpoint("tiny.en")
+    path = str(tmp_path / "tiny.en.pt")
+    export_openai_checkpoint(path, loaded.config, loaded.params, dtype=np.float16)
+    again = load_checkpoint(path)
+    _assert_trees(again.params, loaded.params)
+    # openai-whisper's own table for "tiny.en" agrees with the CTranslate2 model's config.json.
+    assert again.config.alignment_heads == loaded.config.alignment_heads
+    # openai's default suppression set (non-speech symbols + task/control tokens), as faster-whisper ships it.
+    assert set(again.config.suppress_tokens) == set(loaded.config.suppress_tokens)

@@ -260,8 +260,30 @@ def _layer_count(v, part: str) -> int:
     return count
 
 
+class _Tracked(dict):
+    """A dict that remembers which keys were read, so unread weights can be reported."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
 def to_params(v: Dict[str, np.ndarray], source: str) -> Tuple[Dict[str, Any], Dict[str, int]]:
-    """(params in loop layout, WhisperConfig size fields) from CT2 Whisper variables."""
+    """(params in loop layout, WhisperConfig size fields) from CT2 Whisper variables.
+
+    Every non-scalar variable must be used: an unknown weight means a model
+    variant this reader does not understand, and is an error rather than a
+    silently different model.
+    """
+    v = _Tracked(v)
     try:
         vocab, d = v["decoder/embeddings/weight"].shape
         enc, dec = _layer_count(v, "encoder"), _layer_count(v, "decoder")
@@ -304,7 +326,15 @@ def to_params(v: Dict[str, np.ndarray], source: str) -> Tuple[Dict[str, Any], Di
                 "fc2": _dense(v, p + "/ffn/linear_1"),
                 "final_layer_norm": _norm(v, p + "/ffn/layer_norm"),
             }
+        # Scalar flags of the decoder spec that must hold for Whisper's architecture.
+        for flag, required, meaning in (("decoder/scale_embeddings", 0, "scaled token embeddings"),
+                                        ("decoder/pre_norm", 1, "post-norm layers"),
+                                        ("decoder/activation", 3, "a non-GELU activation"),
+                                        ("decoder/alibi", 0, "ALiBi positions")):
+            if flag in v and int(v[flag]) != required:
+                raise ValueError(f"{flag}={int(v[flag])}: {meaning}, not Whisper's architecture")
         projection = v.get("decoder/projection/weight")
+        v.get("decoder/projection/weight_scale")  # an alias's scale comes along with it
         if projection is not None and projection is not v["decoder/embeddings/weight"]:
             projection = dequantize(v, "decoder/projection")
             if projection.shape != embeddings.shape or not np.array_equal(projection, embeddings):
@@ -326,6 +356,13 @@ def to_params(v: Dict[str, np.ndarray], source: str) -> Tuple[Dict[str, Any], Di
         raise CheckpointError(f"{source}: CTranslate2 Whisper variable {e.args[0]!r} is missing") from None
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from None
+    unused = sorted(k for k, value in v.items() if k not in v.read and np.ndim(value) > 0
+                    and value.dtype.kind == "f" or k not in v.read and k.endswith(("/weight", "/bias")))
+    if unused:
+        raise CheckpointError(
+            f"{source}: CTranslate2 variables this Whisper reader does not know: {', '.join(unused[:8])}"
+            + (" ..." if len(unused) > 8 else "")
+        )
     return params, sizes
 
 
