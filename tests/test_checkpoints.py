@@ -463,7 +463,8 @@ def test_ctranslate2_conversions_load_the_original_weights(quantization):
 
 def test_ctranslate2_model_bin_split_into_parts(tmp_path):
     source = os.path.join(_ct2_dir("int8"), "model.bin")
-    data = open(source, "rb").read()
+    with open(source, "rb") as f:
+        data = f.read()
     directory = tmp_path / "split"
     shutil.copytree(_ct2_dir("int8"), directory)
     os.remove(directory / "model.bin")
@@ -477,7 +478,8 @@ def test_ctranslate2_model_bin_split_into_parts(tmp_path):
 
 def test_ctranslate2_generation_config_from_its_config_json():
     loaded = load_checkpoint(_ct2_dir(None))
-    extra = json.load(open(os.path.join(_ct2_dir(None), "config.json")))
+    with open(os.path.join(_ct2_dir(None), "config.json")) as f:
+        extra = json.load(f)
     assert loaded.config.suppress_tokens == tuple(extra["suppress_ids"] or ())
     assert loaded.config.begin_suppress_tokens == tuple(extra["suppress_ids_begin"] or ())
     assert extra["alignment_heads"]  # the converter's default: every head of the last half of the layers
@@ -498,7 +500,8 @@ def test_missing_paths_and_unknown_names(tmp_path):
 
 
 def test_truncated_and_corrupt_files(tmp_path):
-    data = open(os.path.join(_ct2_dir(None), "model.bin"), "rb").read()
+    with open(os.path.join(_ct2_dir(None), "model.bin"), "rb") as f:
+        data = f.read()
     for cut in (3, 40, len(data) // 2, len(data) - 3):
         directory = tmp_path / f"cut{cut}"
         directory.mkdir()

