@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import math
 import os
 import platform
 import statistics
@@ -113,7 +114,7 @@ def main(argv=None):
                 clients=n, requests=len(lat) + len(errors), errors=len(errors), wall_s=round(wall, 3),
                 audio_s=round(audio, 3), audio_s_per_s=round(audio / wall, 3) if wall else None,
                 latency_p50_s=round(statistics.median(lat), 3) if lat else None,
-                latency_p90_s=round(sorted(lat)[max(0, int(0.9 * len(lat)) - 1)], 3) if lat else None,
+                latency_p90_s=round(sorted(lat)[max(0, math.ceil(0.9 * len(lat)) - 1)], 3) if lat else None,
                 requests_per_batch=round(reqs / groups, 2) if groups else None,
                 first_errors=errors[:3],
             ))

@@ -310,7 +310,9 @@ def test_settings_from_flags_and_gin(monkeypatch):
 # ============================================================== the real server (tiny.en)
 @pytest.fixture(scope="module")
 def server():
-    srv = ServerProcess(["--model", "tiny.en", "--batch_size", "8", "--max_batch_delay_ms", "50",
+    pytest.importorskip("gradio")
+    pytest.importorskip("gradio_client")
+    srv = ServerProcess(["--model", "tiny.en", "--batch_size", "4", "--max_batch_delay_ms", "50",
                          "--api_key", API_KEY, "--max_upload_mb", "5", "--max_audio_s", "120",
                          "--request_timeout_s", "300"])
     try:
