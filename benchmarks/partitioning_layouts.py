@@ -1,10 +1,13 @@
-"""Teacher-forced Whisper forward under each partitioning layout (dp / mp / 2d / fsdp).
+"""Whisper under each partitioning layout (dp / mp / 2d / fsdp): forward and decoding.
 
 For every layout that the visible devices allow, the parameters are placed with
 ``PjitPartitioner.shard_host_params`` and the forward pass (encoder + decoder
 over ``--tokens`` positions) is compiled with ``partition``; compile time, the
 median step time over ``--repeats`` runs and the parameter bytes held by one
-device are reported as a markdown table (and JSON with ``--out``).
+device are reported as a markdown table (and JSON with ``--out``). The compiled
+generate loop (greedy, ``--decode_tokens`` forced by suppressing end-of-text)
+is partitioned the same way; its throughput (generated tokens per second of
+the whole generate call, encoder included) is reported.
 
 On a CPU-only machine, ``--cpu_devices N`` simulates N devices (set before JAX
 starts); numbers then measure partitioning overhead, not speed-up.
@@ -29,6 +32,7 @@ def parse():
     ap.add_argument("--num_partitions", type=int, default=2, help="model axis size for mp / 2d")
     ap.add_argument("--layouts", nargs="+", default=["dp", "mp", "2d", "fsdp"])
     ap.add_argument("--cpu_devices", type=int, default=0, help="simulate N CPU devices")
+    ap.add_argument("--decode_tokens", type=int, default=32, help="tokens generated per row for decode throughput")
     ap.add_argument("--out", default=None)
     return ap.parse_args()
 
@@ -49,6 +53,7 @@ def main():
     import partitioning as pt
     from whisper_t5x.config import WhisperConfig
     from whisper_t5x.model import WhisperModule
+    from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
 
     warnings.simplefilter("ignore", pt.UnevenShardingWarning)
     cfg = WhisperConfig.for_architecture(args.model)
@@ -80,16 +85,35 @@ def main():
             t0 = time.perf_counter()
             jax.block_until_ready(compiled(params, feats, ids))
             times.append(time.perf_counter() - t0)
+        # Decoding: every row generates exactly decode_tokens (end-of-text suppressed).
+        wrapper = FlaxWhisperForConditionalGeneration(cfg, _do_init=False)
+        max_length = 4 + args.decode_tokens
+        suppress = wrapper.default_suppress_tokens() + (cfg.eos_token_id,)
+        gen = part.partition(
+            lambda p, x: wrapper.generate(x, params=p, language="en", max_length=max_length,
+                                          suppress_tokens=suppress).sequences,
+            (axes.params, P("data")), P("data"))
+        jax.block_until_ready(gen(params, feats))
+        gen_times = []
+        for _ in range(max(1, args.repeats // 2)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(gen(params, feats))
+            gen_times.append(time.perf_counter() - t0)
+        fwd_s = statistics.median(times)
+        gen_s = statistics.median(gen_times)
         dev0 = jax.devices()[0]
         per_dev = sum(s.data.nbytes for v in jax.tree_util.tree_leaves(params) for s in v.addressable_shards
                       if s.device == dev0)
         rows.append(dict(layout=layout, mesh=dict(part.mesh.shape), compile_s=round(compile_s, 2),
-                         step_ms=round(1000 * statistics.median(times), 2), param_mb_per_device=round(per_dev / 2**20, 1)))
+                         step_ms=round(1000 * fwd_s, 2), param_mb_per_device=round(per_dev / 2**20, 1),
+                         generate_s=round(gen_s, 2),
+                         generated_tokens_per_s=round(args.batch * args.decode_tokens / gen_s, 1)))
     print(f"model={args.model} batch={args.batch} tokens={args.tokens} devices={n} ({jax.devices()[0].platform})\n")
-    print("| layout | mesh (data x model) | compile s | step ms | params MiB / device |")
-    print("|---|---|---|---|---|")
+    print("| layout | mesh (data x model) | params MiB / device | forward compile s | forward ms | generate s | generated tokens/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['layout']} | {r['mesh']['data']} x {r['mesh']['model']} | {r['compile_s']} | {r['step_ms']} | {r['param_mb_per_device']} |")
+        print(f"| {r['layout']} | {r['mesh']['data']} x {r['mesh']['model']} | {r['param_mb_per_device']} | "
+              f"{r['compile_s']} | {r['step_ms']} | {r['generate_s']} | {r['generated_tokens_per_s']} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)
