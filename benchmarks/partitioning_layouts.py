@@ -46,7 +46,6 @@ def main():
     import warnings
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from jax.sharding import PartitionSpec as P
 

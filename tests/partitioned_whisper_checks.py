@@ -14,9 +14,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from flax.core.frozen_dict import freeze  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import partitioning as pt  # noqa: E402

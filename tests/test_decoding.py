@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests import _hf_models as H
-from whisper_t5x import beam_search, decoding
+from whisper_t5x import beam_search
 
 MAX_NEW = 20
 

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _speech import LONG_TEXT, SPANISH_TEXT, needs_espeak, normalize, synthesize, synthesize_file, wer  # noqa: E402
+from _speech import LONG_TEXT, SPANISH_TEXT, needs_espeak, normalize, synthesize, wer  # noqa: E402
 
 from whisper_t5x import compile_cache, fallback as fb  # noqa: E402
 from whisper_t5x.audio import AudioError  # noqa: E402

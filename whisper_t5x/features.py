@@ -27,7 +27,7 @@ return_tensors="np")["input_features"]``) keeps working.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional
 
 import numpy as np
 

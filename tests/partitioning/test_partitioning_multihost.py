@@ -2,7 +2,6 @@
 its rows of the global batch; the gathered result equals a single-process run.
 """
 
-import json
 import os
 import subprocess
 import sys

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from whisper_t5x.serving.service import Service, ServingSettings
 
