@@ -55,6 +55,8 @@ __all__ = [
     "split_to_word_tokens",
     "find_alignment",
     "attach_words",
+    "frame_loudness",
+    "trim_leading_silence",
     "word_timestamps",
     "PREPEND_PUNCTUATIONS",
     "APPEND_PUNCTUATIONS",
@@ -429,6 +431,52 @@ def attach_words(
     return last_speech_timestamp
 
 
+# --------------------------------------------------------------------------- silence trimming
+SILENCE_LEVEL = 0.2  # fraction of the window's loudness range below which a 20 ms frame counts as silent
+MIN_SILENCE_S = 0.15  # shorter silences inside a word are left alone (stop closures, breaths)
+
+
+def frame_loudness(features: np.ndarray, num_frames: int = N_FRAMES) -> np.ndarray:
+    """Mean log-mel per encoder position (20 ms) of one window's real audio: ``(num_frames // 2,)``."""
+    mel = np.asarray(features, np.float64)[:, : (num_frames // 2) * 2]
+    return mel.mean(axis=0).reshape(-1, 2).mean(axis=1)
+
+
+def trim_leading_silence(words: List[Dict[str, Any]], loudness: np.ndarray, time_offset: float,
+                         level: float = SILENCE_LEVEL, min_silence: float = MIN_SILENCE_S) -> None:
+    """Move word starts past the pause that precedes their sound (in place).
+
+    Cross-attention DTW has no notion of silence: every encoder position is
+    given to some token, and a pause between two words is nearly always given
+    to the second, so its start lands at the previous word's end. Here, when
+    a word's span holds a silent run of at least ``min_silence`` seconds
+    followed by sound, the start moves to the first loud position after the
+    last such run. A 20 ms position is silent when its loudness is below
+    ``level`` of the way from the window's quiet floor (10th percentile) to
+    its speech level (99th percentile). Ends are left alone.
+    """
+    if loudness.size == 0 or not words:
+        return
+    floor, peak = np.percentile(loudness, 10), np.percentile(loudness, 99)
+    if peak - floor < 1e-6:
+        return
+    loud = loudness > floor + level * (peak - floor)
+    need = max(1, int(round(min_silence * TOKENS_PER_SECOND)))
+    for w in words:
+        lo = max(0, int(round((w["start"] - time_offset) * TOKENS_PER_SECOND)))
+        hi = min(loud.size, int(round((w["end"] - time_offset) * TOKENS_PER_SECOND)))
+        new_start, run = None, 0
+        for p in range(lo, hi):
+            if not loud[p]:
+                run += 1
+            else:
+                if run >= need:
+                    new_start = p
+                run = 0
+        if new_start is not None:
+            w["start"] = round(time_offset + new_start / TOKENS_PER_SECOND, 2)
+
+
 # --------------------------------------------------------------------------- public API
 def _window_parts(model: Any, sequence: Sequence[int], time_offset: float, duration: float
                   ) -> Tuple[Optional[int], List[Dict[str, Any]]]:
@@ -477,6 +525,7 @@ def word_timestamps(
     prepend_punctuations: str = PREPEND_PUNCTUATIONS,
     append_punctuations: str = APPEND_PUNCTUATIONS,
     return_segments: bool = False,
+    trim_silence: bool = True,
 ) -> List[List[Dict[str, Any]]]:
     """Word timestamps for a batch of decoded windows.
 
@@ -493,6 +542,10 @@ def word_timestamps(
     openai-whisper). With ``return_segments=True`` returns per window the
     timestamp segments instead, each ``{"start", "end", "text", "tokens",
     "words"}``.
+
+    ``trim_silence`` (default True) moves word starts past leading silence
+    (:func:`trim_leading_silence`); ``False`` gives openai-whisper's timings
+    exactly.
     """
     batch = len(token_sequences)
     time_offsets = [0.0] * batch if time_offsets is None else [float(t) for t in time_offsets]
@@ -511,6 +564,9 @@ def word_timestamps(
         segments = all_segments[b]
         attach_words(segments, alignments[b], time_offsets[b], time_offsets[b], model.config.special_tokens.eot,
                      prepend_punctuations, append_punctuations)
+        if trim_silence:
+            loudness = frame_loudness(np.asarray(features[b]), frames[b])
+            trim_leading_silence([w for s in segments for w in s["words"]], loudness, time_offsets[b])
         if return_segments:
             out.append([dict(start=s["start"], end=s["end"], text=tokenizer.decode(s["tokens"]),
                              tokens=s["tokens"], words=s["words"]) for s in segments])

@@ -352,6 +352,7 @@ def transcribe_sequential(
     prepend_punctuations: str = al.PREPEND_PUNCTUATIONS,
     append_punctuations: str = al.APPEND_PUNCTUATIONS,
     seed: int = 0,
+    trim_silence: bool = True,
 ) -> List[Dict[str, Any]]:
     """Transcribe (or translate) each input with openai-whisper's sequential algorithm.
 
@@ -367,7 +368,10 @@ def transcribe_sequential(
          "language": code}
 
     ``words`` (with ``word_timestamps=True``) are ``{"word", "start", "end",
-    "probability"}`` in absolute seconds.
+    "probability"}`` in absolute seconds. Their starts are moved past leading
+    silence (:func:`whisper_t5x.alignment.trim_leading_silence`) unless
+    ``trim_silence=False``, which gives openai-whisper's word timings exactly
+    (the trimming never changes the text, the segments or where windows start).
     """
     from whisper_t5x.audio import load_audio
 
@@ -455,6 +459,9 @@ def transcribe_sequential(
                     hallucination_silence_threshold, special.eot, prepend_punctuations, append_punctuations)
                 if skip:
                     continue
+                if trim_silence:
+                    loudness = al.frame_loudness(window, size)
+                    al.trim_leading_silence([w for s in segments for w in s["words"]], loudness, time_offset)
             for s in segments:
                 if s["start"] == s["end"] or tokenizer.decode([t for t in s["tokens"] if t < special.eot]).strip() == "":
                     s["text"], s["tokens"] = "", []
