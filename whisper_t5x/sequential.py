@@ -73,7 +73,7 @@ from whisper_t5x import fallback as fb
 logger = logging.getLogger(__name__)
 
 __all__ = ["transcribe_sequential", "window_segments", "file_log_mel", "bucket_prompt_length",
-           "DEFAULT_PROMPT_BUCKETS"]
+           "DEFAULT_PROMPT_BUCKETS", "word_chunks", "pipeline_word_timestamps"]
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160
@@ -340,7 +340,7 @@ def transcribe_sequential(
     language: Union[None, str, int] = None,
     task: str = "transcribe",
     condition_on_previous_text: bool = True,
-    initial_prompt: Optional[str] = None,
+    initial_prompt: Union[None, str, Sequence[int]] = None,
     temperatures: Union[float, Sequence[float]] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
     compression_ratio_threshold: Optional[float] = 2.4,
     logprob_threshold: Optional[float] = -1.0,
@@ -366,6 +366,9 @@ def transcribe_sequential(
                        "avg_logprob", "compression_ratio", "no_speech_prob"[, "words"]}],
          "chunks": [{"timestamp": (start, end), "text": str}],   # non-empty segments
          "language": code}
+
+    ``initial_prompt``: text (encoded with a leading space, as openai-whisper
+    does) or token ids, conditioning the first window.
 
     ``words`` (with ``word_timestamps=True``) are ``{"word", "start", "end",
     "probability"}`` in absolute seconds. Their starts are moved past leading
@@ -394,7 +397,10 @@ def transcribe_sequential(
         model.language_token(language)  # validates
     if not multilingual and task == "translate":
         raise ValueError("this is an English-only checkpoint: it cannot translate (task='translate')")
-    initial_prompt_tokens = tokenizer.encode(" " + initial_prompt.strip()) if initial_prompt else []
+    if initial_prompt is None or isinstance(initial_prompt, str):
+        initial_prompt_tokens = tokenizer.encode(" " + initial_prompt.strip()) if initial_prompt else []
+    else:  # token ids (e.g. a pipeline's prompt_ids)
+        initial_prompt_tokens = [int(t) for t in np.asarray(initial_prompt).reshape(-1)]
     n_mels = model.config.num_mel_bins
     decoder = _Decoder(model, params, task, int(batch_size), prompt_buckets, seed)
 
@@ -573,3 +579,62 @@ def _word_step(f: _File, segments, alignment, time_offset, window_end_time, size
     if last_end is not None:
         f.last_speech_timestamp = last_end
     return False
+
+
+# --------------------------------------------------------------------------- pipeline integration
+def word_chunks(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Hugging Face's ``return_timestamps="word"`` chunks of a result: ``[{"text": word, "timestamp": (start, end)}]``."""
+    return [{"text": w["word"], "timestamp": (w["start"], w["end"])}
+            for s in result["segments"] for w in s.get("words", ())]
+
+
+def pipeline_word_timestamps(
+    pipe: Any,
+    inputs: Any,
+    task: Optional[str] = None,
+    language: Union[None, str, int] = None,
+    return_language: bool = False,
+    batch_size: Optional[int] = None,
+    generate_kwargs: Optional[Dict[str, Any]] = None,
+) -> Union[Dict[str, Any], List[Dict[str, Any]]]:
+    """``FlaxWhisperPipeline(..., return_timestamps="word")``: sequential decoding with word timestamps.
+
+    ``pipe``: a :class:`whisper_t5x.pipeline.FlaxWhisperPipeline` (its model,
+    parameters, batch size and fallback settings are used). Returns, per
+    input, ``{"text", "chunks": [{"text": word, "timestamp": (start, end)}]}``
+    (+ ``"language"``), a list for a list of inputs. ``generate_kwargs``
+    understood: ``temperature``, ``compression_ratio_threshold``,
+    ``logprob_threshold``, ``no_speech_threshold``, ``prompt_ids``, ``seed``,
+    ``condition_on_previous_text``, ``hallucination_silence_threshold``.
+    """
+    gk = dict(generate_kwargs or {})
+    if isinstance(inputs, (list, tuple)) and not (inputs and all(
+            isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in inputs)):
+        items, single = list(inputs), False
+    else:
+        items, single = [inputs], True
+    base = pipe.fallback
+    temperature = gk.get("temperature")
+    if temperature is None:
+        temps = base.temperatures
+    elif isinstance(temperature, (list, tuple, np.ndarray)):
+        temps = tuple(float(t) for t in temperature)
+    else:
+        temps = (float(temperature),)
+    results = transcribe_sequential(
+        pipe.model, pipe.params, items, language=language, task=task or "transcribe",
+        condition_on_previous_text=gk.get("condition_on_previous_text", True),
+        initial_prompt=gk.get("prompt_ids"), temperatures=temps,
+        compression_ratio_threshold=gk.get("compression_ratio_threshold", base.compression_ratio_threshold),
+        logprob_threshold=gk.get("logprob_threshold", base.logprob_threshold),
+        no_speech_threshold=gk.get("no_speech_threshold", base.no_speech_threshold),
+        hallucination_silence_threshold=gk.get("hallucination_silence_threshold"),
+        word_timestamps=True, batch_size=batch_size or pipe.batch_size, seed=int(gk.get("seed", 0)),
+    )
+    out = []
+    for r in results:
+        item = {"text": r["text"], "chunks": word_chunks(r)}
+        if return_language:
+            item["language"] = r["language"]
+        out.append(item)
+    return out[0] if single else out
