@@ -601,8 +601,9 @@ def pipeline_word_timestamps(
 
     ``pipe``: a :class:`whisper_t5x.pipeline.FlaxWhisperPipeline` (its model,
     parameters, batch size and fallback settings are used). Returns, per
-    input, ``{"text", "chunks": [{"text": word, "timestamp": (start, end)}]}``
-    (+ ``"language"``), a list for a list of inputs. ``generate_kwargs``
+    input, ``{"text", "chunks": [{"text": word, "timestamp": (start, end)}],
+    "segments": [{"timestamp": (start, end), "text"}]}`` (+ ``"language"``),
+    a list for a list of inputs. ``generate_kwargs``
     understood: ``temperature``, ``compression_ratio_threshold``,
     ``logprob_threshold``, ``no_speech_threshold``, ``prompt_ids``, ``seed``,
     ``condition_on_previous_text``, ``hallucination_silence_threshold``.
@@ -633,7 +634,7 @@ def pipeline_word_timestamps(
     )
     out = []
     for r in results:
-        item = {"text": r["text"], "chunks": word_chunks(r)}
+        item = {"text": r["text"], "chunks": word_chunks(r), "segments": r["chunks"]}
         if return_language:
             item["language"] = r["language"]
         out.append(item)
