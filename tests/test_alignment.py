@@ -126,6 +126,19 @@ def test_merge_punctuations():
     assert words[1].tokens == [1, 2, 3]
 
 
+def test_trim_leading_silence():
+    loud = np.zeros(200)
+    loud[10:40] = loud[100:130] = loud[150:152] = 5.0  # word A, word B after a pause, a click
+    words = [{"word": " a", "start": 10.0, "end": 10.9}, {"word": " b", "start": 10.9, "end": 12.7},
+             {"word": " c", "start": 12.7, "end": 13.04}, {"word": " d", "start": 12.7, "end": 12.9}]
+    al.trim_leading_silence(words, loud, time_offset=10.0)
+    # Each start moves to the sound after the last pause (>= 0.15 s) in its span; d holds only silence.
+    assert [w["start"] for w in words] == [10.2, 12.0, 13.0, 12.7]
+    assert [w["end"] for w in words] == [10.9, 12.7, 13.04, 12.9]  # ends never move
+    al.trim_leading_silence(words, np.ones(200), 10.0)  # no dynamics: nothing to trim
+    assert words[1]["start"] == 12.0
+
+
 # ----------------------------------------------------------------------------- real speech
 def _decode(model, params, audio):
     from whisper_t5x.features import log_mel_spectrogram_np

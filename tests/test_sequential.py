@@ -110,6 +110,23 @@ def test_batched_files_match_files_alone():
     assert all(a["start"] <= b["start"] + 0.02 for a, b in zip(words, words[1:]))
 
 
+def test_pipeline_word_timestamps_helper():
+    """What ``FlaxWhisperPipeline(..., return_timestamps="word")`` returns through the helper."""
+    from types import SimpleNamespace
+
+    from whisper_t5x.fallback import FallbackConfig
+
+    model, params = load("tiny.en")
+    pipe = SimpleNamespace(model=model, params=params, fallback=FallbackConfig(), batch_size=4)
+    out = sq.pipeline_word_timestamps(pipe, JFK, return_language=True, generate_kwargs={"temperature": 0.0})
+    assert set(out) == {"text", "chunks", "segments", "language"} and out["language"] == "en"
+    assert normalize("".join(c["text"] for c in out["chunks"])) == normalize(out["text"])
+    assert all(c["timestamp"][0] <= c["timestamp"][1] for c in out["chunks"])
+    assert out["segments"] and all(set(c) == {"timestamp", "text"} for c in out["segments"])
+    [again] = sq.pipeline_word_timestamps(pipe, [JFK], generate_kwargs={"temperature": 0.0})
+    assert again["chunks"] == out["chunks"]
+
+
 def test_errors():
     model, params = load("tiny.en")
     with pytest.raises(ValueError):

@@ -71,7 +71,8 @@ APPEND_PUNCTUATIONS = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
 SENTENCE_END_MARKS = ".\u3002!\uff01?\uff1f"
 _ASCII_PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 _REPLACEMENT = "\ufffd"
-_TOKEN_BUCKET = 16  # teacher-forced lengths are padded to a multiple of this (fewer compiles)
+_TOKEN_BUCKET = 64  # teacher-forced lengths are padded to a multiple of this (few compiles)
+_MAX_WEIGHT_BYTES = 512 * 2 ** 20  # attention weights fetched per forward call (rows are split to fit)
 
 
 @dataclasses.dataclass
@@ -295,15 +296,25 @@ def find_alignment(
     for seq in sequences:
         if len(seq) > max_len:
             raise ValueError(f"{len(seq)} tokens to align; the decoder has {max_len} positions")
-    length = min(max_len, -(-max(map(len, sequences)) // _TOKEN_BUCKET) * _TOKEN_BUCKET)
-    size = _next_pow2(len(rows))
-    tokens = np.full((size, length), special.eot, np.int32)
-    for k, seq in enumerate(sequences):
-        tokens[k, :len(seq)] = seq
-    feats = features[np.asarray(rows + [rows[-1]] * (size - len(rows)))]
-    weights, probs = jax.device_get(_forward_fn(model, heads)(params, jnp.asarray(feats), jnp.asarray(tokens)))
-    weights = np.asarray(weights, np.float32)
-    probs = np.asarray(probs, np.float64)
+    longest = max(map(len, sequences))
+    length = min(max_len, 32 if longest <= 32 else -(-longest // _TOKEN_BUCKET) * _TOKEN_BUCKET)
+    per_row = len(heads) * length * features.shape[-1] // 2 * 4
+    step = max(1, min(len(rows), 1 << int(np.log2(max(1, _MAX_WEIGHT_BYTES // per_row)))))
+    fn = _forward_fn(model, heads)
+    weight_parts, prob_parts = [], []
+    for lo in range(0, len(rows), step):
+        part = list(range(lo, min(len(rows), lo + step)))
+        size = _next_pow2(len(part))
+        tokens = np.full((size, length), special.eot, np.int32)
+        for j, k in enumerate(part):
+            tokens[j, :len(sequences[k])] = sequences[k]
+        take = [rows[k] for k in part]
+        feats = features[np.asarray(take + [take[-1]] * (size - len(take)))]
+        w, pr = jax.device_get(fn(params, jnp.asarray(feats), jnp.asarray(tokens)))
+        weight_parts.append(np.asarray(w, np.float32)[:len(part)])
+        prob_parts.append(np.asarray(pr, np.float64)[:len(part)])
+    weights = np.concatenate(weight_parts)
+    probs = np.concatenate(prob_parts)
 
     for k, b in enumerate(rows):
         seq, prefix = sequences[k], prefix_lengths[k]
