@@ -154,3 +154,18 @@ def test_two_minutes_match_openai_whisper():
     [exact] = sq.transcribe_sequential(model, params, [audio], language="en", temperatures=(0.0,),
                                        prompt_buckets=None)
     assert wer(ref["text"], exact["text"]) <= 0.005
+
+
+def test_pipeline_word_mode_gives_monotonic_word_chunks():
+    """return_timestamps="word" through the pipeline: one chunk per word, inside the audio, in order."""
+    import os
+
+    from whisper_t5x import FlaxWhisperPipeline
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = FlaxWhisperPipeline("tiny.en", batch_size=2)(os.path.join(root, "samples", "jfk.flac"),
+                                                       return_timestamps="word")
+    words = out["chunks"]
+    assert [w["text"].strip() for w in words][:4] == ["And", "so", "my", "fellow"]
+    starts = [w["timestamp"][0] for w in words]
+    assert starts == sorted(starts) and 0.0 <= starts[0] and words[-1]["timestamp"][1] <= 11.1

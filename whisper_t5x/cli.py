@@ -50,6 +50,8 @@ flags.DEFINE_string("model", None, "Model name (base, tiny.en) or checkpoint pat
 flags.DEFINE_enum("task", None, list(launch.TASKS), "transcribe, or translate to English. Default: transcribe.")
 flags.DEFINE_string("language", None, "Source language code (en, de, ...). Default: detected.")
 flags.DEFINE_bool("timestamps", None, "Segment timestamps (srt/vtt/tsv cues). Default: off.")
+flags.DEFINE_bool("word_timestamps", None, "Word-level timestamps (one cue per word; sequential "
+                  "long-form decoding). Default: off.")
 flags.DEFINE_integer("batch_size", None, "Windows per forward pass. Default: the pipeline's.", lower_bound=1)
 flags.DEFINE_enum("dtype", None, list(launch.DTYPES), "Compute dtype. Default: float32.")
 flags.DEFINE_float("chunk_length_s", None, "Long-form window length in seconds. Default: 30.")
@@ -78,6 +80,7 @@ _FLAG_TO_FIELD = {
     "task": "task",
     "language": "language",
     "timestamps": "return_timestamps",
+    "word_timestamps": "word_timestamps",
     "batch_size": "batch_size",
     "dtype": "dtype",
     "chunk_length_s": "chunk_length_s",

@@ -84,6 +84,8 @@ class TranscribeConfig:
       language: source language code (``en``, ``de``...); ``None`` detects it.
       return_timestamps: segment timestamps (needed for useful srt/vtt/tsv cues;
         without them each file is one cue).
+      word_timestamps: word-level timestamps (one cue per word; decodes with
+        the sequential long-form algorithm, ``whisper_t5x.sequential``).
       batch_size: windows per forward pass (``None``: the pipeline's default).
       dtype: compute dtype, ``float32`` / ``bfloat16`` / ``float16``.
       chunk_length_s, stride_length_s: long-form windowing of the pipeline.
@@ -108,6 +110,7 @@ class TranscribeConfig:
     task: str = "transcribe"
     language: Optional[str] = None
     return_timestamps: bool = False
+    word_timestamps: bool = False
     batch_size: Optional[int] = None
     dtype: str = "float32"
     chunk_length_s: float = 30.0
@@ -600,7 +603,7 @@ def _call_pipeline(pipe, loaded: Sequence[_Loaded], config: TranscribeConfig) ->
     kwargs: Dict[str, Any] = dict(
         task=config.task,
         language=config.language,
-        return_timestamps=bool(config.return_timestamps),
+        return_timestamps="word" if config.word_timestamps else bool(config.return_timestamps),
         return_language=True,
         chunk_length_s=float(config.chunk_length_s),
         stride_length_s=config.stride_length_s,

@@ -70,6 +70,7 @@ _GENERATE_KEYS = {
     "num_beams", "max_length", "max_new_tokens", "temperature", "prompt_ids", "length_penalty", "seed",
     "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold", "suppress_tokens",
     "begin_suppress_tokens", "task", "language", "return_timestamps",
+    "condition_on_previous_text", "hallucination_silence_threshold",
 }
 
 
@@ -442,6 +443,12 @@ class FlaxWhisperPipeline:
         ``{"text": str, "chunks": [{"timestamp": (start, end), "text": str}]}``
         plus ``"language"`` when ``return_language``.
 
+        ``return_timestamps="word"``: word-level timestamps; the inputs are
+        then decoded with the sequential long-form algorithm
+        (:func:`whisper_t5x.sequential.pipeline_word_timestamps`) and
+        ``chunks`` holds one ``{"text": word, "timestamp": (start, end)}`` per
+        word.
+
         ``generate_kwargs``: ``num_beams``, ``max_length`` (or
         ``max_new_tokens``), ``temperature`` (a float: that temperature only,
         no fallback; a sequence: the fallback schedule), ``prompt_ids``,
@@ -456,7 +463,16 @@ class FlaxWhisperPipeline:
             raise TypeError(f"unsupported generate_kwargs {unknown}; supported: {sorted(_GENERATE_KEYS)}")
         task = gk.pop("task", task)
         language = gk.pop("language", language)
-        return_timestamps = bool(gk.pop("return_timestamps", return_timestamps))
+        return_timestamps = gk.pop("return_timestamps", return_timestamps)
+        if isinstance(return_timestamps, str):
+            if return_timestamps != "word":
+                raise ValueError(f"return_timestamps must be True, False or 'word', got {return_timestamps!r}")
+            from whisper_t5x.sequential import pipeline_word_timestamps
+
+            return pipeline_word_timestamps(self, inputs, task=task, language=language,
+                                            return_language=return_language, batch_size=batch_size,
+                                            generate_kwargs=gk)
+        return_timestamps = bool(return_timestamps)
         batch_size = self._check_batch_size(batch_size if batch_size is not None else self.batch_size)
         chunk, stride = window_params(chunk_length_s, stride_length_s, SAMPLE_RATE)
         ctx = _CallContext(self, task, language, return_timestamps or self.decode_with_timestamps, gk)
