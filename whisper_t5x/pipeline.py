@@ -381,7 +381,8 @@ class FlaxWhisperPipeline:
         cfg = ctx.fallback
         status = {k: fb.judge(texts[k], logp[k], nsp[k], cfg) for k in rows}
         retry = [k for k in rows if status[k] == fb.RETRY] if cfg.enabled else []
-        best = {k: (seqs[k], langs[k], texts[k], logp[k]) for k in retry}
+        temps = {k: float(cfg.temperatures[0]) if cfg.temperatures else 0.0 for k in rows}
+        best = {k: (seqs[k], langs[k], texts[k], logp[k], nsp[k], temps[k]) for k in retry}
         for step, temperature in enumerate(cfg.temperatures[1:], start=1):
             if not retry:
                 break
@@ -399,21 +400,23 @@ class FlaxWhisperPipeline:
                 verdict = fb.judge(new_texts[j], lp, ns, cfg)
                 if verdict == fb.RETRY:
                     if fb.better(new_texts[j], lp, best[k][2], best[k][3], cfg):
-                        best[k] = (seq, lang, new_texts[j], lp)
+                        best[k] = (seq, lang, new_texts[j], lp, ns, float(temperature))
                     still.append(k)
                 else:
                     seqs[k], langs[k], status[k] = seq, lang, verdict
+                    logp[k], nsp[k], temps[k] = lp, ns, float(temperature)
             ctx.stats["fallback_decodes"] += len(retry)
             retry = still
         for k in retry:
-            seqs[k], langs[k] = best[k][0], best[k][1]
+            seqs[k], langs[k], _, logp[k], nsp[k], temps[k] = best[k]
         result = {}
         for k in rows:
+            stats = (logp[k], nsp[k], temps[k])
             if status[k] == fb.SILENT:
                 ctx.stats["silent_windows"] += 1
-                result[k] = (np.asarray([self.special.eot], np.int32), langs[k])
+                result[k] = (np.asarray([self.special.eot], np.int32), langs[k], stats)
             else:
-                result[k] = (seqs[k], langs[k])
+                result[k] = (seqs[k], langs[k], stats)
         return result
 
     def _language_code(self, token: int) -> Optional[str]:
@@ -599,9 +602,10 @@ class FlaxWhisperPipeline:
         for k, w in enumerate(prep.batch.rows):
             if w is None:
                 continue
-            seq, lang = decided[k]
+            seq, lang, (logp, nsp, temp) = decided[k]
             tr = parse_window(seq, w, self.special.eot, self.special.timestamp_begin, ctx.return_timestamps,
                               SAMPLE_RATE, language=self._language_code(lang))
+            tr = dataclasses.replace(tr, avg_logprob=logp, no_speech_prob=nsp, temperature=temp)
             transcripts[w.input_index].append(tr)
         ctx.stats["windows"] += len(prep.batch.windows)
         ctx.stats["padding_rows"] += prep.batch.num_padding

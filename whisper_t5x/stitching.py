@@ -79,6 +79,10 @@ class WindowTranscript:
     timestamps: bool = False
     last_timestamp: Optional[float] = None  # absolute time of the last timestamp token (end of decoded content)
     content_end: Optional[float] = None  # set when the window's text stops early: the seam after it is no later
+    # Decoding statistics of the window (openai-whisper's per-segment fields); None when not decoded.
+    avg_logprob: Optional[float] = None
+    no_speech_prob: Optional[float] = None
+    temperature: Optional[float] = None
 
     @property
     def ids(self) -> List[int]:
