@@ -107,13 +107,21 @@ class FakePipeline:
             self.gate.wait(10)
         if self.delay:
             time.sleep(self.delay)
+        self.kwargs[-1]["return_timestamps"] = return_timestamps
         out = []
         for a in inputs:
             if a.shape[0] and abs(float(a[0]) - 0.5) < 1e-3:
                 raise ValueError("poisoned input")
             n = a.shape[0]
-            out.append({"text": f" n={n}", "chunks": [{"timestamp": (0.0, n / 16000), "text": f" n={n}"}],
-                        "language": "en"})
+            d = n / 16000
+            seg = {"timestamp": (0.0, d), "text": f" n={n}"}
+            if return_timestamps == "word":  # as whisper_t5x.sequential.pipeline_word_timestamps
+                out.append({"text": f" n={n}", "chunks": [{"timestamp": (0.0, d / 2), "text": " n="},
+                                                          {"timestamp": (d / 2, d), "text": f" {n}"}],
+                            "segments": [seg], "language": "en"})
+            else:  # as FlaxWhisperPipeline with timestamps: segment chunks with their window's statistics
+                seg.update(avg_logprob=-0.25, no_speech_prob=0.125, compression_ratio=1.5, temperature=0.0)
+                out.append({"text": f" n={n}", "chunks": [seg], "language": "en"})
         return out
 
 
@@ -249,7 +257,12 @@ def test_api_errors_and_limits_fake_pipeline(fake_app):
     _assert_error(_post(client, one_s, response_format="xml"), 400, param="response_format")
     _assert_error(_post(client, one_s, language="klingon"), 400, "unsupported_language", "language")
     _assert_error(_post(client, one_s, temperature="hot"), 400, param="temperature")
-    _assert_error(_post(client, one_s, **{"timestamp_granularities[]": "word"}), 400)
+    # Word timestamps need verbose_json (as OpenAI's API).
+    _assert_error(_post(client, one_s, **{"timestamp_granularities[]": "word"}), 400, "unsupported_value",
+                  "timestamp_granularities[]")
+    _assert_error(_post(client, one_s, response_format="srt", **{"timestamp_granularities[]": "word"}), 400,
+                  "unsupported_value")
+    _assert_error(_post(client, one_s, **{"timestamp_granularities[]": "line"}), 400)
     _assert_error(client.post("/v1/audio/transcriptions", json={"file": "x"}), 400, "invalid_content_type")
     _assert_error(client.post("/v1/audio/transcriptions", data={"model": "whisper-1"},
                               files={"other": ("x", b"1")}), 400, "missing_file")
@@ -261,6 +274,26 @@ def test_api_errors_and_limits_fake_pipeline(fake_app):
     assert kw["generate_kwargs"]["temperature"] == pytest.approx(0.4)
     assert list(kw["generate_kwargs"]["prompt_ids"]) == [ord(c) for c in " Hallo."]
     assert _post(client, one_s).status_code == 200  # errors left the server healthy
+
+
+def test_verbose_json_words_and_segment_statistics_fake_pipeline(fake_app):
+    client, service, pipe = fake_app()
+    one_s = wav_bytes(np.full(16000, 0.1, np.float32))
+    r = _post(client, one_s, response_format="verbose_json")
+    assert r.status_code == 200, r.text
+    v = r.json()
+    assert "words" not in v and pipe.kwargs[-1]["return_timestamps"] is True
+    (seg,) = v["segments"]
+    assert (seg["avg_logprob"], seg["no_speech_prob"], seg["compression_ratio"], seg["temperature"]) == (
+        -0.25, 0.125, 1.5, 0.0)
+    r = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", one_s, "audio/wav")},
+                    data={"response_format": "verbose_json", "timestamp_granularities[]": ["word", "segment"]})
+    assert r.status_code == 200, r.text
+    v = r.json()
+    assert pipe.kwargs[-1]["return_timestamps"] == "word"
+    assert v["words"] == [{"word": "n=", "start": 0.0, "end": 0.5}, {"word": "16000", "start": 0.5, "end": 1.0}]
+    assert [(s["start"], s["end"], s["text"]) for s in v["segments"]] == [(0.0, 1.0, "n=16000")]
+    assert v["text"] == "n=16000" and v["language"] == "english"
 
 
 def test_api_key_and_timeout_fake_pipeline(fake_app):
@@ -361,6 +394,34 @@ def test_every_response_format(server):
     segs = v["segments"]
     assert segs and all({"id", "start", "end", "text", "tokens"} <= set(s) for s in segs)
     assert all(s["start"] <= s["end"] for s in segs) and segs[-1]["end"] <= 11.01
+    for s in segs:  # the statistics of the window each segment was decoded in
+        assert isinstance(s["avg_logprob"], float) and -5.0 < s["avg_logprob"] <= 0.0, s
+        assert isinstance(s["no_speech_prob"], float) and 0.0 <= s["no_speech_prob"] <= 1.0, s
+        assert isinstance(s["compression_ratio"], float) and s["compression_ratio"] > 0, s
+        assert isinstance(s["temperature"], float) and 0.0 <= s["temperature"] <= 1.0, s
+    assert "words" not in v
+
+
+def test_word_timestamps(server):
+    data = open(JFK, "rb").read()
+    reference = open(os.path.join(REPO, "samples", "jfk.txt"), encoding="utf-8").read()
+    r = _transcribe(server.url, data, "jfk.flac", response_format="verbose_json",
+                    **{"timestamp_granularities[]": ["word", "segment"]})
+    assert r.status_code == 200, r.text
+    v = r.json()
+    ws = v["words"]
+    assert ws and all(set(w) == {"word", "start", "end"} for w in ws)
+    assert all(w["word"] == w["word"].strip() and w["word"] for w in ws)
+    prev = 0.0
+    for w in ws:  # monotonic, inside the audio
+        assert prev <= w["start"] <= w["end"] <= v["duration"] + 0.01, ws
+        prev = w["end"]
+    joined = " ".join(w["word"] for w in ws)
+    assert words(joined) == words(reference), joined
+    assert words(joined) == words(v["text"])
+    segs = v["segments"]
+    assert segs and words(" ".join(s["text"] for s in segs)) == words(joined)
+    assert segs[0]["start"] <= ws[0]["start"] and ws[-1]["end"] <= segs[-1]["end"] + 0.01
 
 
 def test_gradio_client(server):

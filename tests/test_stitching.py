@@ -146,3 +146,39 @@ def test_majority_language():
     assert majority_language(trs, [1, 1, 1, 1]) == "es"  # tie -> earliest
     assert majority_language(trs, [0, 1, 0, 1]) == "en"
     assert majority_language(trs, [0, 0, 0, 0]) == "es"
+
+
+def test_segment_chunks_carry_window_statistics():
+    """Each segment chunk gets its window's avg_logprob / no_speech_prob / temperature; joined ones, a mix."""
+    import dataclasses
+
+    duration = 75.0
+    words = make_speech(duration, seed=5)
+    n = int(duration * SR)
+    wins = split_windows(n, CHUNK, STRIDE)
+    stats = [(-0.1 * (k + 1), 0.01 * (k + 1), [0.0, 0.2, 0.0][k % 3]) for k in range(len(wins))]
+    trs = [dataclasses.replace(parse_window(window_output(words, w, True), w, EOT, TS, True),
+                               avg_logprob=lp, no_speech_prob=ns, temperature=t)
+           for w, (lp, ns, t) in zip(wins, stats)]
+    out = stitch(trs, decode, duration, True)
+    check_chunks(out, duration)
+    lps = {lp for lp, _, _ in stats}
+    for c in out["chunks"]:
+        assert {"timestamp", "text", "avg_logprob", "no_speech_prob", "temperature", "compression_ratio"} == set(c)
+        assert c["compression_ratio"] > 1.0  # of the window's whole text
+        assert min(lps) - 1e-9 <= c["avg_logprob"] <= max(lps) + 1e-9
+        assert 0.0 < c["no_speech_prob"] <= 0.01 * len(wins) + 1e-9
+        assert c["temperature"] in (0.0, 0.2)
+    # The first chunk comes from the first window only; the last from the last window only.
+    assert out["chunks"][0]["avg_logprob"] == pytest.approx(stats[0][0])
+    assert out["chunks"][-1]["avg_logprob"] == pytest.approx(stats[-1][0])
+    assert out["chunks"][-1]["no_speech_prob"] == pytest.approx(stats[-1][1])
+    # Every window contributes some chunk's statistics.
+    seen = {round(c["avg_logprob"], 6) for c in out["chunks"]}
+    assert any(abs(s - lp) < 1e-6 for s in seen for lp in lps - {stats[0][0], stats[-1][0]})
+    # Without statistics (not decoded): None; without timestamps: window chunks have no extra keys.
+    plain = stitch([parse_window(window_output(words, w, True), w, EOT, TS, True) for w in wins], decode, duration,
+                   True)
+    assert all(c["avg_logprob"] is None and c["temperature"] is None for c in plain["chunks"])
+    windows = stitch(trs, decode, duration, True, chunks="windows")
+    assert all(set(c) == {"timestamp", "text"} for c in windows["chunks"])

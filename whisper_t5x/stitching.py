@@ -33,6 +33,14 @@ absolute, clipped to ``[0, duration]`` and made monotonic (``start <= end <=
 next start``). Without timestamps there is one chunk per window (with text),
 spanning the audio that window owns.
 
+Segment chunks also carry the decoding statistics of the window(s) their
+tokens came from (openai-whisper's per-segment fields): ``avg_logprob``,
+``no_speech_prob`` and ``compression_ratio`` (of the window's whole text; for
+a segment joined across a seam, the means over its windows weighted by the
+tokens each contributed; rounded to 3 decimals) and ``temperature`` (the
+highest one used). A value is ``None`` when no contributing window has it (a
+window not decoded).
+
 Everything here is pure Python/numpy on token ids; text comes from the
 ``decode`` callable (e.g. ``WhisperTokenizer.decode``).
 """
@@ -45,6 +53,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from whisper_t5x.fallback import compression_ratio
 from whisper_t5x.windows import SAMPLE_RATE, Window
 
 TIME_PRECISION = 0.02
@@ -249,6 +258,7 @@ class _Piece:
     tokens: List[int]
     cut_start: bool  # the segment was cut by a seam at its start
     cut_end: bool  # ... at its end
+    sources: List[Tuple[WindowTranscript, int]] = dataclasses.field(default_factory=list)  # (window, tokens kept)
 
 
 def _pieces(tr: WindowTranscript, lo: int, hi: int) -> List[_Piece]:
@@ -262,7 +272,23 @@ def _pieces(tr: WindowTranscript, lo: int, hi: int) -> List[_Piece]:
         seg_first = idxs[0] == 0 or tr.tokens[idxs[0] - 1].segment != seg
         seg_last = idxs[-1] == len(tr.tokens) - 1 or tr.tokens[idxs[-1] + 1].segment != seg
         out.append(_Piece(first.seg_start, last.seg_end, [tr.tokens[i].token for i in idxs],
-                          cut_start=not seg_first, cut_end=not seg_last))
+                          cut_start=not seg_first, cut_end=not seg_last, sources=[(tr, len(idxs))]))
+    return out
+
+
+def _segment_stats(sources: Sequence[Tuple[WindowTranscript, int]],
+                   ratio: Callable[[WindowTranscript], float]) -> Dict[str, Optional[float]]:
+    """A segment's window statistics: token-weighted means, and the highest temperature."""
+    out: Dict[str, Optional[float]] = {}
+    for key in ("avg_logprob", "no_speech_prob", "compression_ratio"):
+        get = ratio if key == "compression_ratio" else (lambda tr, k=key: getattr(tr, k))
+        vals = [(float(v), max(1, n)) for tr, n in sources for v in [get(tr)] if v is not None]
+        weight = sum(w for _, w in vals)
+        # 3 decimals: a window's statistics vary by ~1e-6 with the batch it was decoded in (float
+        # noise), which should not make results of the same audio differ.
+        out[key] = round(sum(v * w for v, w in vals) / weight, 3) if vals else None
+    temps = [float(tr.temperature) for tr, _ in sources if tr.temperature is not None]
+    out["temperature"] = max(temps) if temps else None
     return out
 
 
@@ -293,6 +319,8 @@ def stitch(
     clips the chunk times. ``language`` is :func:`majority_language`.
     ``chunks``: ``"segments"`` (timestamped segments; needs ``timestamps``) or
     ``"windows"`` (one per window); default segments when ``timestamps``.
+    Segment chunks also hold ``avg_logprob``, ``no_speech_prob``,
+    ``compression_ratio`` and ``temperature`` (see the module docstring).
     """
     if chunks is None:
         chunks = "segments" if timestamps else "windows"
@@ -322,11 +350,20 @@ def stitch(
             for p in _pieces(tr, lo[k], hi[k]):
                 if pieces and p.cut_start and pieces[-1].cut_end:
                     prev = pieces[-1]  # one sentence split by the seam: join the halves
-                    pieces[-1] = _Piece(prev.start, p.end, prev.tokens + p.tokens, prev.cut_start, p.cut_end)
+                    pieces[-1] = _Piece(prev.start, p.end, prev.tokens + p.tokens, prev.cut_start, p.cut_end,
+                                        prev.sources + p.sources)
                 else:
                     pieces.append(p)
         spans = [[p.start, p.end] for p in pieces]
         texts = [decode(p.tokens) for p in pieces]
+        ratios: Dict[int, float] = {}
+
+        def ratio(tr: WindowTranscript) -> float:  # of the window's whole text, as openai-whisper reports it
+            if id(tr) not in ratios:
+                ratios[id(tr)] = compression_ratio(decode(tr.ids))
+            return ratios[id(tr)]
+
+        extras = [_segment_stats(p.sources, ratio) for p in pieces]
     else:
         spans, texts = [], []
         for k, tr in enumerate(transcripts):
@@ -343,6 +380,9 @@ def stitch(
             e = max(s, spans[idx + 1][0])  # the next chunk's start wins over this chunk's end
         span[0], span[1] = s, e
         prev_end = e
-    for span, t in zip(spans, texts):
-        chunks.append({"timestamp": (round(span[0], 3), round(span[1], 3)), "text": t})
+    for k, (span, t) in enumerate(zip(spans, texts)):
+        chunk = {"timestamp": (round(span[0], 3), round(span[1], 3)), "text": t}
+        if mode == "segments":
+            chunk.update(extras[k])
+        chunks.append(chunk)
     return {"text": text, "chunks": chunks, "language": majority_language(transcripts, kept)}

@@ -7,8 +7,15 @@ model), ``language`` (code or English name; absent or ``auto``: detected),
 ``prompt`` (text conditioning the first window), ``response_format``
 (``json`` default, ``text``, ``srt``, ``vtt``, ``verbose_json``),
 ``temperature`` (0 default: greedy with the temperature fallback; >0: that
-temperature only), ``timestamp_granularities[]`` (``segment``; ``word`` is
-not supported and answers 400).
+temperature only), ``timestamp_granularities[]`` (``segment``, ``word``).
+
+``word`` (as in OpenAI's API, only with ``response_format=verbose_json``;
+otherwise 400) adds ``"words": [{"word", "start", "end"}]`` to the response.
+Such requests are decoded with the sequential long-form algorithm and word
+alignment (``return_timestamps="word"``; see :mod:`whisper_t5x.sequential`),
+so they are batched only with other word-timestamp requests. verbose_json
+segments carry ``avg_logprob``, ``no_speech_prob``, ``compression_ratio``
+and ``temperature`` of the window they were decoded in.
 
 Errors are ``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx
 status; with an API key configured, ``Authorization: Bearer <key>`` is
@@ -91,8 +98,63 @@ def _parse_temperature(raw: Optional[str]) -> Optional[float]:
         raise ServiceError(400, f"temperature must be a number, got {raw!r}", param="temperature") from None
 
 
-def render(result: Dict[str, Any], fmt: str, task: str, duration: float, tokenizer: Any = None) -> Response:
+def _float(value: Any, digits: int = 4) -> Optional[float]:
+    try:
+        return None if value is None else round(float(value), digits)
+    except (TypeError, ValueError):
+        return None
+
+
+def _verbose_segments(result: Dict[str, Any], duration: float, tokenizer: Any) -> List[Dict[str, Any]]:
+    """OpenAI's verbose_json segments, with the decoding statistics the chunks carry (None where absent)."""
+    from whisper_t5x.fallback import compression_ratio
+
+    segs = outputs_lib.segments_from_result(result, duration)
+    # segments_from_result keeps the chunks with text, in order: pair them up for their statistics.
+    chunks = [c for c in (result.get("chunks") or [])
+              if isinstance(c, dict) and str(c.get("text") or "").strip()]
+    if len(chunks) != len(segs):
+        chunks = [{}] * len(segs)
+    out = []
+    for i, (s, c) in enumerate(zip(segs, chunks)):
+        tokens: List[int] = [int(t) for t in c.get("tokens") or ()]
+        if not tokens and tokenizer is not None:
+            try:
+                tokens = [int(t) for t in tokenizer.encode(" " + s.text)]
+            except Exception:  # noqa: BLE001 - tokens are informative only
+                tokens = []
+        ratio = c.get("compression_ratio")
+        if ratio is None and s.text:
+            ratio = compression_ratio(s.text)
+        out.append({
+            "id": i, "seek": int(round(s.start * 100)), "start": round(s.start, 3), "end": round(s.end, 3),
+            "text": s.text, "tokens": tokens, "temperature": _float(c.get("temperature"), 2),
+            "avg_logprob": _float(c.get("avg_logprob")), "compression_ratio": _float(ratio),
+            "no_speech_prob": _float(c.get("no_speech_prob")),
+        })
+    return out
+
+
+def render(result: Dict[str, Any], fmt: str, task: str, duration: float, tokenizer: Any = None,
+           words: bool = False) -> Response:
+    """The response body of ``result`` in ``fmt``.
+
+    ``words``: ``result`` is a word-timestamp result (``chunks`` are words,
+    ``segments`` the segments; :func:`whisper_t5x.sequential.pipeline_word_timestamps`);
+    verbose_json then lists them as OpenAI's ``words`` next to the segments.
+    """
     text = str(result.get("text") or "").strip()
+    word_list = None
+    if words:
+        word_list = []
+        for c in result.get("chunks") or []:
+            word = str(c.get("text") or "").strip()
+            start, end = (tuple(c.get("timestamp") or ()) + (None, None))[:2]
+            if word and start is not None:
+                start = round(float(start), 3)
+                word_list.append({"word": word, "start": start,
+                                  "end": max(start, round(float(end), 3)) if end is not None else start})
+        result = dict(result, chunks=result.get("segments") or [])
     if fmt == "json":
         return JSONResponse({"text": text})
     if fmt == "text":
@@ -102,30 +164,19 @@ def render(result: Dict[str, Any], fmt: str, task: str, duration: float, tokeniz
     if fmt == "vtt":
         return PlainTextResponse(outputs_lib.to_vtt(result, duration), media_type="text/vtt")
     # verbose_json
-    from whisper_t5x.fallback import compression_ratio
     from whisper_t5x.languages import LANGUAGES
 
-    segments = []
-    for i, s in enumerate(outputs_lib.segments_from_result(result, duration)):
-        tokens: List[int] = []
-        if tokenizer is not None:
-            try:
-                tokens = [int(t) for t in tokenizer.encode(" " + s.text)]
-            except Exception:  # noqa: BLE001 - tokens are informative only
-                tokens = []
-        segments.append({
-            "id": i, "seek": int(round(s.start * 100)), "start": round(s.start, 3), "end": round(s.end, 3),
-            "text": s.text, "tokens": tokens, "temperature": None, "avg_logprob": None,
-            "compression_ratio": round(compression_ratio(s.text), 4) if s.text else None, "no_speech_prob": None,
-        })
     lang = result.get("language")
-    return JSONResponse({
+    body = {
         "task": task,
         "language": LANGUAGES.get(lang, lang) if lang else None,
         "duration": round(duration, 3),
         "text": text,
-        "segments": segments,
-    })
+        "segments": _verbose_segments(result, duration, tokenizer),
+    }
+    if word_list is not None:
+        body["words"] = word_list
+    return JSONResponse(body)
 
 
 def add_routes(app: FastAPI, service: Service) -> None:
@@ -174,13 +225,15 @@ def add_routes(app: FastAPI, service: Service) -> None:
                 if bad:
                     raise ServiceError(400, f"timestamp_granularities must be 'segment' or 'word', got {bad}",
                                        param="timestamp_granularities[]")
-                if "word" in granularities:
-                    raise ServiceError(400, "word-level timestamps are not supported; use 'segment'",
+                words = "word" in granularities
+                if words and fmt != "verbose_json":
+                    raise ServiceError(400, "timestamp_granularities[]=word needs response_format=verbose_json",
                                        param="timestamp_granularities[]", code="unsupported_value")
                 timestamps = fmt in ("srt", "vtt", "verbose_json") or "segment" in granularities
                 options = service.make_options(
                     task=task, language=_field(form, "language"), timestamps=timestamps,
                     temperature=_parse_temperature(_field(form, "temperature")), prompt=_field(form, "prompt"),
+                    word_timestamps=words,
                 )
             finally:
                 await form.close()
@@ -202,7 +255,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
                 raise
             except Exception as e:  # noqa: BLE001
                 raise internal_error(e) from None
-            return render(result, fmt, task, audio.shape[0] / SAMPLE_RATE, getattr(service.pipeline, "tokenizer", None))
+            return render(result, fmt, task, audio.shape[0] / SAMPLE_RATE, getattr(service.pipeline, "tokenizer", None),
+                          words=options.word_timestamps)
         except ServiceError as e:
             if e.status >= 500:
                 logger.warning("request failed (%d): %s", e.status, e.message)

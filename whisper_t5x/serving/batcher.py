@@ -61,6 +61,7 @@ class DecodeOptions:
     return_timestamps: bool = False
     temperature: Optional[float] = None  # None: the pipeline's fallback schedule
     prompt_ids: Tuple[int, ...] = ()
+    word_timestamps: bool = False  # sequential decoding with word timings (whisper_t5x.sequential)
 
     def pipeline_kwargs(self) -> Dict[str, Any]:
         gk: Dict[str, Any] = {}
@@ -71,7 +72,7 @@ class DecodeOptions:
         return dict(
             task=self.task,
             language=self.language,
-            return_timestamps=bool(self.return_timestamps),
+            return_timestamps="word" if self.word_timestamps else bool(self.return_timestamps),
             return_language=True,
             generate_kwargs=gk or None,
         )

@@ -221,7 +221,8 @@ class Service:
                                code="not_ready")
 
     def make_options(self, task: str = "transcribe", language: Optional[str] = None, timestamps: bool = False,
-                     temperature: Optional[float] = None, prompt: Optional[str] = None) -> DecodeOptions:
+                     temperature: Optional[float] = None, prompt: Optional[str] = None,
+                     word_timestamps: bool = False) -> DecodeOptions:
         """Validated decoding options (ServiceError 400 on bad values)."""
         self.check_ready()
         task = (task or "transcribe").strip().lower()
@@ -253,7 +254,7 @@ class Service:
         if prompt and prompt.strip():
             ids = self.pipeline.tokenizer.encode(" " + prompt.strip())
             prompt_ids = tuple(int(i) for i in ids[-MAX_PROMPT_TOKENS:])
-        return DecodeOptions(task, lang_code, bool(timestamps), temperature, prompt_ids)
+        return DecodeOptions(task, lang_code, bool(timestamps), temperature, prompt_ids, bool(word_timestamps))
 
     def decode_audio(self, data: Any) -> np.ndarray:
         """Upload (bytes or path) -> 16 kHz waveform, with the upload and duration limits."""
