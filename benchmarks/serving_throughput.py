@@ -7,8 +7,15 @@ count runs that many concurrent clients, each posting ``--requests`` files to
 ``--audio``; default ``samples/jfk.flac``). One untimed round per client count
 comes first, so every batch shape is compiled before timing. Reports audio
 seconds per wall second, speed-up over one client, request latency (median and
-p90) and how the server batched (requests per pipeline call). Writes a
-markdown table to stdout and JSON to ``--out``.
+p90), how the server batched (requests and windows per pipeline call) and how
+busy its batcher was (share of the wall time spent in pipeline calls: near 1
+means the clients kept the server saturated). Writes a markdown table to
+stdout and JSON to ``--out``.
+
+``--window_cost`` (default on) then measures, in this process with the server
+stopped, the pipeline's cost per window at batch 1 and at ``--batch_size``
+(the first file repeated): the best speed-up cross-request batching can bring
+on this device.
 
     python benchmarks/serving_throughput.py --model tiny.en --clients 1 4 8 --requests 3
     python benchmarks/serving_throughput.py --url http://127.0.0.1:8000 --api_key KEY
@@ -70,6 +77,30 @@ def run_clients(url, files, clients, requests, api_key, timeout):
     return wall, audio, latencies, errors
 
 
+def window_cost(model, batch_size, dtype, path, reps=3):
+    """Seconds per window of the pipeline at batch 1 and ``batch_size`` (best of ``reps`` calls, compiled first)."""
+    from whisper_t5x.audio import load_audio
+    from whisper_t5x.serving.service import ServingSettings, _build_pipeline
+
+    settings = ServingSettings(model=model, max_batch_size=batch_size, **({"dtype": dtype} if dtype else {}))
+    pipe = _build_pipeline(settings)
+    audio = load_audio(path)
+    out = {}
+    for b in sorted({1, batch_size}):
+        call = lambda: pipe([audio] * b, batch_size=batch_size, generate_kwargs={"temperature": 0.0})  # noqa: E731
+        call()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t)
+        out[f"batch_{b}"] = dict(call_s=round(min(times), 3), per_window_s=round(min(times) / b, 3),
+                                 calls_s=[round(x, 3) for x in times])
+    first, last = out["batch_1"]["per_window_s"], out[f"batch_{batch_size}"]["per_window_s"]
+    out["batching_gain"] = round(first / last, 2) if last else None
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="an already running server (default: start one)")
@@ -83,8 +114,11 @@ def main(argv=None):
     p.add_argument("--api_key", default=None)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--no_warm_round", action="store_true", help="skip the untimed round per client count")
+    p.add_argument("--no_window_cost", dest="window_cost", action="store_false",
+                   help="skip measuring the per-window cost at batch 1 and --batch_size")
     p.add_argument("--out", default=os.path.join(HERE, "results", "serving_throughput.json"))
     args = p.parse_args(argv)
+    load_before = list(os.getloadavg())
 
     files = [(os.path.basename(f), open(f, "rb").read(), duration_s(f)) for f in args.audio]
     server = None
@@ -110,12 +144,16 @@ def main(argv=None):
             after = (get_json(url + "/health")[1] or {}).get("batches", {})
             groups = after.get("groups", 0) - before.get("groups", 0)
             reqs = after.get("requests", 0) - before.get("requests", 0)
+            wins = after.get("windows", 0) - before.get("windows", 0)
+            busy = (after.get("busy_ms", 0) - before.get("busy_ms", 0)) / 1000.0
             rows.append(dict(
                 clients=n, requests=len(lat) + len(errors), errors=len(errors), wall_s=round(wall, 3),
                 audio_s=round(audio, 3), audio_s_per_s=round(audio / wall, 3) if wall else None,
                 latency_p50_s=round(statistics.median(lat), 3) if lat else None,
                 latency_p90_s=round(sorted(lat)[max(0, math.ceil(0.9 * len(lat)) - 1)], 3) if lat else None,
                 requests_per_batch=round(reqs / groups, 2) if groups else None,
+                windows_per_batch=round(wins / groups, 2) if groups else None,
+                batcher_busy=round(min(1.0, busy / wall), 3) if wall and "busy_ms" in after else None,
                 first_errors=errors[:3],
             ))
             print(f"{n} client(s): {rows[-1]['audio_s_per_s']} audio s/s", file=sys.stderr, flush=True)
@@ -123,6 +161,10 @@ def main(argv=None):
         if server is not None:
             server.stop()
 
+    cost = None
+    if args.window_cost and not args.url:
+        cost = window_cost(args.model, args.batch_size, args.dtype, args.audio[0])
+        print(f"per-window cost: {cost}", file=sys.stderr, flush=True)
     base = rows[0]["audio_s_per_s"] if rows and rows[0]["audio_s_per_s"] else None
     for r in rows:
         r["speedup_vs_first"] = round(r["audio_s_per_s"] / base, 2) if base and r["audio_s_per_s"] else None
@@ -141,15 +183,22 @@ def main(argv=None):
                                  + list(sys.argv[1:] if argv is None else argv)))
     print(f"\nREST throughput, {meta['model']} (batch {args.batch_size}, delay {args.max_batch_delay_ms:g} ms), "
           f"{device}, {os.cpu_count()} CPU cores\n")
-    print("| clients | requests | audio s / wall s | speed-up | latency p50 (s) | latency p90 (s) | requests / batch | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| clients | requests | audio s / wall s | speed-up | latency p50 (s) | latency p90 (s) | requests / batch "
+          "| batcher busy | errors |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['clients']} | {r['requests']} | {r['audio_s_per_s']} | {r['speedup_vs_first']} | "
-              f"{r['latency_p50_s']} | {r['latency_p90_s']} | {r['requests_per_batch']} | {r['errors']} |")
+              f"{r['latency_p50_s']} | {r['latency_p90_s']} | {r['requests_per_batch']} | {r['batcher_busy']} "
+              f"| {r['errors']} |")
+    if cost:
+        print(f"\npipeline cost per window ({os.path.basename(args.audio[0])}): batch 1 "
+              f"{cost['batch_1']['per_window_s']} s, batch {args.batch_size} "
+              f"{cost[f'batch_{args.batch_size}']['per_window_s']} s (batching gain x{cost['batching_gain']})")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(dict(meta, results=rows), f, indent=2)
+            json.dump(dict(meta, results=rows, window_cost=cost, load_average_before=load_before,
+                           load_average_after=list(os.getloadavg())), f, indent=2)
             f.write("\n")
         print(f"\nwrote {args.out}")
     return 0 if rows and all(r["errors"] == 0 for r in rows) else 1

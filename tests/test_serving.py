@@ -168,6 +168,50 @@ def test_batcher_trims_short_groups_to_a_bucket():
         b.stop()
 
 
+def test_batcher_waits_only_for_announced_requests():
+    pipe = FakePipeline()
+    b = Batcher(pipe, max_batch_size=8, max_delay_s=3.0, trim_to_bucket=False, announce=True)
+    opts = DecodeOptions()
+    try:
+        t = time.monotonic()
+        assert b.submit(np.zeros(10, np.float32), opts).result(5)["text"] == " n=10"
+        assert time.monotonic() - t < 1.5  # alone: not held back for the 3 s delay
+        # A request still on its way (being received/decoded): the group waits for it.
+        release = threading.Event()
+
+        def arrive(n, fail=False):
+            with b.arriving():
+                release.wait(5)
+                if fail:
+                    raise ValueError("bad upload")
+                return b.submit(np.zeros(n, np.float32), opts)
+
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            later = ex.submit(arrive, 12)
+            while b._arriving == 0:
+                time.sleep(0.005)
+            first = b.submit(np.zeros(11, np.float32), opts)
+            time.sleep(0.3)
+            assert not first.done()
+            release.set()
+            assert (first.result(5)["text"], later.result(5).result(5)["text"]) == (" n=11", " n=12")
+            assert pipe.calls[-1] == 2
+            # One that fails before it is submitted ends the wait too.
+            release.clear()
+            failing = ex.submit(arrive, 13, True)
+            while b._arriving == 0:
+                time.sleep(0.005)
+            first = b.submit(np.zeros(14, np.float32), opts)
+            t = time.monotonic()
+            release.set()
+            assert first.result(5)["text"] == " n=14" and time.monotonic() - t < 1.5
+            with pytest.raises(ValueError):
+                failing.result(5)
+    finally:
+        release.set()
+        b.stop()
+
+
 def test_batcher_failure_costs_only_the_failing_request():
     pipe = FakePipeline()
     b = Batcher(pipe, max_batch_size=8, max_delay_s=0.3, trim_to_bucket=False)

@@ -203,43 +203,46 @@ def add_routes(app: FastAPI, service: Service) -> None:
             if not ctype.lower().startswith("multipart/form-data"):
                 raise ServiceError(400, "send the audio as multipart/form-data with a 'file' field",
                                    param="file", code="invalid_content_type")
-            # Read (bounded) first; request.form() then parses the kept body.
-            request._body = await _read_limited(request, service.settings.max_upload_bytes)
-            try:
-                form = await request.form(max_files=1, max_fields=64)
-            except Exception as e:  # noqa: BLE001 - malformed multipart bodies
-                raise ServiceError(400, f"could not parse the multipart form: {e}", param="file") from None
-            try:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise ServiceError(400, "the 'file' field (an audio file) is required", param="file",
-                                       code="missing_file")
-                data = await upload.read()
-                fmt = (_field(form, "response_format") or "json").strip().lower()
-                if fmt not in RESPONSE_FORMATS:
-                    raise ServiceError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
-                                       f"got {fmt!r}", param="response_format")
-                granularities = [g.strip().lower() for g in form.getlist("timestamp_granularities[]")
-                                 + form.getlist("timestamp_granularities") if isinstance(g, str) and g.strip()]
-                bad = [g for g in granularities if g not in ("segment", "word")]
-                if bad:
-                    raise ServiceError(400, f"timestamp_granularities must be 'segment' or 'word', got {bad}",
-                                       param="timestamp_granularities[]")
-                words = "word" in granularities
-                if words and fmt != "verbose_json":
-                    raise ServiceError(400, "timestamp_granularities[]=word needs response_format=verbose_json",
-                                       param="timestamp_granularities[]", code="unsupported_value")
-                timestamps = fmt in ("srt", "vtt", "verbose_json") or "segment" in granularities
-                options = service.make_options(
-                    task=task, language=_field(form, "language"), timestamps=timestamps,
-                    temperature=_parse_temperature(_field(form, "temperature")), prompt=_field(form, "prompt"),
-                    word_timestamps=words,
-                )
-            finally:
-                await form.close()
-            audio = await run_in_threadpool(service.decode_audio, data)
-            del data
-            fut = service.submit(audio, options)
+            # Announced to the batcher from the first byte until submitted (it may hold a
+            # group open for this request, never for one that is not coming).
+            with service.arriving():
+                # Read (bounded) first; request.form() then parses the kept body.
+                request._body = await _read_limited(request, service.settings.max_upload_bytes)
+                try:
+                    form = await request.form(max_files=1, max_fields=64)
+                except Exception as e:  # noqa: BLE001 - malformed multipart bodies
+                    raise ServiceError(400, f"could not parse the multipart form: {e}", param="file") from None
+                try:
+                    upload = form.get("file")
+                    if upload is None or isinstance(upload, str):
+                        raise ServiceError(400, "the 'file' field (an audio file) is required", param="file",
+                                           code="missing_file")
+                    data = await upload.read()
+                    fmt = (_field(form, "response_format") or "json").strip().lower()
+                    if fmt not in RESPONSE_FORMATS:
+                        raise ServiceError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
+                                           f"got {fmt!r}", param="response_format")
+                    granularities = [g.strip().lower() for g in form.getlist("timestamp_granularities[]")
+                                     + form.getlist("timestamp_granularities") if isinstance(g, str) and g.strip()]
+                    bad = [g for g in granularities if g not in ("segment", "word")]
+                    if bad:
+                        raise ServiceError(400, f"timestamp_granularities must be 'segment' or 'word', got {bad}",
+                                           param="timestamp_granularities[]")
+                    words = "word" in granularities
+                    if words and fmt != "verbose_json":
+                        raise ServiceError(400, "timestamp_granularities[]=word needs response_format=verbose_json",
+                                           param="timestamp_granularities[]", code="unsupported_value")
+                    timestamps = fmt in ("srt", "vtt", "verbose_json") or "segment" in granularities
+                    options = service.make_options(
+                        task=task, language=_field(form, "language"), timestamps=timestamps,
+                        temperature=_parse_temperature(_field(form, "temperature")), prompt=_field(form, "prompt"),
+                        word_timestamps=words,
+                    )
+                finally:
+                    await form.close()
+                audio = await run_in_threadpool(service.decode_audio, data)
+                del data
+                fut = service.submit(audio, options)
             wrapped = asyncio.wrap_future(fut)
             try:
                 result = await asyncio.wait_for(wrapped, timeout=service.settings.request_timeout_s)

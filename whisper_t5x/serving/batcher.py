@@ -3,9 +3,13 @@
 Requests (decoded 16 kHz waveforms plus decoding options) are put on a queue.
 One worker thread owns the pipeline. It takes the oldest waiting request,
 then keeps collecting requests with the *same* decoding options (task,
-language, timestamps, temperature, prompt) for up to ``max_delay_s`` or until
-their windows fill ``max_batch_size`` rows, and transcribes them in one
-pipeline call. The pipeline packs the windows of all the inputs of a call into
+language, timestamps, temperature, prompt) for up to ``max_delay_s`` (counted
+from the request's arrival, so a request that queued while the previous call
+ran does not wait again) or until their windows fill ``max_batch_size`` rows,
+and transcribes them in one pipeline call. With ``announce``, front ends
+announce requests still being received or decoded (:meth:`Batcher.arriving`)
+and the wait also ends as soon as none is on its way: a lone request is not
+held back for companions that are not coming. The pipeline packs the windows of all the inputs of a call into
 its compiled batches (``FlaxWhisperPipeline.__call__`` with a list), so eight
 concurrent one-window requests cost one batch of eight rows instead of eight
 batches of one.
@@ -19,11 +23,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -101,11 +106,14 @@ class Batcher:
       trim_to_bucket: close a short group at a power-of-two number of windows
         instead of padding it (default: on for the CPU backend, where padding
         rows cost as much as real ones; off on accelerators).
+      announce: every request is announced (:meth:`arriving`) before it is
+        submitted, so the worker waits for companions only while some are
+        on their way. Off: it always waits ``max_delay_s``.
     """
 
     def __init__(self, pipeline: Any, max_batch_size: int = 8, max_delay_s: float = 0.01, max_queue: int = 64,
                  chunk_length_s: float = 30.0, call: Optional[Callable[..., Any]] = None,
-                 trim_to_bucket: Optional[bool] = None):
+                 trim_to_bucket: Optional[bool] = None, announce: bool = False):
         self.pipeline = pipeline
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_delay_s = max(0.0, float(max_delay_s))
@@ -116,6 +124,8 @@ class Batcher:
         if trim_to_bucket is None:
             trim_to_bucket = _default_trim()
         self.trim_to_bucket = bool(trim_to_bucket)
+        self.announce = bool(announce)
+        self._arriving = 0
         self._queue: Deque[_Request] = collections.deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -136,6 +146,18 @@ class Batcher:
             self._queue.append(_Request(audio, options, fut, n, time.monotonic()))
             self._cond.notify_all()
         return fut
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Marks a request as on its way (being received or decoded) until it is submitted or fails."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify_all()
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions, timeout: Optional[float] = None) -> Dict[str, Any]:
         """Blocking helper: submit and wait (the Future is cancelled on timeout)."""
@@ -223,6 +245,8 @@ class Batcher:
                     left = deadline - time.monotonic()
                     if windows >= self.max_batch_size or left <= 0 or self._stopped or first.future.cancelled():
                         break
+                    if self.announce and self._arriving == 0:
+                        break  # no companion is on its way: waiting would only add latency
                     self._cond.wait(timeout=left)
                 if self._stopped:
                     return None
@@ -246,7 +270,9 @@ class Batcher:
                 continue
             if group is None:
                 return
+            t0 = time.perf_counter()
             self._process(group)
+            self.stats["busy_ms"] += int(round((time.perf_counter() - t0) * 1000))  # time in pipeline calls
 
     def _process(self, group: List[_Request]) -> None:
         self.stats["groups"] += 1

@@ -9,6 +9,7 @@ audio to the :class:`~whisper_t5x.serving.batcher.Batcher`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
@@ -53,7 +54,8 @@ class ServingSettings:
       model: model name or checkpoint path (``tiny.en``, ``base``, ...).
       dtype: ``float32`` / ``bfloat16`` / ``float16``.
       max_batch_size: rows per compiled batch (windows of several requests).
-      max_batch_delay_ms: how long a request waits for others to batch with.
+      max_batch_delay_ms: how long a request waits for others to batch with (only while
+        other requests are still being received or decoded).
       max_queue: waiting requests beyond which new ones get 503.
       chunk_length_s: window length.
       max_length: decoder token limit (``None``: model default).
@@ -146,7 +148,7 @@ class Service:
                 logger.info("model %s loaded in %.1f s", self.settings.model, time.perf_counter() - t)
             s = self.settings
             self.batcher = Batcher(self.pipeline, s.max_batch_size, s.max_batch_delay_ms / 1000.0, s.max_queue,
-                                   s.chunk_length_s)
+                                   s.chunk_length_s, announce=True)
             if s.warmup:
                 self.state = "warming_up"
                 t = time.perf_counter()
@@ -287,9 +289,22 @@ class Service:
         except BatcherStopped as e:
             raise ServiceError(503, str(e), "server_error", code="shutting_down") from None
 
+    def arriving(self) -> Any:
+        """Context for a request being received/decoded before :meth:`submit` (see ``Batcher.announce``).
+
+        Every front end wraps its requests in it: the batcher holds a group
+        open for companions only while some request is inside.
+        """
+        if self.batcher is None:
+            return contextlib.nullcontext()
+        return self.batcher.arriving()
+
     def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Dict[str, Any]:
         """Blocking transcription with the request timeout (for the UI's worker threads)."""
-        fut = self.submit(audio, options)
+        return self.result(self.submit(audio, options))
+
+    def result(self, fut: concurrent.futures.Future) -> Dict[str, Any]:
+        """Waits for a submitted request, with the request timeout."""
         try:
             return fut.result(timeout=self.settings.request_timeout_s)
         except concurrent.futures.TimeoutError:

@@ -59,10 +59,12 @@ def build_ui(service: Service) -> Any:
         path = audio_path if isinstance(audio_path, str) else getattr(audio_path, "path", None) or audio_path.get("path")
         t0 = time.perf_counter()
         try:
-            options = service.make_options(task=task or "transcribe", language=language,
-                                           timestamps=bool(timestamps))
-            audio = service.decode_audio(path)
-            result = service.transcribe(audio, options)
+            with service.arriving():
+                options = service.make_options(task=task or "transcribe", language=language,
+                                               timestamps=bool(timestamps))
+                audio = service.decode_audio(path)
+                fut = service.submit(audio, options)
+            result = service.result(fut)
         except ServiceError as e:
             raise gr.Error(e.message) from None
         return format_result(result, bool(timestamps)), round(time.perf_counter() - t0, 2)
