@@ -136,3 +136,24 @@ def test_bad_arguments_are_clear_errors():
         model.generate(features, params=params, language="klingon")
     with pytest.raises(ValueError, match="num_beams"):
         model.generate(features, params=params, num_beams=0)
+
+
+def test_rows_longer_than_the_first_cache_stages_match_transformers():
+    """Rows of 280 tokens cross both cache growths (128 and 256 positions) of the staged loop."""
+    from whisper_t5x import decoding
+
+    name, new = "multilingual-80", 280
+    model, params = H.flax_twin(name)
+    eot = model.config.special_tokens.eot
+    assert decoding.cache_spans(4, 4 + new) == (128, 256, 4 + new)
+    features = H.random_features(2, 80)
+    suppress = sorted(set(model.default_suppress_tokens()) | {eot})  # no row may stop early
+    ours = model.generate(features, params=params, language="en", task="transcribe", max_length=4 + new,
+                          suppress_tokens=suppress)
+    ours = np.asarray(ours.sequences)[:, 4:]
+    hf = H.configure_hf_generation(H.hf_model(name))
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(features), max_new_tokens=new, suppress_tokens=suppress,
+                          begin_suppress_tokens=[220, eot], language="en", task="transcribe").numpy()
+    assert ours.shape == (2, new) and (ours != eot).all()
+    np.testing.assert_array_equal(ours, ref[:, -new:])

@@ -125,11 +125,13 @@ class Start(NamedTuple):
 
 
 def start(module: WhisperModule, params: Any, input_features: Array, options: DecodeOptions,
-          prompt_ids: Optional[Array] = None, beams: int = 1) -> Start:
+          prompt_ids: Optional[Array] = None, beams: int = 1, cache_length: Optional[int] = None) -> Start:
     """Encode, compute the cross K/V once, read language and no-speech, force the prefix.
 
     With ``beams > 1`` every audio row becomes ``beams`` consecutive decoder
     rows (cache, logits, sequences); the cross K/V stay one copy per audio row.
+    ``cache_length``: self-attention cache positions (default: prompt plus
+    ``max_length``; :func:`generate` starts smaller and grows it).
     """
     config: WhisperConfig = module.config
     special = config.special_tokens
@@ -154,7 +156,7 @@ def start(module: WhisperModule, params: Any, input_features: Array, options: De
         prompt = jnp.broadcast_to(jnp.asarray(prompt_ids, jnp.int32), (batch, options.prompt_length))
         first = jnp.concatenate([sot_prev, prompt, first], axis=1)
     out = module.apply(
-        variables, first, cache=init_cache(config, batch, total, module.dtype), cache_index=0,
+        variables, first, cache=init_cache(config, batch, cache_length or total, module.dtype), cache_index=0,
         encoder_hidden=hidden, method=WhisperModule.decode,
     )
     cross_kv = out.cross_kv
@@ -191,6 +193,35 @@ def start(module: WhisperModule, params: Any, input_features: Array, options: De
     return Start(seq, cache, cross_kv, logits, context, 1 + len(prefix), no_speech_prob, language, language_prob)
 
 
+CACHE_SPANS = (128, 256)  # self-attention cache lengths tried before the full one
+
+
+def cache_spans(first_position: int, total: int, spans: Tuple[int, ...] = CACHE_SPANS) -> Tuple[int, ...]:
+    """Cache lengths of the decoding stages: ``spans`` that leave room past ``first_position``, then ``total``.
+
+    A decoding step's self-attention reads its whole cache, so a cache of 448
+    positions costs about 30% of a ``base`` step on CPU at batch 8 (44 ms vs
+    34 ms with 128 positions); windows of speech rarely need more than 128.
+    Each stage is its own ``while_loop`` (one more compiled step per stage).
+    """
+    out = [s for s in spans if first_position + 16 <= s < total]
+    return tuple(out) + (total,)
+
+
+def grow_cache(cache: Any, length: int) -> Any:
+    """Zero-pad every self-attention cache array along its length axis (-2) to ``length``."""
+
+    def pad(a):
+        extra = length - a.shape[-2]
+        if extra <= 0:
+            return a
+        widths = [(0, 0)] * a.ndim
+        widths[-2] = (0, extra)
+        return jnp.pad(a, widths)
+
+    return jax.tree_util.tree_map(pad, cache)
+
+
 def generate(
     module: WhisperModule,
     params: Any,
@@ -209,7 +240,10 @@ def generate(
 
         return beam_search.beam_generate(module, params, input_features, options, prompt_ids)
 
-    begin = start(module, params, input_features, options, prompt_ids)
+    context = (1 + options.prompt_length) if options.prompt_length else 0
+    prefix = forced_prefix(options, special, module.config.is_multilingual)
+    spans = cache_spans(context + 1 + len(prefix), context + options.max_length)
+    begin = start(module, params, input_features, options, prompt_ids, cache_length=spans[0])
     seq, cache, cross_kv, next_logits, context = begin.seq, begin.cache, begin.cross_kv, begin.logits, begin.context
     sample_begin = begin.sample_begin
     temperature = jnp.asarray(temperature, jnp.float32)
@@ -237,8 +271,8 @@ def generate(
         rng=rng,
     )
 
-    def cond(s):
-        return (s["index"] < options.max_length) & ~jnp.all(s["done"])
+    def cond_until(limit):
+        return lambda s: (s["index"] < limit) & ~jnp.all(s["done"])
 
     def body(s):
         logits = _apply_rules(s["logits"], s, options, special)
@@ -271,7 +305,11 @@ def generate(
             rng=rng,
         )
 
-    state = jax.lax.while_loop(cond, body, state)
+    # The loop runs in stages over a growing self-attention cache: each step
+    # reads the whole cache, and most windows end long before max_length.
+    for span in spans:
+        state["cache"] = grow_cache(state["cache"], span)
+        state = jax.lax.while_loop(cond_until(span - context), body, state)
     # Reference convention: average over the sampled text tokens plus end-of-text.
     avg_logprob = state["sum_logprob"] / (state["num_tokens"] + 1).astype(jnp.float32)
     return GenerateOutput(

@@ -154,6 +154,8 @@ def attend(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]]) -> A
     with identical results. Biases must then not depend on the query position.
     """
     q_len = q.shape[1]
+    if q_len > 256 and len(parts) == 1 and parts[0][2] is None and _single_device_trace():
+        return _attend_per_head(q, parts[0][0], parts[0][1])
     chunk = _query_chunk(q_len)
     if q_len <= 256 or chunk == q_len or any(b is not None and b.shape[-2] != 1 for _, _, b in parts):
         return _attend_all(q, parts)
@@ -161,6 +163,45 @@ def attend(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]]) -> A
     chunks = jnp.moveaxis(q.reshape(b, q_len // chunk, chunk, h, d), 1, 0)
     out = jax.lax.map(lambda qc: _attend_all(qc, parts), chunks)
     return jnp.moveaxis(out, 0, 1).reshape(b, q_len, h, d)
+
+
+def _single_device_trace() -> bool:
+    """True unless tracing under a mesh of several devices (``jax.set_mesh``).
+
+    Under a mesh the batch and head axes may be sharded, and looping over them
+    would gather them; there the all-heads chunking of :func:`attend` is used.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.empty or mesh.size <= 1
+
+
+def _attend_per_head(q: Array, k: Array, v: Array) -> Array:
+    """Unmasked attention of many queries (the encoder's), one head at a time in query chunks.
+
+    Looping over (batch, head) pairs and ~500-query chunks keeps each score
+    block (500 x 1500 floats) in cache, and the softmax is normalised after the
+    value product (on ``(chunk, kv)`` instead of ``(chunk, keys)``). Measured
+    on a 2-core CPU: 0.16 s vs 0.20 s per ``base`` encoder layer at batch 2 for
+    the all-heads chunking of :func:`attend`; results agree to ~4e-6.
+    """
+    b, t, h, d = q.shape
+    chunk = _query_chunk(t, 512)
+    qh = jnp.swapaxes(q, 1, 2).reshape(b * h, t // chunk, chunk, d)
+    kh = k.astype(q.dtype).reshape(b * h, k.shape[2], d)
+    vh = v.astype(q.dtype).reshape(b * h, v.shape[2], d)
+
+    def one_chunk(qc, kk, vv):
+        s = jnp.einsum("td,sd->ts", qc, kk, preferred_element_type=jnp.float32)
+        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+        o = jnp.einsum("ts,sd->td", e.astype(q.dtype), vv, preferred_element_type=jnp.float32)
+        return (o / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
+
+    def one_head(args):
+        qs, kk, vv = args
+        return jax.lax.map(lambda qc: one_chunk(qc, kk, vv), qs)
+
+    out = jax.lax.map(one_head, (qh, kh, vh))  # (b * h, t // chunk, chunk, d)
+    return jnp.swapaxes(out.reshape(b, h, t, d), 1, 2)
 
 
 def _attend_all(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]], return_probs: bool = False):
