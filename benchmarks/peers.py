@@ -71,8 +71,10 @@ BATCH = 8
 
 # name -> (label, short description of how it decodes)
 SYSTEMS = {
-    "ours": ("whisper_t5x FlaxWhisperPipeline fp32", "batched 30 s windows (5 s strides), batch 8, stitched"),
+    "ours": ("whisper_t5x FlaxWhisperPipeline fp32", "batched 30 s windows cut at pauses, batch 8, stitched"),
     "ours_bf16": ("whisper_t5x FlaxWhisperPipeline bf16", "as ours, bfloat16 compute and params"),
+    "ours_sequential": ("whisper_t5x sequential fp32", "long_form='sequential': OpenAI's seek algorithm, one "
+                        "file at a time (several files would share the batch)"),
     "openai_whisper": ("openai-whisper transcribe", "sequential 30 s windows, seek by timestamps"),
     "transformers": ("transformers pipeline", "chunk_length_s=30 (5 s strides), batch_size=8"),
     "faster_whisper": ("faster-whisper fp32", "sequential 30 s windows (WhisperModel.transcribe)"),
@@ -189,6 +191,22 @@ class Ours(System):
         return out["text"]
 
 
+class OursSequential(System):
+    def __init__(self, paths):
+        from whisper_t5x import FlaxWhisperPipeline
+
+        self.pipe = FlaxWhisperPipeline("base", batch_size=BATCH, fallback=False)
+        self.decoding = ("transcribe_sequential(temperature 0 (no fallback), language en, "
+                         "condition_on_previous_text=True, timestamps), float32")
+
+    def transcribe(self, audio):
+        from whisper_t5x.sequential import transcribe_sequential
+
+        out = transcribe_sequential(self.pipe.model, self.pipe.params, [audio], language="en", temperatures=(0.0,),
+                                    batch_size=BATCH)
+        return out[0]["text"]
+
+
 class OpenAIWhisper(System):
     def __init__(self, paths, timestamps: str):
         import whisper
@@ -252,6 +270,8 @@ def make_system(name: str, paths: Dict[str, str], timestamps: str) -> System:
         return Ours(paths, "float32", timestamps)
     if name == "ours_bf16":
         return Ours(paths, "bfloat16", timestamps)
+    if name == "ours_sequential":
+        return OursSequential(paths)
     if name == "openai_whisper":
         return OpenAIWhisper(paths, timestamps)
     if name == "transformers":
@@ -435,7 +455,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", nargs="+", type=int, default=None,
                     help="timed runs per duration (one value, or one per duration; default 3 for <= 60 s, else 1)")
     ap.add_argument("--audio", default=None, help="benchmark this file instead (reference text in FILE.txt)")
-    ap.add_argument("--timestamps", choices=("off", "native"), default="off",
+    ap.add_argument("--timestamps", choices=("off", "native"), default="native",
                     help="off: decode without timestamp tokens where the system allows it; native: each "
                          "system's own long-form default (ours and openai/faster-whisper sequential decode "
                          "timestamps)")

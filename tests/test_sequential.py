@@ -122,7 +122,7 @@ def test_pipeline_word_timestamps_helper():
     assert set(out) == {"text", "chunks", "segments", "language"} and out["language"] == "en"
     assert normalize("".join(c["text"] for c in out["chunks"])) == normalize(out["text"])
     assert all(c["timestamp"][0] <= c["timestamp"][1] for c in out["chunks"])
-    assert out["segments"] and all(set(c) == {"timestamp", "text"} for c in out["segments"])
+    assert out["segments"] and all({"timestamp", "text", "avg_logprob", "no_speech_prob"} <= set(c) for c in out["segments"])
     [again] = sq.pipeline_word_timestamps(pipe, [JFK], generate_kwargs={"temperature": 0.0})
     assert again["chunks"] == out["chunks"]
 
@@ -163,8 +163,16 @@ def test_pipeline_word_mode_gives_monotonic_word_chunks():
     from whisper_t5x import FlaxWhisperPipeline
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = FlaxWhisperPipeline("tiny.en", batch_size=2)(os.path.join(root, "samples", "jfk.flac"),
-                                                       return_timestamps="word")
+    pipe = FlaxWhisperPipeline("tiny.en", batch_size=2)
+    jfk = os.path.join(root, "samples", "jfk.flac")
+    # long_form="sequential" without words: segments as chunks, with openai-whisper's statistics.
+    seq = pipe(jfk, long_form="sequential", return_timestamps=True)
+    assert "fellow Americans" in seq["text"] and seq["chunks"]
+    assert all(0.0 <= c["timestamp"][0] < c["timestamp"][1] <= 11.1 for c in seq["chunks"])
+    assert all(s["avg_logprob"] <= 0 and 0 <= s["no_speech_prob"] <= 1 for s in seq["segments"])
+    with pytest.raises(ValueError, match="long_form"):
+        pipe(jfk, long_form="seek")
+    out = pipe(jfk, return_timestamps="word")
     words = out["chunks"]
     assert [w["text"].strip() for w in words][:4] == ["And", "so", "my", "fellow"]
     starts = [w["timestamp"][0] for w in words]

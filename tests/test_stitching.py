@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from whisper_t5x.stitching import find_seam, majority_language, parse_window, stitch
+from whisper_t5x.stitching import Seam, find_seam, majority_language, parse_window, stitch
 from whisper_t5x.windows import split_windows, window_params
 
 SR = 16000
@@ -182,3 +182,53 @@ def test_segment_chunks_carry_window_statistics():
     assert all(c["avg_logprob"] is None and c["temperature"] is None for c in plain["chunks"])
     windows = stitch(trs, decode, duration, True, chunks="windows")
     assert all(set(c) == {"timestamp", "text"} for c in windows["chunks"])
+
+
+# ----------------------------------------------------------------- pause-aligned windows
+def _utterances(n, vocab=None, seed=0):
+    """``n`` utterances of 4 words in [2.5u + 0.25, 2.5u + 2.25) s; pauses centred on multiples of 2.5 s."""
+    rng = random.Random(seed)
+    return [(rng.randrange(vocab) + 1 if vocab else 1000 + 4 * u + k, 2.5 * u + 0.25 + 0.5 * k)
+            for u in range(n) for k in range(4)]
+
+
+def _pause_layout(bounds, overlaps, total_s):
+    """Windows ``[bounds[i], bounds[i+1] + overlaps[i])`` (seconds): each ends in a pause and the
+    next starts ``overlaps[i]`` earlier, in the pause before the last utterance."""
+    from whisper_t5x.windows import Window
+
+    n = int(total_s * SR)
+    wins = []
+    for i in range(len(bounds) - 1):
+        last = i == len(bounds) - 2
+        end = n if last else int((bounds[i + 1] + overlaps[i]) * SR)
+        wins.append(Window(0, i, int(bounds[i] * SR), end, 0, 0 if last else end - int(bounds[i + 1] * SR), n))
+    return wins
+
+
+@pytest.mark.parametrize("vocab", [None, 6], ids=["unique", "repetitive"])
+@pytest.mark.parametrize("drop_last", [False, True], ids=["complete", "left-drops-its-last-utterance"])
+def test_pause_windows_overlapping_by_one_utterance_exact(vocab, drop_last):
+    # The pipeline cuts at pauses only when it decodes with timestamps.
+    timestamps = True
+    words = _utterances(24, vocab)
+    wins = _pause_layout([0.0, 22.5, 45.0, 60.0], [2.5, 2.5], 60.0)
+    trs = []
+    for w in wins:
+        ws = words
+        if drop_last and not w.is_last:  # Whisper often leaves a window's final utterance out
+            ws = [(tok, t) for tok, t in words if t < w.end / SR - 2.5]
+        trs.append(parse_window(window_output(ws, w, timestamps), w, EOT, TS, timestamps))
+    out = stitch(trs, decode, 60.0, timestamps)
+    assert out["text"] == decode([tok for tok, _ in words])
+    check_chunks(out, 60.0)
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_abutting_pause_windows_keep_all_text_even_with_repeated_words(timestamps):
+    words = _utterances(24, vocab=3)  # three tokens only: text anchors would be everywhere
+    wins = _pause_layout([0.0, 25.0, 50.0, 60.0], [0.0, 0.0], 60.0)
+    trs = [parse_window(window_output(words, w, timestamps), w, EOT, TS, timestamps) for w in wins]
+    for a, b in zip(trs, trs[1:]):
+        assert find_seam(a, b) == Seam(len(a.tokens), 0, False)
+    assert stitch(trs, decode, 60.0, timestamps)["text"] == decode([tok for tok, _ in words])

@@ -1,5 +1,6 @@
 """Window geometry and batch packing (pure functions, no model)."""
 
+import numpy as np
 import pytest
 
 from whisper_t5x.windows import (
@@ -118,3 +119,58 @@ def test_batch_rows():
     ws = split_windows(SR * 50, CHUNK, STRIDE)
     b = Batch(tuple(ws) + (None,))
     assert b.windows == ws and b.size == 3 and b.num_padding == 1
+
+
+# ----------------------------------------------------------------- pause-aligned windows
+def _bursts(pattern, sr=16000, seed=0):
+    """Noise bursts (``+seconds``) and silences (``-seconds``): a speech-like test signal."""
+    rng = np.random.default_rng(seed)
+    parts = [rng.normal(0, 0.3, int(abs(s) * sr)) if s > 0 else np.zeros(int(-s * sr)) for s in pattern]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _quiet(audio, sample, sr=16000):
+    return float(np.abs(audio[max(0, sample - 80):sample + 80]).max()) == 0.0
+
+
+def test_find_pauses_finds_the_silences_longer_than_the_minimum():
+    from whisper_t5x.windows import find_pauses
+
+    audio = _bursts([2, -0.5, 2, -0.05, 2, -1.0, 1])  # the 50 ms gap is not a pause
+    pauses = find_pauses(audio) / 16000
+    assert pauses.shape == (2, 2)
+    np.testing.assert_allclose(pauses, [[2.0, 2.5], [6.55, 7.55]], atol=0.011)
+    assert find_pauses(np.zeros(16000, np.float32)).shape == (0, 2)  # digital silence: no speech, no pauses
+
+
+def test_pause_windows_cut_in_pauses_overlap_by_the_last_utterance_and_tile_the_audio():
+    from whisper_t5x.windows import pause_windows
+
+    # 3-4 s utterances separated by 0.4 s pauses, 95 s in all.
+    pattern = []
+    for k in range(24):
+        pattern += [3.0 + (k % 3) * 0.5, -0.4]
+    audio = _bursts(pattern)
+    n = audio.shape[0]
+    chunk, stride = 30 * 16000, 5 * 16000
+    wins = pause_windows(audio, chunk, stride)
+    assert wins[0].start == 0 and wins[-1].end == n
+    assert len(wins) < len(split_windows(n, chunk, stride))  # fewer windows than the fixed layout
+    for a, b in zip(wins, wins[1:]):
+        assert a.length <= chunk
+        assert _quiet(audio, a.end) and _quiet(audio, b.start)  # no utterance is cut
+        assert b.stride_left == 0 and a.stride_right == a.end - b.start  # seam at b's start
+        assert 0 < a.end - b.start <= 6 * 16000  # one utterance decoded twice
+        assert a.owned[1] == b.owned[0]  # owned spans tile the audio
+    assert wins[0].owned[0] == 0 and wins[-1].owned[1] == n
+
+
+def test_pause_windows_fall_back_to_fixed_overlap_without_pauses():
+    from whisper_t5x.windows import pause_windows
+
+    audio = _bursts([70.0])
+    chunk, stride = 30 * 16000, 5 * 16000
+    assert pause_windows(audio, chunk, stride) == split_windows(audio.shape[0], chunk, stride)
+    assert pause_windows(np.zeros(0, np.float32), chunk, stride) == []
+    short = _bursts([3, -1, 3])
+    assert [(w.start, w.end) for w in pause_windows(short, chunk, stride)] == [(0, short.shape[0])]

@@ -52,6 +52,9 @@ flags.DEFINE_string("language", None, "Source language code (en, de, ...). Defau
 flags.DEFINE_bool("timestamps", None, "Segment timestamps (srt/vtt/tsv cues). Default: off.")
 flags.DEFINE_bool("word_timestamps", None, "Word-level timestamps (one cue per word; sequential "
                   "long-form decoding). Default: off.")
+flags.DEFINE_enum("long_form", None, ["chunked", "sequential"], "chunked: batched windows, stitched; "
+                  "sequential: OpenAI's algorithm (each window conditioned on the previous text). "
+                  "Default: chunked.")
 flags.DEFINE_integer("batch_size", None, "Windows per forward pass. Default: the pipeline's.", lower_bound=1)
 flags.DEFINE_enum("dtype", None, list(launch.DTYPES), "Compute dtype. Default: float32.")
 flags.DEFINE_float("chunk_length_s", None, "Long-form window length in seconds. Default: 30.")
@@ -81,6 +84,7 @@ _FLAG_TO_FIELD = {
     "language": "language",
     "timestamps": "return_timestamps",
     "word_timestamps": "word_timestamps",
+    "long_form": "long_form",
     "batch_size": "batch_size",
     "dtype": "dtype",
     "chunk_length_s": "chunk_length_s",

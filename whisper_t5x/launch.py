@@ -86,6 +86,8 @@ class TranscribeConfig:
         without them each file is one cue).
       word_timestamps: word-level timestamps (one cue per word; decodes with
         the sequential long-form algorithm, ``whisper_t5x.sequential``).
+      long_form: ``chunked`` (default: batched windows, stitched) or
+        ``sequential`` (OpenAI's algorithm, ``whisper_t5x.sequential``).
       batch_size: windows per forward pass (``None``: the pipeline's default).
       dtype: compute dtype, ``float32`` / ``bfloat16`` / ``float16``.
       chunk_length_s, stride_length_s: long-form windowing of the pipeline.
@@ -111,6 +113,7 @@ class TranscribeConfig:
     language: Optional[str] = None
     return_timestamps: bool = False
     word_timestamps: bool = False
+    long_form: str = "chunked"
     batch_size: Optional[int] = None
     dtype: str = "float32"
     chunk_length_s: float = 30.0
@@ -133,6 +136,8 @@ class TranscribeConfig:
         _check_required(self)
         if self.task not in TASKS:
             raise ValueError(f"TranscribeConfig.task must be one of {TASKS}, got {self.task!r}")
+        if self.long_form not in ("chunked", "sequential"):
+            raise ValueError(f"TranscribeConfig.long_form must be 'chunked' or 'sequential', got {self.long_form!r}")
         if str(self.dtype) not in DTYPES:
             raise ValueError(f"TranscribeConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
         self.output_formats = outputs_lib.parse_formats(self.output_formats)
@@ -610,6 +615,8 @@ def _call_pipeline(pipe, loaded: Sequence[_Loaded], config: TranscribeConfig) ->
         batch_size=config.batch_size,
         generate_kwargs=dict(config.generate_kwargs) if config.generate_kwargs else None,
     )
+    if config.long_form != "chunked":  # custom pipelines need not know the argument
+        kwargs["long_form"] = config.long_form
     if config.progress is not None:
         kwargs["progress"] = config.progress
     results = pipe(inputs, **kwargs)

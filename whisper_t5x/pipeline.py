@@ -55,7 +55,7 @@ import numpy as np
 from whisper_t5x import compile_cache, fallback as fb
 from whisper_t5x.audio import SAMPLE_RATE, AudioError, load_audio
 from whisper_t5x.stitching import WindowTranscript, parse_window, stitch
-from whisper_t5x.windows import Batch, Window, bucket_size, split_windows, window_params
+from whisper_t5x.windows import Batch, Window, bucket_size, pause_windows, split_windows, window_params
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ DEFAULT_BATCH_SIZE = 8
 PROGRESS_MIN_WINDOWS = 4  # a progress bar only for more windows than this
 SILENCE_PEAK = 1e-4  # windows quieter than this (-80 dBFS peak) are not decoded
 EARLY_STOP_S = 3.0  # a window whose text stops this long before its owned end gets a continuation
+# ... where its owned end is a pause (pause-aligned windows): speech should reach it, so a shorter gap counts.
+EARLY_STOP_AT_PAUSE_S = 1.0
 
 __all__ = ["FlaxWhisperPipeline", "FlaxWhisperPipline", "DEFAULT_BATCH_SIZE"]
 
@@ -136,6 +138,15 @@ class FlaxWhisperPipeline:
       continue_early_stops: when a window's timestamped text stops well
         before the end of the audio it owns, decode a continuation window
         from its last timestamp (see :meth:`_continue_early_stops`).
+      cut_at_pauses: begin and end windows in pauses of the speech where there
+        are any (neighbours overlap by 2-5 s; see
+        :func:`whisper_t5x.windows.pause_windows`) instead of the fixed
+        overlapping layout of ``chunk_length_s`` / ``stride_length_s``, which
+        is then used only where no pause is found; only when decoding with
+        timestamps. Default False: on 10 min of espeak-ng speech (``base``)
+        it decoded 30 windows at 7.38% WER against the fixed layout's 31 at
+        7.21%, because Whisper often leaves out a window's last seconds and
+        each such window then needs a continuation.
     """
 
     def __init__(
@@ -151,6 +162,7 @@ class FlaxWhisperPipeline:
         silence_threshold: float = SILENCE_PEAK,
         decode_with_timestamps: bool = True,
         continue_early_stops: bool = True,
+        cut_at_pauses: bool = False,
     ):
         from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
 
@@ -188,6 +200,7 @@ class FlaxWhisperPipeline:
         self.silence_threshold = float(silence_threshold)
         self.decode_with_timestamps = bool(decode_with_timestamps)
         self.continue_early_stops = bool(continue_early_stops)
+        self.cut_at_pauses = bool(cut_at_pauses)
         self._host_params = params
         self._params = params
         self._param_axes = None
@@ -299,7 +312,7 @@ class FlaxWhisperPipeline:
             return np.stack([pad_or_trim(c, N_SAMPLES) for c in clips]).astype(np.float32)
         return log_mel_spectrogram_np(clips, n_mels=self.n_mels)
 
-    def _producer(self, items, chunk, stride, batch_size, out_q, infos, stop, store):
+    def _producer(self, items, chunk, stride, batch_size, out_q, infos, stop, store, pauses=False):
         """Loader thread: audio -> windows -> batches with features, into ``out_q``."""
 
         def put(msg):
@@ -340,7 +353,10 @@ class FlaxWhisperPipeline:
                     raise
                 if store is not None and audio.shape[0] > chunk:
                     store[i] = audio  # kept for continuation windows
-                windows = split_windows(audio.shape[0], chunk, stride, input_index=i)
+                if pauses:
+                    windows = pause_windows(audio, chunk, stride, input_index=i)
+                else:
+                    windows = split_windows(audio.shape[0], chunk, stride, input_index=i)
                 infos[i] = _InputInfo(i, int(audio.shape[0]), len(windows))
                 put(("input", infos[i]))
                 for w in windows:
@@ -437,6 +453,7 @@ class FlaxWhisperPipeline:
         batch_size: Optional[int] = None,
         generate_kwargs: Optional[Dict[str, Any]] = None,
         progress: Optional[bool] = None,
+        long_form: str = "chunked",
     ) -> Union[Dict[str, Any], List[Dict[str, Any]]]:
         """Transcribe (or translate, ``task="translate"``) one input or a list of inputs.
 
@@ -445,6 +462,13 @@ class FlaxWhisperPipeline:
         of these (batched together; the result is then a list). Returns
         ``{"text": str, "chunks": [{"timestamp": (start, end), "text": str}]}``
         plus ``"language"`` when ``return_language``.
+
+        ``long_form``: ``"chunked"`` (default: windows of all inputs decoded
+        in parallel and stitched) or ``"sequential"`` (OpenAI's algorithm:
+        each window starts at the previous one's last complete timestamp and
+        is conditioned on its text; inputs share batches, windows of one input
+        run one after another; ``chunks`` are its segments; see
+        :mod:`whisper_t5x.sequential`).
 
         ``return_timestamps="word"``: word-level timestamps; the inputs are
         then decoded with the sequential long-form algorithm
@@ -467,6 +491,14 @@ class FlaxWhisperPipeline:
         task = gk.pop("task", task)
         language = gk.pop("language", language)
         return_timestamps = gk.pop("return_timestamps", return_timestamps)
+        if long_form not in ("chunked", "sequential"):
+            raise ValueError(f"long_form must be 'chunked' or 'sequential', got {long_form!r}")
+        if long_form == "sequential" and not isinstance(return_timestamps, str):
+            from whisper_t5x.sequential import pipeline_word_timestamps
+
+            return pipeline_word_timestamps(self, inputs, task=task, language=language,
+                                            return_language=return_language, batch_size=batch_size,
+                                            generate_kwargs=gk, word_timestamps=False)
         if isinstance(return_timestamps, str):
             if return_timestamps != "word":
                 raise ValueError(f"return_timestamps must be True, False or 'word', got {return_timestamps!r}")
@@ -490,7 +522,10 @@ class FlaxWhisperPipeline:
         out_q: "queue.Queue" = queue.Queue(maxsize=2)
         stop = threading.Event()
         thread = threading.Thread(
-            target=self._producer, args=(items, chunk, stride, batch_size, out_q, infos, stop, store),
+            target=self._producer,
+            # Pause-aligned seams rely on timestamps to place the cut (see whisper_t5x.stitching.find_seam).
+            args=(items, chunk, stride, batch_size, out_q, infos, stop, store,
+                  self.cut_at_pauses and ctx.return_timestamps),
             name="whisper_t5x-loader", daemon=True,
         )
         bar = _Progress(progress)
@@ -548,7 +583,8 @@ class FlaxWhisperPipeline:
 
         Whisper sometimes ends a window's transcript long before the end of its
         audio (most often on repetitive speech). When the text of a window stops
-        more than ``EARLY_STOP_S`` before the end of the audio it owns and that
+        more than ``EARLY_STOP_S`` (``EARLY_STOP_AT_PAUSE_S`` where that end is a
+        pause) before the end of the audio it owns and that
         remaining audio is not quiet, a *continuation* window starting at the
         last timestamp is decoded; the stitcher cuts the stopped window at its
         last timestamp and takes the text after it from the continuation.
@@ -562,7 +598,10 @@ class FlaxWhisperPipeline:
             for tr in list(trs):
                 w = tr.window
                 owned_end = w.owned[1] / SAMPLE_RATE
-                if not tr.tokens or tr.last_timestamp is None or owned_end - tr.last_timestamp < EARLY_STOP_S:
+                at_pause = w.stride_right > 0 and any(
+                    o.window.start == w.owned[1] and o.window.stride_left == 0 for o in trs)
+                limit = EARLY_STOP_AT_PAUSE_S if at_pause else EARLY_STOP_S
+                if not tr.tokens or tr.last_timestamp is None or owned_end - tr.last_timestamp < limit:
                     continue
                 start = int(round(tr.last_timestamp * SAMPLE_RATE))
                 rest, whole = audio[start:w.owned[1]], audio[w.start:w.end]

@@ -588,6 +588,9 @@ def word_chunks(result: Dict[str, Any]) -> List[Dict[str, Any]]:
             for s in result["segments"] for w in s.get("words", ())]
 
 
+_SEGMENT_STATS = ("avg_logprob", "no_speech_prob", "compression_ratio", "temperature", "tokens", "seek")
+
+
 def pipeline_word_timestamps(
     pipe: Any,
     inputs: Any,
@@ -596,14 +599,18 @@ def pipeline_word_timestamps(
     return_language: bool = False,
     batch_size: Optional[int] = None,
     generate_kwargs: Optional[Dict[str, Any]] = None,
+    word_timestamps: bool = True,
 ) -> Union[Dict[str, Any], List[Dict[str, Any]]]:
     """``FlaxWhisperPipeline(..., return_timestamps="word")``: sequential decoding with word timestamps.
 
     ``pipe``: a :class:`whisper_t5x.pipeline.FlaxWhisperPipeline` (its model,
     parameters, batch size and fallback settings are used). Returns, per
     input, ``{"text", "chunks": [{"text": word, "timestamp": (start, end)}],
-    "segments": [{"timestamp": (start, end), "text"}]}`` (+ ``"language"``),
-    a list for a list of inputs. ``generate_kwargs``
+    "segments": [{"timestamp": (start, end), "text", "avg_logprob",
+    "no_speech_prob", "compression_ratio", "temperature", "tokens", "seek"}]}``
+    (+ ``"language"``),
+    a list for a list of inputs. With ``word_timestamps=False`` (the
+    pipeline's ``long_form="sequential"``) ``chunks`` are the segments. ``generate_kwargs``
     understood: ``temperature``, ``compression_ratio_threshold``,
     ``logprob_threshold``, ``no_speech_threshold``, ``prompt_ids``, ``seed``,
     ``condition_on_previous_text``, ``hallucination_silence_threshold``.
@@ -630,11 +637,15 @@ def pipeline_word_timestamps(
         logprob_threshold=gk.get("logprob_threshold", base.logprob_threshold),
         no_speech_threshold=gk.get("no_speech_threshold", base.no_speech_threshold),
         hallucination_silence_threshold=gk.get("hallucination_silence_threshold"),
-        word_timestamps=True, batch_size=batch_size or pipe.batch_size, seed=int(gk.get("seed", 0)),
+        word_timestamps=word_timestamps, batch_size=batch_size or pipe.batch_size, seed=int(gk.get("seed", 0)),
     )
     out = []
     for r in results:
-        item = {"text": r["text"], "chunks": word_chunks(r), "segments": r["chunks"]}
+        # Segments as the chunked pipeline's timestamped chunks, with openai-whisper's statistics.
+        segments = [dict(timestamp=(seg["start"], seg["end"]), text=seg["text"],
+                         **{k: seg.get(k) for k in _SEGMENT_STATS})
+                    for seg in r["segments"] if seg.get("text", "").strip()]
+        item = {"text": r["text"], "chunks": word_chunks(r) if word_timestamps else r["chunks"], "segments": segments}
         if return_language:
             item["language"] = r["language"]
         out.append(item)

@@ -211,8 +211,17 @@ def find_seam(
     max_time_skew_s: float = 4.0,
 ) -> Seam:
     """Where to stop ``left``'s tokens and start ``right``'s (see the module docstring)."""
-    # The middle of the overlap (= where left's owned span ends, for regular windows).
-    boundary = (left.window.end + right.window.start) / 2 / sampling_rate
+    # Where left's owned span ends: the middle of the overlap for fixed windows, the
+    # right window's start for pause-aligned ones (whisper_t5x.windows.pause_windows).
+    # Continuation windows (no strides) overlap the next window: its middle.
+    if left.window.stride_right > 0:
+        boundary = left.window.owned[1] / sampling_rate
+    else:
+        boundary = (left.window.end + right.window.start) / 2 / sampling_rate
+    if left.window.end <= right.window.start:
+        # Abutting windows (cut in a pause): nothing was decoded twice, so all text
+        # is kept, and any text match across the cut would be a false anchor.
+        return Seam(len(left.tokens), 0, False)
     if left.content_end is not None:
         # ``right`` continues ``left`` from where its text stopped: a pure time cut
         # (text alignment could only find false anchors in the little overlap).
@@ -220,6 +229,10 @@ def find_seam(
         return Seam(_time_cut(left.tokens, boundary), _time_cut(right.tokens, boundary), False)
     a_toks, b_toks = left.tokens, right.tokens
     timed = left.timestamps and right.timestamps
+    if left.window.stride_right > 0 and right.window.stride_left == 0:
+        # Pause-aligned windows overlap by one utterance only: look for the anchor
+        # there and nowhere else (a repeated phrase nearby would be a false one).
+        margin_s, max_time_skew_s = min(margin_s, 1.0), min(max_time_skew_s, 1.5)
     # Candidate regions: with timestamps, only the overlapping audio (plus a margin).
     a_lo, b_hi = 0, len(b_toks)
     if timed:

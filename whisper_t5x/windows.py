@@ -19,12 +19,25 @@ the part it owns.
 The last window ends at the end of the audio, and no window is made after a
 window that already reaches it (the old Whisper JAX pipeline decoded one
 extra, redundant window in that case). Empty audio has zero windows.
+
+:func:`pause_windows` cuts at pauses instead where it finds them: a window
+then ends in a pause within its last seconds, and the next one starts
+at an earlier pause, 2-5 s before. So windows overlap by a phrase or two and
+no word is cut. Whisper often
+leaves the last utterance of a window untranscribed; the next window starts
+with it, and the seam lies at that next window's start (``stride_left`` is 0,
+the left window's ``stride_right`` is the overlap). Where no pause is found it
+falls back to the overlapping layout above for that one seam. On continuous
+speech this decodes about a quarter fewer windows than the fixed layout (each
+window owns ~26 s instead of 20 s).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 SAMPLE_RATE = 16000
 MAX_CHUNK_LENGTH_S = 30.0
@@ -34,6 +47,8 @@ __all__ = [
     "Batch",
     "window_params",
     "split_windows",
+    "pause_windows",
+    "find_pauses",
     "windows_for_inputs",
     "pack_batches",
     "bucket_size",
@@ -177,6 +192,101 @@ def split_windows(
         if is_last:
             return out
         start += step
+
+
+FRAME_S = 0.01  # energy frame for pause detection
+MIN_PAUSE_S = 0.15  # quiet stretches shorter than this are not pauses (stops, short gaps inside words)
+PAUSE_SEARCH_S = 5.0  # a window's cut is searched in its last PAUSE_SEARCH_S seconds
+MAX_OVERLAP_S = 5.0  # audio decoded again at the next window's start: at most this long
+MIN_OVERLAP_S = 2.0  # ... and at least this (Whisper often leaves out a window's last seconds)
+QUIET_RATIO = 0.1  # "quiet": frame RMS below this fraction of the input's 95th-percentile frame RMS
+
+
+def find_pauses(audio: np.ndarray, sampling_rate: int = SAMPLE_RATE, min_pause_s: float = MIN_PAUSE_S,
+                quiet_ratio: float = QUIET_RATIO) -> np.ndarray:
+    """Quiet stretches of ``audio`` as an ``(n, 2)`` int array of ``[start, end)`` samples.
+
+    A frame (10 ms) is quiet when its RMS is below ``quiet_ratio`` times the
+    95th percentile of all frames' RMS (so the level of the recording does not
+    matter); runs of quiet frames of at least ``min_pause_s`` are pauses.
+    Audio without any loud frame (digital silence) has no pauses.
+    """
+    frame = max(1, int(round(FRAME_S * sampling_rate)))
+    n = int(audio.shape[0]) // frame
+    if n == 0:
+        return np.zeros((0, 2), np.int64)
+    frames = np.asarray(audio[: n * frame], np.float32).reshape(n, frame)
+    rms = np.sqrt(np.mean(frames * frames, axis=1))
+    loud = float(np.percentile(rms, 95))
+    if loud <= 0:
+        return np.zeros((0, 2), np.int64)
+    quiet = np.concatenate([[False], rms < quiet_ratio * loud, [False]])
+    edges = np.flatnonzero(quiet[1:] != quiet[:-1])
+    runs = edges.reshape(-1, 2)
+    runs = runs[(runs[:, 1] - runs[:, 0]) * frame >= min_pause_s * sampling_rate]
+    return (runs * frame).astype(np.int64)
+
+
+def pause_windows(
+    audio: np.ndarray,
+    chunk_samples: int,
+    stride_samples: int,
+    input_index: int = 0,
+    sampling_rate: int = SAMPLE_RATE,
+    search_s: float = PAUSE_SEARCH_S,
+    max_overlap_s: float = MAX_OVERLAP_S,
+    min_overlap_s: float = MIN_OVERLAP_S,
+) -> List[Window]:
+    """Windows of at most ``chunk_samples`` that begin and end in pauses (see the module docstring).
+
+    A window ends in the middle of the longest pause within its final
+    ``search_s`` seconds (clipped to the window). The next window starts in
+    the longest pause ``min_overlap_s`` to ``max_overlap_s`` before that end
+    (so the window's last phrases are decoded again, at the start of the next
+    window), or at the end itself if there is none. A window with no pause near its end is cut at
+    ``chunk_samples`` and overlaps the next by ``2 * stride_samples``, as
+    :func:`split_windows` does.
+    """
+    if chunk_samples <= 0 or stride_samples < 0 or chunk_samples - 2 * stride_samples <= 0:
+        raise ValueError(f"bad window geometry: chunk {chunk_samples}, stride {stride_samples}")
+    num_samples = int(audio.shape[0])
+    if num_samples <= 0:
+        return []
+    pauses = find_pauses(audio, sampling_rate)
+    mids = (pauses[:, 0] + pauses[:, 1]) // 2
+    search = int(round(search_s * sampling_rate))
+    max_overlap = int(round(max_overlap_s * sampling_rate))
+    min_overlap = int(round(min_overlap_s * sampling_rate))
+    min_step = chunk_samples // 2  # every window advances by at least half a window
+    out: List[Window] = []
+    start, left = 0, 0
+    while True:
+        limit = start + chunk_samples
+        if limit >= num_samples:
+            out.append(Window(input_index, len(out), start, num_samples, left, 0, num_samples))
+            return out
+        lo = max(start + 1, limit - search)
+        # Pauses overlapping [lo, limit): cut in the middle of the part inside it; the last one wins.
+        inside = np.flatnonzero((pauses[:, 1] > lo) & (pauses[:, 0] < limit))
+        if len(inside) == 0:
+            out.append(Window(input_index, len(out), start, limit, left, stride_samples, num_samples))
+            start, left = limit - 2 * stride_samples, stride_samples
+            continue
+        # The longest pause (likeliest a sentence end, where Whisper ends a window
+        # cleanly); the later one on ties.
+        clipped = np.minimum(pauses[inside, 1], limit) - np.maximum(pauses[inside, 0], lo)
+        k = int(inside[len(inside) - 1 - int(np.argmax(clipped[::-1]))])
+        end = (max(int(pauses[k, 0]), lo) + min(int(pauses[k, 1]), limit)) // 2
+        # The next window starts at the longest pause min_overlap..max_overlap before the end.
+        before = np.flatnonzero((mids < int(pauses[k, 0])) & (mids <= end - min_overlap)
+                                & (mids >= max(end - max_overlap, start + min_step)))
+        if len(before):
+            lengths = pauses[before, 1] - pauses[before, 0]
+            nxt = int(mids[before[len(before) - 1 - int(np.argmax(lengths[::-1]))]])
+        else:
+            nxt = end
+        out.append(Window(input_index, len(out), start, end, left, end - nxt, num_samples))
+        start, left = nxt, 0
 
 
 def windows_for_inputs(
