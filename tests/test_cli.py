@@ -139,7 +139,7 @@ def test_model_that_cannot_load(audio_dir, tmp_path, capsys):
     rc, _, err = run_main(["transcribe", audio_dir / "c.wav", "--model", "nope", "--output_dir", tmp_path,
                            "--gin.TranscribeConfig.pipeline='tests.test_cli:broken_pipeline'"], capsys)
     assert rc == 1 and "cannot set up model 'nope'" in err and "FileNotFoundError" in err
-    rc, _, err = run_main(["transcribe", tmp_path / "empty_dir_missing"], capsys)
+    rc, _, err = run_main(["transcribe", tmp_path / "empty_dir_missing", "--output_dir", tmp_path / "m"], capsys)
     assert rc == 1 and "no such file" in err
     (tmp_path / "empty").mkdir()
     rc, _, err = run_main(["transcribe", tmp_path / "empty", "--output_dir", tmp_path / "o"], capsys)
