@@ -1,0 +1,130 @@
+"""Where the time of a batch goes: encoder per window and one decoding step, ours vs CTranslate2.
+
+The pipeline's cost is (encoder time per window) x windows + (step time) x steps per batch, so these
+two numbers, measured on the same random log-mel batch for both engines, explain the long-form results
+of ``peers.py``. Our step is timed at several self-attention cache lengths (the staged loop of
+``whisper_t5x.decoding`` runs at 160 positions until a row needs more, then at the full 448).
+
+    python benchmarks/profile_steps.py --model base --batch 8 --cache_lengths 448 160 --ct2
+
+Prints one markdown table; with ``--json FILE`` also writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # compile / warm up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def ours(model_name: str, batch: int, cache_lengths, steps: int, repeats: int, dtype: str):
+    import jax
+    import jax.numpy as jnp
+
+    from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
+    from whisper_t5x.model import WhisperModule, init_cache
+
+    dt = getattr(jnp, dtype)
+    model, params = FlaxWhisperForConditionalGeneration.from_pretrained(model_name, dtype=dt, param_dtype=dt,
+                                                                        _do_init=False)
+    module, cfg = model.module, model.config
+    params = jax.device_put(params)
+    feats = jnp.asarray(np.random.RandomState(0).randn(batch, cfg.num_mel_bins, 3000).astype(np.float32) * 0.5,
+                        dtype=dt)
+    encode = jax.jit(lambda p, x: module.apply({"params": p}, x, method=WhisperModule.encode))
+    hidden = encode(params, feats)
+    rows = {"encoder_s_per_window": _median_time(lambda: encode(params, feats).block_until_ready(), repeats) / batch}
+    sot = cfg.special_tokens.sot
+    for length in cache_lengths:
+        first = jax.jit(lambda p, h, n=length: module.apply(
+            {"params": p}, jnp.full((batch, 1), sot, jnp.int32), cache=init_cache(cfg, batch, n, module.dtype),
+            cache_index=0, encoder_hidden=h, method=WhisperModule.decode))
+        out = first(params, hidden)
+
+        def loop(p, cache, cross_kv):
+            def body(i, c):
+                o = module.apply({"params": p}, jnp.full((batch, 1), 220, jnp.int32), cache=c, cache_index=i + 1,
+                                 cross_kv=cross_kv, method=WhisperModule.decode)
+                return o.cache
+            return jax.lax.fori_loop(0, steps, body, cache)
+
+        run = jax.jit(loop)
+        seconds = _median_time(lambda: jax.block_until_ready(run(params, out.cache, out.cross_kv)), repeats)
+        rows[f"step_ms_cache_{length}"] = seconds / steps * 1000
+    return rows
+
+
+def ctranslate2_engine(batch: int, steps: int, repeats: int):
+    import ctranslate2
+
+    sys.path.insert(0, HERE)
+    from peers import export_models, models_dir
+
+    path = export_models(models_dir())["ct2"]
+    model = ctranslate2.models.Whisper(path, device="cpu", compute_type="float32", intra_threads=os.cpu_count() or 1)
+    feats = ctranslate2.StorageView.from_array(np.random.RandomState(0).randn(batch, 80, 3000).astype(np.float32) * 0.5)
+    rows = {"encoder_s_per_window": _median_time(lambda: model.encode(feats, to_cpu=True), repeats) / batch}
+    encoded = model.encode(feats, to_cpu=False)
+    prompt = [[50258, 50259, 50359, 50363]] * batch  # sot, en, transcribe, notimestamps
+    kw = dict(beam_size=1, suppress_blank=False, suppress_tokens=[50257], max_initial_timestamp_index=0)  # no early end
+
+    def generate(n):
+        return model.generate(encoded, prompt, max_length=n, **kw)
+
+    short, long = 4, 4 + steps
+    t_short = _median_time(lambda: generate(short), repeats)
+    t_long = _median_time(lambda: generate(long), repeats)
+    made = min(len(r.sequences_ids[0]) for r in generate(long))
+    rows["step_ms_growing_cache"] = (t_long - t_short) / max(1, made - 1) * 1000
+    rows["steps_measured"] = made
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="base")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--cache_lengths", type=int, nargs="+", default=[448, 160])
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--ct2", action="store_true", help="also time CTranslate2 on the same batch (base only)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    results = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "loadavg_before": os.getloadavg()[0],
+               "ours": ours(args.model, args.batch, args.cache_lengths, args.steps, args.repeats, args.dtype)}
+    if args.ct2:
+        results["ctranslate2"] = ctranslate2_engine(args.batch, args.steps, args.repeats)
+    results["loadavg_after"] = os.getloadavg()[0]
+    print(f"{args.model}, batch {args.batch}, {args.dtype}, load {results['loadavg_before']:.1f} -> "
+          f"{results['loadavg_after']:.1f}\n")
+    print("| engine | measure | value |\n|---|---|---:|")
+    for engine in ("ours", "ctranslate2"):
+        for k, v in results.get(engine, {}).items():
+            print(f"| {engine} | {k} | {v:.3f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
