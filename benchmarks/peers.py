@@ -196,15 +196,13 @@ class OursSequential(System):
         from whisper_t5x import FlaxWhisperPipeline
 
         self.pipe = FlaxWhisperPipeline("base", batch_size=BATCH, fallback=False)
-        self.decoding = ("transcribe_sequential(temperature 0 (no fallback), language en, "
+        self.decoding = ("pipeline(long_form='sequential', temperature 0 (no fallback), language en, "
                          "condition_on_previous_text=True, timestamps), float32")
 
     def transcribe(self, audio):
-        from whisper_t5x.sequential import transcribe_sequential
-
-        out = transcribe_sequential(self.pipe.model, self.pipe.params, [audio], language="en", temperatures=(0.0,),
-                                    batch_size=BATCH)
-        return out[0]["text"]
+        out = self.pipe(audio, task="transcribe", language="en", long_form="sequential", batch_size=BATCH,
+                        generate_kwargs={"temperature": 0.0})
+        return out["text"]
 
 
 class OpenAIWhisper(System):

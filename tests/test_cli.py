@@ -49,8 +49,10 @@ class FakePipeline:
         FakePipeline.instances.append(self)
 
     def __call__(self, inputs, task="transcribe", language=None, return_timestamps=False, return_language=False,
-                 chunk_length_s=30.0, stride_length_s=None, batch_size=None, generate_kwargs=None, progress=None):
-        FakePipeline.calls.append(dict(n=len(inputs), task=task, batch_size=batch_size, timestamps=return_timestamps))
+                 chunk_length_s=30.0, stride_length_s=None, batch_size=None, generate_kwargs=None, progress=None,
+                 long_form="chunked"):
+        FakePipeline.calls.append(dict(n=len(inputs), task=task, batch_size=batch_size, timestamps=return_timestamps,
+                                       long_form=long_form))
         out = []
         for x in inputs:
             n = len(x["array"])
@@ -362,3 +364,12 @@ def test_two_processes_tiny_en(tmp_path):
     assert sorted(os.listdir(out)) == ["config.gin"] + [f"jfk{i}.txt" for i in range(4)]
     assert "ask not" in (out / "jfk3.txt").read_text().lower()
     assert all("2 file(s) transcribed" in o for o in outs)
+
+
+def test_long_form_flag_reaches_the_pipeline_and_is_validated(audio_dir, tmp_path, capsys):
+    fake = "--gin.TranscribeConfig.pipeline='tests.test_cli:FakePipeline'"
+    rc, _, _ = run_main(["transcribe", audio_dir / "c.wav", "--output_dir", tmp_path / "o", fake,
+                         "--long_form", "sequential"], capsys)
+    assert rc == 0 and [c["long_form"] for c in FakePipeline.calls] == ["sequential"]
+    with pytest.raises(ValueError, match="long_form"):
+        launch.TranscribeConfig(long_form="seek")

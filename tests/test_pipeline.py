@@ -65,6 +65,13 @@ def check_timestamps(out, duration):
 
 
 # ---------------------------------------------------------------- pure helpers
+def test_temperature_schedule():
+    assert fb.temperature_schedule(None, (0.0, 0.2)) == (0.0, 0.2)
+    assert fb.temperature_schedule(0.5, (0.0, 0.2)) == (0.5,)
+    assert fb.temperature_schedule([0, 0.4], (0.0,)) == (0.0, 0.4)
+    assert fb.temperature_schedule(np.array([0.1, 0.3]), (0.0,)) == (0.1, 0.3)
+
+
 def test_compression_ratio_and_judge():
     cfg = fb.FallbackConfig()
     assert fb.compression_ratio("") == 0.0

@@ -25,7 +25,7 @@ import dataclasses
 import zlib
 from typing import Optional, Sequence, Tuple
 
-__all__ = ["FallbackConfig", "compression_ratio", "judge", "better", "OK", "RETRY", "SILENT"]
+__all__ = ["FallbackConfig", "compression_ratio", "judge", "better", "temperature_schedule", "OK", "RETRY", "SILENT"]
 
 OK, RETRY, SILENT = "ok", "retry", "silent"
 
@@ -81,3 +81,13 @@ def better(a_text: str, a_logprob: float, b_text: str, b_logprob: float, cfg: Fa
     if a_rep != b_rep:
         return not a_rep
     return a_logprob > b_logprob
+
+
+def temperature_schedule(temperature, default: Tuple[float, ...]) -> Tuple[float, ...]:
+    """The ``temperature`` argument of the pipelines as a schedule: ``None`` -> ``default``,
+    a number -> that temperature only (no fallback), a sequence -> the fallback schedule."""
+    if temperature is None:
+        return tuple(default)
+    if isinstance(temperature, (list, tuple)) or hasattr(temperature, "__array__"):
+        return tuple(float(t) for t in temperature)
+    return (float(temperature),)

@@ -665,16 +665,10 @@ class _CallContext:
         max_length = gk.get("max_length", pipe.max_length)
         if gk.get("max_new_tokens") is not None:
             max_length = int(gk["max_new_tokens"]) + 4  # + sot, language, task, notimestamps
-        temperature = gk.get("temperature", None)
         base = pipe.fallback
         thresholds = {k: gk[k] for k in ("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold")
                       if k in gk}
-        if temperature is None:
-            temps = base.temperatures
-        elif isinstance(temperature, (list, tuple, np.ndarray)):
-            temps = tuple(float(t) for t in temperature)
-        else:
-            temps = (float(temperature),)
+        temps = fb.temperature_schedule(gk.get("temperature"), base.temperatures)
         self.fallback = dataclasses.replace(base, temperatures=temps, **thresholds)
         self.first_temperature = self.fallback.temperatures[0]
         self._kwargs = dict(

@@ -622,13 +622,7 @@ def pipeline_word_timestamps(
     else:
         items, single = [inputs], True
     base = pipe.fallback
-    temperature = gk.get("temperature")
-    if temperature is None:
-        temps = base.temperatures
-    elif isinstance(temperature, (list, tuple, np.ndarray)):
-        temps = tuple(float(t) for t in temperature)
-    else:
-        temps = (float(temperature),)
+    temps = fb.temperature_schedule(gk.get("temperature"), base.temperatures)
     results = transcribe_sequential(
         pipe.model, pipe.params, items, language=language, task=task or "transcribe",
         condition_on_previous_text=gk.get("condition_on_previous_text", True),
