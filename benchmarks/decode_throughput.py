@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from whisper_t5x.audio import load_audio  # noqa: E402
-from whisper_t5x.features import log_mel_spectrogram_np  # noqa: E402
-from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration  # noqa: E402
+from whisper_t5x.audio.loading import load_audio  # noqa: E402
+from whisper_t5x.audio.features import log_mel_spectrogram_np  # noqa: E402
+from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration  # noqa: E402
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "samples", "jfk.flac")
 

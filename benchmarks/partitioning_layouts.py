@@ -50,9 +50,9 @@ def main():
     from jax.sharding import PartitionSpec as P
 
     import partitioning as pt
-    from whisper_t5x.config import WhisperConfig
-    from whisper_t5x.model import WhisperModule
-    from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
+    from whisper_t5x.model.config import WhisperConfig
+    from whisper_t5x.model.whisper import WhisperModule
+    from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
     warnings.simplefilter("ignore", pt.UnevenShardingWarning)
     cfg = WhisperConfig.for_architecture(args.model)

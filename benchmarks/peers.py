@@ -426,7 +426,7 @@ def fmt_dur(seconds: float) -> str:
 def prepare_audio(durations: List[float], audio_file: Optional[str], tmp: str) -> List[dict]:
     clips = []
     if audio_file:
-        from whisper_t5x.audio import load_audio
+        from whisper_t5x.audio.loading import load_audio
 
         audio = load_audio(audio_file)
         ref_path = os.path.splitext(audio_file)[0] + ".txt"

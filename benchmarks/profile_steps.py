@@ -3,7 +3,7 @@
 The pipeline's cost is (encoder time per window) x windows + (step time) x steps per batch, so these
 two numbers, measured on the same random log-mel batch for both engines, explain the long-form results
 of ``peers.py``. Our step is timed at several self-attention cache lengths (the staged loop of
-``whisper_t5x.decoding`` runs at 160 positions until a row needs more, then at the full 448).
+``whisper_t5x.decoding.generate`` runs at 160 positions until a row needs more, then at the full 448).
 
     python benchmarks/profile_steps.py --model base --batch 8 --cache_lengths 448 160 --ct2
 
@@ -39,8 +39,8 @@ def ours(model_name: str, batch: int, cache_lengths, steps: int, repeats: int, d
     import jax
     import jax.numpy as jnp
 
-    from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
-    from whisper_t5x.model import WhisperModule, init_cache
+    from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
+    from whisper_t5x.model.whisper import WhisperModule, init_cache
 
     dt = getattr(jnp, dtype)
     model, params = FlaxWhisperForConditionalGeneration.from_pretrained(model_name, dtype=dt, param_dtype=dt,

@@ -1,6 +1,6 @@
 """REST throughput of the endpoint: audio seconds transcribed per wall second at 1, 4 and 8 clients.
 
-Starts ``python -m whisper_t5x.serving`` on a free local port (or uses
+Starts ``python -m whisper_t5x.app.serving`` on a free local port (or uses
 ``--url``), waits for ``/health`` (warm-up compiled), then for each client
 count runs that many concurrent clients, each posting ``--requests`` files to
 ``/v1/audio/transcriptions`` back to back (files taken round-robin from
@@ -42,7 +42,7 @@ SAMPLE = os.path.join(HERE, "..", "samples", "jfk.flac")
 
 
 def duration_s(path: str) -> float:
-    from whisper_t5x.audio import get_duration
+    from whisper_t5x.audio.loading import get_duration
 
     return get_duration(path)
 
@@ -79,8 +79,8 @@ def run_clients(url, files, clients, requests, api_key, timeout):
 
 def window_cost(model, batch_size, dtype, path, reps=3):
     """Seconds per window of the pipeline at batch 1 and ``batch_size`` (best of ``reps`` calls, compiled first)."""
-    from whisper_t5x.audio import load_audio
-    from whisper_t5x.serving.service import ServingSettings, _build_pipeline
+    from whisper_t5x.audio.loading import load_audio
+    from whisper_t5x.app.serving.service import ServingSettings, _build_pipeline
 
     settings = ServingSettings(model=model, max_batch_size=batch_size, **({"dtype": dtype} if dtype else {}))
     pipe = _build_pipeline(settings)

@@ -9,7 +9,7 @@ replicated. This is the same resolution flax's ``logical_to_mesh_axes`` uses for
 activations, so parameters and activations follow one rule table.
 
 The names used by the Whisper model are listed in :data:`MODEL_AXIS_NAMES`
-(a copy of ``whisper_t5x.axes.ALL_NAMES``; this package never imports the
+(a copy of ``whisper_t5x.model.axes.ALL_NAMES``; this package never imports the
 model). Every named rule set below maps each of them explicitly, so nothing is
 replicated by accident. A name that no rule mentions is reported by the
 partitioner (see :func:`unmapped_names`).
@@ -29,7 +29,7 @@ DATA = "data"
 MODEL = "model"
 MESH_AXES = (DATA, MODEL)
 
-#: The logical axis vocabulary of the Whisper model (``whisper_t5x/axes.py``).
+#: The logical axis vocabulary of the Whisper model (``whisper_t5x/model/axes.py``).
 MODEL_AXIS_NAMES: Tuple[str, ...] = (
     "batch",
     "length",

@@ -55,7 +55,7 @@ def flax_twin(name, scan_layers=False, seed=0, init_std=0.2, dtype=None):
     """(model, params) of our implementation loaded from the saved HF model."""
     import jax.numpy as jnp
 
-    from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
+    from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
     return FlaxWhisperForConditionalGeneration.from_pretrained(
         saved_hf_dir(name, seed, init_std), dtype=dtype or jnp.float32, _do_init=False, scan_layers=scan_layers
@@ -68,7 +68,7 @@ def random_features(batch, n_mels, seed=0):
 
 def configure_hf_generation(model):
     """Give a random-init transformers model the generation config of a real Whisper checkpoint."""
-    from whisper_t5x.config import SpecialTokens
+    from whisper_t5x.model.config import SpecialTokens
 
     special = SpecialTokens.for_vocab_size(model.config.vocab_size)
     gc = model.generation_config

@@ -38,7 +38,7 @@ def get_json(url: str, timeout: float = 5.0):
 
 
 class ServerProcess:
-    """``python -m whisper_t5x.serving ARGS --host 127.0.0.1 --port <free>`` in a subprocess.
+    """``python -m whisper_t5x.app.serving ARGS --host 127.0.0.1 --port <free>`` in a subprocess.
 
     ``health_log`` records every ``/health`` answer seen while waiting for
     readiness (so tests can check the server was not ready before warm-up).
@@ -48,7 +48,7 @@ class ServerProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="whisper_t5x-serve-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "whisper_t5x.serving", *args, "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "whisper_t5x.app.serving", *args, "--host", "127.0.0.1", "--port", str(self.port)]
         full_env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
         full_env.update(env or {})
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=full_env,

@@ -47,7 +47,7 @@ SPANISH_TEXT = (
 
 def synthesize(text, voice="en", speed=150):
     """``text`` spoken by espeak-ng, as a 16 kHz mono float32 array (cached across runs)."""
-    from whisper_t5x.audio import load_audio
+    from whisper_t5x.audio.loading import load_audio
 
     if ESPEAK is None:
         pytest.skip("espeak-ng not installed")

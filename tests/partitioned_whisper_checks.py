@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import partitioning as pt  # noqa: E402
-from whisper_t5x.config import WhisperConfig  # noqa: E402
-from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration  # noqa: E402
+from whisper_t5x.model.config import WhisperConfig  # noqa: E402
+from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration  # noqa: E402
 
 # Heads, MLP and joined_kv divide by 8 so model parallelism really splits them.
 CONFIG = WhisperConfig(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=8,

@@ -1,4 +1,4 @@
-"""Word-level timestamps (whisper_t5x.alignment): numerics against openai-whisper, then real speech."""
+"""Word-level timestamps (whisper_t5x.longform.alignment): numerics against openai-whisper, then real speech."""
 
 import difflib
 import functools
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests._speech import needs_espeak, normalize, synthesize
-from whisper_t5x import alignment as al
+from whisper_t5x.longform import alignment as al
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JFK = os.path.join(ROOT, "samples", "jfk.flac")
@@ -16,7 +16,7 @@ JFK = os.path.join(ROOT, "samples", "jfk.flac")
 
 @functools.lru_cache(maxsize=None)
 def base():
-    from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
+    from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
     return FlaxWhisperForConditionalGeneration.from_pretrained("base", _do_init=False)
 
@@ -141,7 +141,7 @@ def test_trim_leading_silence():
 
 # ----------------------------------------------------------------------------- real speech
 def _decode(model, params, audio):
-    from whisper_t5x.features import log_mel_spectrogram_np
+    from whisper_t5x.audio.features import log_mel_spectrogram_np
 
     feats = log_mel_spectrogram_np([audio], model.config.num_mel_bins)
     out = model.generate(feats, params=params, language="en", return_timestamps=True)
@@ -160,7 +160,7 @@ def _matched_starts(words_a, words_b):
 
 
 def test_jfk_word_starts_match_openai_whisper():
-    from whisper_t5x.audio import load_audio
+    from whisper_t5x.audio.loading import load_audio
 
     model, params = base()
     audio = load_audio(JFK)

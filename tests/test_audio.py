@@ -1,4 +1,4 @@
-"""Tests for whisper_t5x.audio: every input form, resampling, mixing and every error."""
+"""Tests for whisper_t5x.audio.loading: every input form, resampling, mixing and every error."""
 
 import io
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests._audio_helpers import JFK_FLAC, needs_jfk
-from whisper_t5x import audio
-from whisper_t5x.audio import AudioError, get_duration, load_audio
+from whisper_t5x.audio import loading as audio
+from whisper_t5x.audio.loading import AudioError, get_duration, load_audio
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from whisper_t5x.checkpoints import (
     to_loop_layout,
     to_scan_layout,
 )
-from whisper_t5x.config import WhisperConfig
+from whisper_t5x.model.config import WhisperConfig
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -20,7 +20,7 @@ import wave
 import numpy as np
 import pytest
 
-from whisper_t5x import launch
+from whisper_t5x.app import launch
 from whisper_t5x import main as cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -238,9 +238,9 @@ def test_serve_dispatch(monkeypatch, capsys):
     import types
 
     seen = []
-    fake = types.ModuleType("whisper_t5x.serving")
+    fake = types.ModuleType("whisper_t5x.app.serving")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "whisper_t5x.serving", fake)
+    monkeypatch.setitem(sys.modules, "whisper_t5x.app.serving", fake)
     assert cli.main(["whisper-t5x", "serve", "--port", "9000"]) == 0
     assert seen == [["whisper-t5x", "--port", "9000"]]
     del fake.main

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests import _hf_models as H
-from whisper_t5x import beam_search
+from whisper_t5x.decoding import beam as beam_search
 
 MAX_NEW = 20
 
@@ -140,7 +140,7 @@ def test_bad_arguments_are_clear_errors():
 
 def test_rows_longer_than_the_first_cache_stages_match_transformers():
     """Rows of 280 tokens cross the cache growth (at 160 positions) of the staged loop."""
-    from whisper_t5x import decoding
+    from whisper_t5x.decoding import generate as decoding
 
     name, new = "multilingual-80", 280
     model, params = H.flax_twin(name)

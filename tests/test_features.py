@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests._audio_helpers import JFK_FLAC, needs_jfk
-from whisper_t5x.features import (
+from whisper_t5x.audio.features import (
     N_FRAMES,
     N_SAMPLES,
     FeatureExtractor,
@@ -30,7 +30,7 @@ HFExtractor = transformers.WhisperFeatureExtractor
 
 @pytest.fixture(scope="module")
 def waves():
-    from whisper_t5x.audio import load_audio
+    from whisper_t5x.audio.loading import load_audio
 
     rng = np.random.default_rng(0)
     out = {

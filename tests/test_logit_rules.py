@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from whisper_t5x import logit_rules as R
+from whisper_t5x.decoding import logit_rules as R
 
 TS, EOT, NO_TS = 20, 10, 19  # a toy vocabulary: text < 10, eot 10, specials, timestamps >= 20
 V = 30

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests import _hf_models as H
-from whisper_t5x import axes as A
-from whisper_t5x.model import WhisperModule, init_cache
+from whisper_t5x.model import axes as A
+from whisper_t5x.model.whisper import WhisperModule, init_cache
 
 TOL = 1e-4
 

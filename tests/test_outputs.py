@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from whisper_t5x import outputs as O
+from whisper_t5x.app import writers as O
 
 RESULT = {
     "text": " Hello there. General Kenobi!",

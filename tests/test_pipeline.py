@@ -16,8 +16,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _speech import LONG_TEXT, SPANISH_TEXT, needs_espeak, normalize, synthesize, wer  # noqa: E402
 
-from whisper_t5x import compile_cache, fallback as fb  # noqa: E402
-from whisper_t5x.audio import AudioError  # noqa: E402
+from whisper_t5x import compile_cache  # noqa: E402
+
+from whisper_t5x.longform import fallback as fb
+from whisper_t5x.audio.loading import AudioError  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JFK = os.path.join(REPO, "samples", "jfk.flac")
@@ -46,7 +48,7 @@ def base():
 
 @pytest.fixture(scope="module")
 def jfk_audio():
-    from whisper_t5x.audio import load_audio
+    from whisper_t5x.audio.loading import load_audio
 
     return load_audio(JFK)
 
@@ -143,7 +145,7 @@ def test_input_kinds(tiny, jfk_audio):
     with open(JFK, "rb") as f:
         data = f.read()
     # 44.1 kHz stereo, channels slightly different: mixed to mono and resampled.
-    from whisper_t5x.audio import resample
+    from whisper_t5x.audio.loading import resample
 
     hi = resample(jfk_audio, SR, 44100)
     stereo = np.stack([hi * 0.9, hi * 1.1], axis=1)

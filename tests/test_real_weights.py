@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from whisper_t5x.audio import load_audio
-from whisper_t5x.features import log_mel_spectrogram_np
-from whisper_t5x.model import WhisperModule, init_cache
+from whisper_t5x.audio.loading import load_audio
+from whisper_t5x.audio.features import log_mel_spectrogram_np
+from whisper_t5x.model.whisper import WhisperModule, init_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JFK = os.path.join(ROOT, "samples", "jfk.flac")
@@ -48,7 +48,7 @@ def ct2_dir(name, tmp_root="/tmp/whisper_t5x_test_ct2"):
 
 @functools.lru_cache(maxsize=None)
 def ours(name):
-    from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
+    from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
     return FlaxWhisperForConditionalGeneration.from_pretrained(name, _do_init=False)
 

@@ -26,7 +26,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_model_usage_snippet(model_dir):
-    from whisper_t5x.audio import load_audio
+    from whisper_t5x.audio.loading import load_audio
 
     ds = [{"audio": {"array": load_audio(os.path.join(ROOT, "samples", "jfk.flac")), "sampling_rate": 16000}}]
 
@@ -118,8 +118,8 @@ def test_model_partitioning_flow_of_the_seed():
 
     from partitioning import InferenceState, PjitPartitioner
     from whisper_t5x import FlaxWhisperForConditionalGeneration
-    from whisper_t5x.audio import load_audio
-    from whisper_t5x.features import log_mel_spectrogram_np
+    from whisper_t5x.audio.loading import load_audio
+    from whisper_t5x.audio.features import log_mel_spectrogram_np
 
     model, params = FlaxWhisperForConditionalGeneration.from_pretrained("tiny.en", _do_init=False)
     input_features = log_mel_spectrogram_np([load_audio(os.path.join(ROOT, "samples", "jfk.flac"))])

@@ -1,4 +1,4 @@
-"""Sequential long-form mode (whisper_t5x.sequential): seek logic, features, batching, openai-whisper parity."""
+"""Sequential long-form mode (whisper_t5x.longform.sequential): seek logic, features, batching, openai-whisper parity."""
 
 import functools
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests._speech import LONG_TEXT, needs_espeak, normalize, synthesize, wer
-from whisper_t5x import sequential as sq
+from whisper_t5x.longform import sequential as sq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JFK = os.path.join(ROOT, "samples", "jfk.flac")
@@ -75,7 +75,7 @@ def test_file_log_mel_matches_openai_whisper():
 # ----------------------------------------------------------------------------- real models
 @functools.lru_cache(maxsize=None)
 def load(name):
-    from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
+    from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
     return FlaxWhisperForConditionalGeneration.from_pretrained(name, _do_init=False)
 
@@ -86,7 +86,7 @@ SHORT_TEXT = LONG_TEXT[:LONG_TEXT.index("the rocks.") + 10]  # about 37 s: two w
 @needs_espeak
 def test_batched_files_match_files_alone():
     """Two files in one batch (rows leave at different steps) give what each gives alone; words included."""
-    from whisper_t5x.audio import load_audio
+    from whisper_t5x.audio.loading import load_audio
 
     model, params = load("tiny.en")
     speech, jfk = synthesize(SHORT_TEXT), load_audio(JFK)
@@ -114,7 +114,7 @@ def test_pipeline_word_timestamps_helper():
     """What ``FlaxWhisperPipeline(..., return_timestamps="word")`` returns through the helper."""
     from types import SimpleNamespace
 
-    from whisper_t5x.fallback import FallbackConfig
+    from whisper_t5x.longform.fallback import FallbackConfig
 
     model, params = load("tiny.en")
     pipe = SimpleNamespace(model=model, params=params, fallback=FallbackConfig(), batch_size=4)

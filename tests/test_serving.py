@@ -1,10 +1,10 @@
-"""The transcription endpoint (whisper_t5x.serving): batcher, REST API, Gradio client, browser.
+"""The transcription endpoint (whisper_t5x.app.serving): batcher, REST API, Gradio client, browser.
 
 Three layers, fastest first:
 
 * the batcher and the API's limits/errors against a fake pipeline (in-process,
   no model, milliseconds);
-* one real ``python -m whisper_t5x.serving --model tiny.en`` subprocess on a
+* one real ``python -m whisper_t5x.app.serving --model tiny.en`` subprocess on a
   free port (module fixture, always stopped): health, every response format,
   the Gradio client, 8 concurrent clients plus a corrupt upload, the API key;
 * headless Chromium driving the UI (skipped without Playwright or chromium;
@@ -32,8 +32,8 @@ pytest.importorskip("httpx")
 import httpx  # noqa: E402
 
 from tests._server_helpers import REPO, ServerProcess  # noqa: E402
-from whisper_t5x.serving.batcher import Batcher, DecodeOptions, QueueFull  # noqa: E402
-from whisper_t5x.serving.service import Service, ServingSettings  # noqa: E402
+from whisper_t5x.app.serving.batcher import Batcher, DecodeOptions, QueueFull  # noqa: E402
+from whisper_t5x.app.serving.service import Service, ServingSettings  # noqa: E402
 
 JFK = os.path.join(REPO, "samples", "jfk.flac")
 JFK_TEXT = "And so my fellow Americans ask not what your country can do for you ask what you can do for your country"
@@ -76,7 +76,7 @@ class FakeTokenizer:
     num_languages = 99
 
     def language_code(self, language):
-        from whisper_t5x.languages import to_code
+        from whisper_t5x.text.languages import to_code
 
         return to_code(language)
 
@@ -115,7 +115,7 @@ class FakePipeline:
             n = a.shape[0]
             d = n / 16000
             seg = {"timestamp": (0.0, d), "text": f" n={n}"}
-            if return_timestamps == "word":  # as whisper_t5x.sequential.pipeline_word_timestamps
+            if return_timestamps == "word":  # as whisper_t5x.longform.sequential.pipeline_word_timestamps
                 out.append({"text": f" n={n}", "chunks": [{"timestamp": (0.0, d / 2), "text": " n="},
                                                           {"timestamp": (d / 2, d), "text": f" {n}"}],
                             "segments": [seg], "language": "en"})
@@ -255,7 +255,7 @@ def test_batcher_queue_limit_and_cancelled_requests():
 def fake_app():
     from fastapi.testclient import TestClient
 
-    from whisper_t5x.serving import create_app
+    from whisper_t5x.app.serving import create_app
 
     def make(**overrides):
         settings = ServingSettings(model="fake", ui=False, warmup=False, max_upload_mb=0.5, max_audio_s=5.0,
@@ -357,7 +357,7 @@ def test_api_key_and_timeout_fake_pipeline(fake_app):
 def test_health_not_ready_until_started():
     from fastapi.testclient import TestClient
 
-    from whisper_t5x.serving import create_app
+    from whisper_t5x.app.serving import create_app
 
     service = Service(ServingSettings(model="fake", ui=False, warmup=False), pipeline=FakePipeline())
     with TestClient(create_app(service, start=False)) as client:
@@ -369,8 +369,8 @@ def test_health_not_ready_until_started():
 
 
 def test_settings_from_flags_and_gin(monkeypatch):
-    from whisper_t5x.launch import GinConfigError
-    from whisper_t5x.serving.server import settings_from_args
+    from whisper_t5x.app.launch import GinConfigError
+    from whisper_t5x.app.serving.server import settings_from_args
 
     monkeypatch.delenv("WHISPER_T5X_API_KEY", raising=False)
     s = settings_from_args(["--gin.ServeConfig.max_batch_size=16", "--gin.PORT=9001", "--model", "tiny.en",

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from whisper_t5x.stitching import Seam, find_seam, majority_language, parse_window, stitch
-from whisper_t5x.windows import split_windows, window_params
+from whisper_t5x.longform.stitching import Seam, find_seam, majority_language, parse_window, stitch
+from whisper_t5x.longform.windows import split_windows, window_params
 
 SR = 16000
 EOT, TS = 50257, 50364  # multilingual layout: <|endoftext|>, <|0.00|>
@@ -195,7 +195,7 @@ def _utterances(n, vocab=None, seed=0):
 def _pause_layout(bounds, overlaps, total_s):
     """Windows ``[bounds[i], bounds[i+1] + overlaps[i])`` (seconds): each ends in a pause and the
     next starts ``overlaps[i]`` earlier, in the pause before the last utterance."""
-    from whisper_t5x.windows import Window
+    from whisper_t5x.longform.windows import Window
 
     n = int(total_s * SR)
     wins = []

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tests._audio_helpers import EN_TOKENIZER, ML_TOKENIZER, jfk_text, make_large_v3_tokenizer_json, require
-from whisper_t5x import languages
-from whisper_t5x.config import SpecialTokens
-from whisper_t5x.tokenizer import Segment, WhisperTokenizer
+from whisper_t5x.text import languages
+from whisper_t5x.model.config import SpecialTokens
+from whisper_t5x.text.tokenizer import Segment, WhisperTokenizer
 
 SPECIAL_FIELDS = ("eot", "sot", "translate", "transcribe", "sot_lm", "sot_prev", "no_speech", "no_timestamps",
                   "timestamp_begin")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from whisper_t5x.windows import (
+from whisper_t5x.longform.windows import (
     Batch,
     bucket_size,
     pack_batches,
@@ -134,7 +134,7 @@ def _quiet(audio, sample, sr=16000):
 
 
 def test_find_pauses_finds_the_silences_longer_than_the_minimum():
-    from whisper_t5x.windows import find_pauses
+    from whisper_t5x.longform.windows import find_pauses
 
     audio = _bursts([2, -0.5, 2, -0.05, 2, -1.0, 1])  # the 50 ms gap is not a pause
     pauses = find_pauses(audio) / 16000
@@ -144,7 +144,7 @@ def test_find_pauses_finds_the_silences_longer_than_the_minimum():
 
 
 def test_pause_windows_cut_in_pauses_overlap_by_the_last_utterance_and_tile_the_audio():
-    from whisper_t5x.windows import pause_windows
+    from whisper_t5x.longform.windows import pause_windows
 
     # 3-4 s utterances separated by 0.4 s pauses, 95 s in all.
     pattern = []
@@ -166,7 +166,7 @@ def test_pause_windows_cut_in_pauses_overlap_by_the_last_utterance_and_tile_the_
 
 
 def test_pause_windows_fall_back_to_fixed_overlap_without_pauses():
-    from whisper_t5x.windows import pause_windows
+    from whisper_t5x.longform.windows import pause_windows
 
     audio = _bursts([70.0])
     chunk, stride = 30 * 16000, 5 * 16000

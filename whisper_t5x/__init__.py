@@ -9,13 +9,13 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "WhisperConfig": "whisper_t5x.config",
-    "FlaxWhisperForConditionalGeneration": "whisper_t5x.modeling",
+    "WhisperConfig": "whisper_t5x.model.config",
+    "FlaxWhisperForConditionalGeneration": "whisper_t5x.model.pretrained",
     "FlaxWhisperPipeline": "whisper_t5x.pipeline",
     "FlaxWhisperPipline": "whisper_t5x.pipeline",
-    "WhisperTokenizer": "whisper_t5x.tokenizer",
-    "load_audio": "whisper_t5x.audio",
-    "log_mel_spectrogram": "whisper_t5x.features",
+    "WhisperTokenizer": "whisper_t5x.text.tokenizer",
+    "load_audio": "whisper_t5x.audio.loading",
+    "log_mel_spectrogram": "whisper_t5x.audio.features",
     "load_checkpoint": "whisper_t5x.checkpoints",
 }
 

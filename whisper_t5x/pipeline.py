@@ -10,9 +10,9 @@
 
 How a call runs
 ---------------
-1. A background thread loads each input (:func:`whisper_t5x.audio.load_audio`:
+1. A background thread loads each input (:func:`whisper_t5x.audio.loading.load_audio`:
    ffmpeg for paths/bytes, soxr for dicts at other rates, channels averaged),
-   cuts it into overlapping windows (:mod:`whisper_t5x.windows`, 30 s with 5 s
+   cuts it into overlapping windows (:mod:`whisper_t5x.longform.windows`, 30 s with 5 s
    strides by default), packs the windows of *all* inputs into batches of
    ``batch_size`` rows and computes their log-mel features. Only the last batch
    is short; it is padded to the next power of two (at most ``batch_size``)
@@ -22,10 +22,10 @@ How a call runs
    while the device works (JAX dispatch is asynchronous), fetches and stitches
    the previous batch; the loader thread meanwhile prepares the next batch.
 3. Each window's greedy transcript is checked on the host (temperature
-   fallback, :mod:`whisper_t5x.fallback`, on by default like openai-whisper):
+   fallback, :mod:`whisper_t5x.longform.fallback`, on by default like openai-whisper):
    rejected windows, and only those, are decoded again by sampling at
    temperatures 0.2 ... 1.0; windows judged silent give no text.
-4. Per input, the window transcripts are stitched (:mod:`whisper_t5x.stitching`)
+4. Per input, the window transcripts are stitched (:mod:`whisper_t5x.longform.stitching`)
    into ``{"text", "chunks"}`` with absolute, monotonic timestamps.
 
 Language: with ``language=None`` a multilingual checkpoint detects the language
@@ -52,10 +52,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from whisper_t5x import compile_cache, fallback as fb
-from whisper_t5x.audio import SAMPLE_RATE, AudioError, load_audio
-from whisper_t5x.stitching import WindowTranscript, parse_window, stitch
-from whisper_t5x.windows import Batch, Window, bucket_size, pause_windows, split_windows, window_params
+from whisper_t5x import compile_cache
+
+from whisper_t5x.longform import fallback as fb
+from whisper_t5x.audio.loading import SAMPLE_RATE, AudioError, load_audio
+from whisper_t5x.longform.stitching import WindowTranscript, parse_window, stitch
+from whisper_t5x.longform.windows import Batch, Window, bucket_size, pause_windows, split_windows, window_params
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ class FlaxWhisperPipeline:
       compile_cache: ``True`` (default: JAX's persistent compilation cache in
         ``~/.cache/whisper_t5x/jax`` or ``$WHISPER_T5X_CACHE``, see
         :mod:`whisper_t5x.compile_cache`), a directory, or ``False``.
-      fallback: a :class:`whisper_t5x.fallback.FallbackConfig` (default: on,
+      fallback: a :class:`whisper_t5x.longform.fallback.FallbackConfig` (default: on,
         openai-whisper's thresholds), or ``False`` for greedy decoding only.
       feature_backend: ``"numpy"`` (host, float64, in the loader thread),
         ``"jax"`` (on the device) or ``"auto"`` (numpy on CPU, jax on
@@ -140,7 +142,7 @@ class FlaxWhisperPipeline:
         from its last timestamp (see :meth:`_continue_early_stops`).
       cut_at_pauses: begin and end windows in pauses of the speech where there
         are any (neighbours overlap by 2-5 s; see
-        :func:`whisper_t5x.windows.pause_windows`) instead of the fixed
+        :func:`whisper_t5x.longform.windows.pause_windows`) instead of the fixed
         overlapping layout of ``chunk_length_s`` / ``stride_length_s``, which
         is then used only where no pause is found; only when decoding with
         timestamps. Default False: on 10 min of espeak-ng speech (``base``)
@@ -164,7 +166,7 @@ class FlaxWhisperPipeline:
         continue_early_stops: bool = True,
         cut_at_pauses: bool = False,
     ):
-        from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
+        from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
         if compile_cache is not False:
             _compile_cache_module().enable_compile_cache(
@@ -273,7 +275,7 @@ class FlaxWhisperPipeline:
         else:
             from jax.sharding import PartitionSpec as P
 
-            from whisper_t5x import decoding
+            from whisper_t5x.decoding import generate as decoding
 
             module = self.model.module
 
@@ -290,7 +292,7 @@ class FlaxWhisperPipeline:
 
     def _features_on_device(self, audio: np.ndarray) -> Any:
         if self._jit_features is None:
-            from whisper_t5x.features import log_mel_spectrogram
+            from whisper_t5x.audio.features import log_mel_spectrogram
 
             n_mels = self.n_mels
             self._jit_features = jax.jit(lambda x: log_mel_spectrogram(x, n_mels=n_mels))
@@ -305,7 +307,7 @@ class FlaxWhisperPipeline:
     # ------------------------------------------------------------------ host side
     def _window_features(self, clips: List[np.ndarray], rows: Sequence[Optional[Window]]) -> np.ndarray:
         """Features (or, for device features, padded audio) of a batch; padding rows repeat the last window."""
-        from whisper_t5x.features import N_SAMPLES, log_mel_spectrogram_np, pad_or_trim
+        from whisper_t5x.audio.features import N_SAMPLES, log_mel_spectrogram_np, pad_or_trim
 
         clips = list(clips) + [clips[-1]] * (len(rows) - len(clips))
         if self.feature_backend == "jax":
@@ -468,11 +470,11 @@ class FlaxWhisperPipeline:
         each window starts at the previous one's last complete timestamp and
         is conditioned on its text; inputs share batches, windows of one input
         run one after another; ``chunks`` are its segments; see
-        :mod:`whisper_t5x.sequential`).
+        :mod:`whisper_t5x.longform.sequential`).
 
         ``return_timestamps="word"``: word-level timestamps; the inputs are
         then decoded with the sequential long-form algorithm
-        (:func:`whisper_t5x.sequential.pipeline_word_timestamps`) and
+        (:func:`whisper_t5x.longform.sequential.pipeline_word_timestamps`) and
         ``chunks`` holds one ``{"text": word, "timestamp": (start, end)}`` per
         word.
 
@@ -494,7 +496,7 @@ class FlaxWhisperPipeline:
         if long_form not in ("chunked", "sequential"):
             raise ValueError(f"long_form must be 'chunked' or 'sequential', got {long_form!r}")
         if long_form == "sequential" and not isinstance(return_timestamps, str):
-            from whisper_t5x.sequential import pipeline_word_timestamps
+            from whisper_t5x.longform.sequential import pipeline_word_timestamps
 
             return pipeline_word_timestamps(self, inputs, task=task, language=language,
                                             return_language=return_language, batch_size=batch_size,
@@ -502,7 +504,7 @@ class FlaxWhisperPipeline:
         if isinstance(return_timestamps, str):
             if return_timestamps != "word":
                 raise ValueError(f"return_timestamps must be True, False or 'word', got {return_timestamps!r}")
-            from whisper_t5x.sequential import pipeline_word_timestamps
+            from whisper_t5x.longform.sequential import pipeline_word_timestamps
 
             return pipeline_word_timestamps(self, inputs, task=task, language=language,
                                             return_language=return_language, batch_size=batch_size,
@@ -523,7 +525,7 @@ class FlaxWhisperPipeline:
         stop = threading.Event()
         thread = threading.Thread(
             target=self._producer,
-            # Pause-aligned seams rely on timestamps to place the cut (see whisper_t5x.stitching.find_seam).
+            # Pause-aligned seams rely on timestamps to place the cut (see whisper_t5x.longform.stitching.find_seam).
             args=(items, chunk, stride, batch_size, out_q, infos, stop, store,
                   self.cut_at_pauses and ctx.return_timestamps),
             name="whisper_t5x-loader", daemon=True,

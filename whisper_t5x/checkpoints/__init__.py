@@ -2,7 +2,7 @@
 
 ``load_checkpoint(name_or_path)`` returns host numpy parameters in the loop
 layout (see :mod:`whisper_t5x.checkpoints.layout`), their
-:class:`~whisper_t5x.config.WhisperConfig`, the tokenizer file and a
+:class:`~whisper_t5x.model.config.WhisperConfig`, the tokenizer file and a
 generation config. ``name_or_path`` may be:
 
 1. a local path:
@@ -64,7 +64,7 @@ from whisper_t5x.checkpoints.params import (
     sinusoids,
     to_numpy,
 )
-from whisper_t5x.config import WhisperConfig
+from whisper_t5x.model.config import WhisperConfig
 
 __all__ = [
     "CheckpointError",
@@ -145,7 +145,7 @@ def _finish(params, config: WhisperConfig, dtype, source: str, tokenizer: Option
 
 def default_generation_config(config: WhisperConfig, lang_ids: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """The generation settings a Whisper checkpoint implies (Hugging Face key names)."""
-    from whisper_t5x.languages import LANGUAGES
+    from whisper_t5x.text.languages import LANGUAGES
 
     special = config.special_tokens
     out: Dict[str, Any] = {

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from whisper_t5x.model import WhisperModule, map_batch
+from whisper_t5x.model.whisper import WhisperModule, map_batch
 
 _BIG = 1.0e9
 
@@ -28,7 +28,7 @@ def _gather_beams(x: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def beam_generate(module: WhisperModule, params: Any, input_features, options, prompt_ids=None):
-    from whisper_t5x import decoding  # circular at import time only
+    from whisper_t5x.decoding import generate as decoding  # circular at import time only
 
     config = module.config
     special = config.special_tokens

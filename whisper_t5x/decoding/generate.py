@@ -16,7 +16,7 @@ Decoding of one batch:
 2. The rest of the forced prefix (language, task, ``<|notimestamps|>``) is run
    in a second call; its last logits are the first sampled position.
 3. A ``lax.while_loop`` samples one token per step for every row, applying the
-   logit rules of :mod:`whisper_t5x.logit_rules`, and stops as soon as every
+   logit rules of :mod:`whisper_t5x.decoding.logit_rules`, and stops as soon as every
    row has emitted end-of-text or ``max_length`` is reached.
 
 Beam search (``num_beams > 1``) runs in the same loop with beams folded into
@@ -31,9 +31,9 @@ from typing import Any, NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from whisper_t5x import logit_rules as rules
-from whisper_t5x.config import SpecialTokens, WhisperConfig
-from whisper_t5x.model import WhisperModule, init_cache, map_batch
+from whisper_t5x.decoding import logit_rules as rules
+from whisper_t5x.model.config import SpecialTokens, WhisperConfig
+from whisper_t5x.model.whisper import WhisperModule, init_cache, map_batch
 
 Array = jax.Array
 
@@ -236,7 +236,7 @@ def generate(
     batch = input_features.shape[0]
     variables = {"params": params}
     if options.num_beams > 1:
-        from whisper_t5x import beam_search  # local: greedy users never import it
+        from whisper_t5x.decoding import beam as beam_search  # local: greedy users never import it
 
         return beam_search.beam_generate(module, params, input_features, options, prompt_ids)
 

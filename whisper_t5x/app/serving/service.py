@@ -3,7 +3,7 @@
 :class:`Service` loads the pipeline in a background thread, warms it up
 (compiles the common programs) and only then reports ready; it validates
 requests, enforces the limits of :class:`ServingSettings` and hands decoded
-audio to the :class:`~whisper_t5x.serving.batcher.Batcher`.
+audio to the :class:`~whisper_t5x.app.serving.batcher.Batcher`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from whisper_t5x.audio import SAMPLE_RATE, AudioError, load_audio
-from whisper_t5x.serving.batcher import Batcher, BatcherStopped, DecodeOptions, QueueFull
+from whisper_t5x.audio.loading import SAMPLE_RATE, AudioError, load_audio
+from whisper_t5x.app.serving.batcher import Batcher, BatcherStopped, DecodeOptions, QueueFull
 
-logger = logging.getLogger("whisper_t5x.serving")
+logger = logging.getLogger("whisper_t5x.app.serving")
 
 __all__ = ["ServingSettings", "Service", "ServiceError", "MAX_PROMPT_TOKENS"]
 
@@ -207,7 +207,7 @@ class Service:
 
     def languages(self) -> Dict[str, str]:
         """Code -> English name of the languages the loaded model knows (before load: all)."""
-        from whisper_t5x.languages import LANGUAGES
+        from whisper_t5x.text.languages import LANGUAGES
 
         tok = getattr(self.pipeline, "tokenizer", None)
         if tok is not None and not tok.is_multilingual:
@@ -322,7 +322,7 @@ def internal_error(e: BaseException) -> ServiceError:
 
 
 def _build_pipeline(settings: ServingSettings) -> Any:
-    from whisper_t5x import launch
+    from whisper_t5x.app import launch
 
     config = launch.TranscribeConfig(
         model=settings.model, dtype=settings.dtype, batch_size=settings.max_batch_size,

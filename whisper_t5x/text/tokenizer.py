@@ -10,7 +10,7 @@ Every id is read from the file by token text, never assumed. Timestamp tokens
 ``<|notimestamps|>``; many ``tokenizer.json`` files leave them out, so their
 ids are derived and they are rendered here rather than by ``tokenizers``. The
 derived vocabulary size is cross-checked against
-:meth:`whisper_t5x.config.SpecialTokens.for_vocab_size`, so the tokenizer and
+:meth:`whisper_t5x.model.config.SpecialTokens.for_vocab_size`, so the tokenizer and
 the model config can never disagree silently.
 """
 
@@ -21,10 +21,10 @@ import os
 import re
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
 
-from whisper_t5x import languages as _languages
-from whisper_t5x.config import SpecialTokens
+from whisper_t5x.text import languages as _languages
+from whisper_t5x.model.config import SpecialTokens
 
-TIME_PRECISION = 0.02  # seconds per timestamp token
+from whisper_t5x.audio.constants import TIME_PRECISION  # noqa: F401 (re-exported)
 NUM_TIMESTAMPS = 1501  # <|0.00|> .. <|30.00|>
 TASKS = ("transcribe", "translate")
 
@@ -154,7 +154,7 @@ class WhisperTokenizer:
 
     @property
     def special_tokens(self) -> SpecialTokens:
-        """The same ids as a :class:`whisper_t5x.config.SpecialTokens`."""
+        """The same ids as a :class:`whisper_t5x.model.config.SpecialTokens`."""
         return SpecialTokens.for_vocab_size(self.vocab_size)
 
     @property

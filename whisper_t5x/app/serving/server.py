@@ -3,7 +3,7 @@
 ::
 
     whisper-t5x serve --model base --host 127.0.0.1 --port 8000
-    python -m whisper_t5x.serving --model tiny.en --port 7860 --api_key SECRET
+    python -m whisper_t5x.app.serving --model tiny.en --port 7860 --api_key SECRET
     whisper-t5x serve --gin_file runs/serve --gin_file hardware/gpu --gin.ServeConfig.max_batch_size=16
 
 Settings come from ``launch.ServeConfig`` (gin: ``configs/runs/serve.gin``,
@@ -23,9 +23,9 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from whisper_t5x.serving.service import Service, ServingSettings
+from whisper_t5x.app.serving.service import Service, ServingSettings
 
-logger = logging.getLogger("whisper_t5x.serving")
+logger = logging.getLogger("whisper_t5x.app.serving")
 
 API_KEY_ENV = "WHISPER_T5X_API_KEY"
 DEFAULT_GIN = "runs/serve.gin"
@@ -38,7 +38,7 @@ def create_app(service: Service, start: bool = True) -> Any:
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
-    from whisper_t5x.serving.api import add_routes
+    from whisper_t5x.app.serving.api import add_routes
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -54,7 +54,7 @@ def create_app(service: Service, start: bool = True) -> Any:
     if service.settings.ui:
         import gradio as gr
 
-        from whisper_t5x.serving.ui import build_ui
+        from whisper_t5x.app.serving.ui import build_ui
 
         demo = build_ui(service)
         app = gr.mount_gradio_app(app, demo, path="/", max_file_size=service.settings.max_upload_bytes,
@@ -99,7 +99,7 @@ _LIMIT_FIELDS = ("max_upload_mb", "max_audio_s", "request_timeout_s", "api_key")
 
 def settings_from_args(argv: Sequence[str]) -> ServingSettings:
     """Parses ``argv`` (without the program name); gin first, flags on top."""
-    from whisper_t5x import launch
+    from whisper_t5x.app import launch
 
     args = _parser().parse_args(launch.rewrite_gin_args(list(argv)))
     search = [s for s in args.gin_search_paths.split(",") if s.strip()]
@@ -146,8 +146,8 @@ def _setup_logging(level: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``whisper_t5x.serving.main([prog, *args])``; blocks until the server stops. Returns the exit status."""
-    from whisper_t5x import launch
+    """``whisper_t5x.app.serving.main([prog, *args])``; blocks until the server stops. Returns the exit status."""
+    from whisper_t5x.app import launch
 
     argv = list(sys.argv if argv is None else argv)
     try:

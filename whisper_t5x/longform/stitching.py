@@ -1,6 +1,6 @@
 """Stitching per-window token sequences into one transcript with chunks.
 
-Each window (see :mod:`whisper_t5x.windows`) is decoded on its own; its
+Each window (see :mod:`whisper_t5x.longform.windows`) is decoded on its own; its
 neighbours see the same audio in their strides, so the transcripts overlap.
 For every pair of neighbouring windows A and B this module picks one *seam*:
 A's text is kept up to it and B's from it, so every word is kept exactly once.
@@ -53,10 +53,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from whisper_t5x.fallback import compression_ratio
-from whisper_t5x.windows import SAMPLE_RATE, Window
+from whisper_t5x.longform.fallback import compression_ratio
+from whisper_t5x.longform.windows import SAMPLE_RATE, Window
 
-TIME_PRECISION = 0.02
+from whisper_t5x.audio.constants import TIME_PRECISION  # noqa: F401 (re-exported)
 
 __all__ = [
     "TimedToken",
@@ -212,7 +212,7 @@ def find_seam(
 ) -> Seam:
     """Where to stop ``left``'s tokens and start ``right``'s (see the module docstring)."""
     # Where left's owned span ends: the middle of the overlap for fixed windows, the
-    # right window's start for pause-aligned ones (whisper_t5x.windows.pause_windows).
+    # right window's start for pause-aligned ones (whisper_t5x.longform.windows.pause_windows).
     # Continuation windows (no strides) overlap the next window: its middle.
     if left.window.stride_right > 0:
         boundary = left.window.owned[1] / sampling_rate

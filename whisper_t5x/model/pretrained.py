@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import unfreeze
 
-from whisper_t5x import decoding
-from whisper_t5x.config import WhisperConfig
-from whisper_t5x.model import WhisperModule
+from whisper_t5x.decoding import generate as decoding
+from whisper_t5x.model.config import WhisperConfig
+from whisper_t5x.model.whisper import WhisperModule
 
 Array = jax.Array
 
@@ -239,7 +239,7 @@ class FlaxWhisperForConditionalGeneration:
     def tokenizer(self):
         """The checkpoint's tokenizer (``None`` for random-init models)."""
         if self._tokenizer is None and self.tokenizer_file:
-            from whisper_t5x.tokenizer import WhisperTokenizer
+            from whisper_t5x.text.tokenizer import WhisperTokenizer
 
             self._tokenizer = WhisperTokenizer.from_file(self.tokenizer_file)
         return self._tokenizer
@@ -252,7 +252,7 @@ class FlaxWhisperForConditionalGeneration:
         if isinstance(language, (int, np.integer)):
             token = int(language)
         else:
-            from whisper_t5x import languages
+            from whisper_t5x.text import languages
 
             token = special.first_language + languages.language_index(language, special.num_languages)
         if token not in special.language_ids:
@@ -343,7 +343,7 @@ class FlaxWhisperForConditionalGeneration:
         begin_suppress_tokens: Optional[Sequence[int]] = None,
         **unused: Any,
     ) -> decoding.GenerateOutput:
-        """Decode log-mel windows; see :mod:`whisper_t5x.decoding` for the rules."""
+        """Decode log-mel windows; see :mod:`whisper_t5x.decoding.generate` for the rules."""
         prompt = None if prompt_ids is None else jnp.asarray(prompt_ids, jnp.int32).reshape(-1)
         options = self.decode_options(
             task=task,

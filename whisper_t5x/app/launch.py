@@ -37,11 +37,11 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 import gin
 
-from whisper_t5x import outputs as outputs_lib
+from whisper_t5x.app import writers as outputs_lib
 
-logger = logging.getLogger("whisper_t5x.launch")
+logger = logging.getLogger("whisper_t5x.app.launch")
 
-SAMPLE_RATE = 16000
+from whisper_t5x.audio.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
 
 # Extensions picked up when walking directories (files named explicitly are
 # always tried, whatever their extension).
@@ -51,7 +51,7 @@ AUDIO_EXTENSIONS = frozenset(
 )
 
 DTYPES = ("float32", "bfloat16", "float16")
-TASKS = ("transcribe", "translate")
+from whisper_t5x.text.tokenizer import TASKS  # noqa: E402
 DEFAULT_PIPELINE = "whisper_t5x.pipeline:FlaxWhisperPipeline"
 CONFIG_FILENAME = "config.gin"
 
@@ -85,9 +85,9 @@ class TranscribeConfig:
       return_timestamps: segment timestamps (needed for useful srt/vtt/tsv cues;
         without them each file is one cue).
       word_timestamps: word-level timestamps (one cue per word; decodes with
-        the sequential long-form algorithm, ``whisper_t5x.sequential``).
+        the sequential long-form algorithm, ``whisper_t5x.longform.sequential``).
       long_form: ``chunked`` (default: batched windows, stitched) or
-        ``sequential`` (OpenAI's algorithm, ``whisper_t5x.sequential``).
+        ``sequential`` (OpenAI's algorithm, ``whisper_t5x.longform.sequential``).
       batch_size: windows per forward pass (``None``: the pipeline's default).
       dtype: compute dtype, ``float32`` / ``bfloat16`` / ``float16``.
       chunk_length_s, stride_length_s: long-form windowing of the pipeline.
@@ -154,7 +154,7 @@ class TranscribeConfig:
 class ServeConfig:
     """Settings of the transcription endpoint (``configs/runs/serve.gin``).
 
-    Offered to ``whisper_t5x.serving``: read it with :func:`parse_gin` then
+    Offered to ``whisper_t5x.app.serving``: read it with :func:`parse_gin` then
     :func:`make_serve_config`. Fields mirror :class:`TranscribeConfig` where
     they overlap; ``partitioner`` is a factory or an instance.
     """
@@ -556,7 +556,7 @@ class _Loaded:
 
 
 def _load(item: InputFile) -> _Loaded:
-    from whisper_t5x.audio import load_audio
+    from whisper_t5x.audio.loading import load_audio
 
     audio = load_audio(item.path, SAMPLE_RATE)
     return _Loaded(item, audio, audio.shape[0] / SAMPLE_RATE)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import time
 from typing import Any, List, Tuple
 
-from whisper_t5x.outputs import format_timestamp, segments_from_result
-from whisper_t5x.serving.service import Service, ServiceError
+from whisper_t5x.app.writers import format_timestamp, segments_from_result
+from whisper_t5x.app.serving.service import Service, ServiceError
 
-TASKS = ["transcribe", "translate"]
+from whisper_t5x.text.tokenizer import TASKS  # noqa: E402
 DESCRIPTION = (
     "Transcribe or translate speech with Whisper (JAX). Record from the microphone or upload a file; "
     "requests from all users are batched together on the accelerator. An OpenAI-compatible REST API is "
@@ -34,7 +34,7 @@ def _language_choices(service: Service) -> List[Tuple[str, str]]:
     elif model.endswith(".en"):
         langs = {"en": "english"}
     else:
-        from whisper_t5x.languages import LANGUAGES
+        from whisper_t5x.text.languages import LANGUAGES
 
         langs = LANGUAGES
     return [("auto (detect)", "auto")] + [(f"{name} ({code})", code) for code, name in langs.items()]

@@ -2,8 +2,8 @@
 
 ::
 
-    from whisper_t5x.modeling import FlaxWhisperForConditionalGeneration
-    from whisper_t5x.sequential import transcribe_sequential
+    from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
+    from whisper_t5x.longform.sequential import transcribe_sequential
 
     model, params = FlaxWhisperForConditionalGeneration.from_pretrained("base", _do_init=False)
     [result] = transcribe_sequential(model, params, ["talk.mp3"], word_timestamps=True)
@@ -67,20 +67,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from whisper_t5x import alignment as al
-from whisper_t5x import fallback as fb
+from whisper_t5x.longform import alignment as al
+from whisper_t5x.longform import fallback as fb
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["transcribe_sequential", "window_segments", "file_log_mel", "bucket_prompt_length",
            "DEFAULT_PROMPT_BUCKETS", "word_chunks", "pipeline_word_timestamps"]
 
-SAMPLE_RATE = 16000
-HOP_LENGTH = 160
-N_FRAMES = 3000  # mel frames per 30 s window
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
-INPUT_STRIDE = 2  # mel frames per encoder position / timestamp step
-TIME_PRECISION = INPUT_STRIDE * HOP_LENGTH / SAMPLE_RATE  # 0.02 s
+from whisper_t5x.audio.constants import FRAMES_PER_SECOND, HOP_LENGTH, INPUT_STRIDE, N_FRAMES, SAMPLE_RATE, TIME_PRECISION  # noqa: F401 (re-exported)
 SAMPLE_LEN = 224  # most tokens sampled per window (openai-whisper: n_text_ctx // 2)
 DEFAULT_PROMPT_BUCKETS = (16, 32, 48, 64, 96, 128, 160, 192, 223)
 _EXACT_BELOW = 16  # prompts shorter than this are always used whole
@@ -91,12 +86,12 @@ _PUNCTUATION = "\"'\u201c\u00bf([{-\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)
 def file_log_mel(audio: np.ndarray, n_mels: int = 80, block_frames: int = 6000) -> np.ndarray:
     """Log-mel of a whole file followed by 30 s of zeros: ``(n_mels, len(audio) // 160 + 3000)``.
 
-    Same definition as :func:`whisper_t5x.features.log_mel_spectrogram_np`
+    Same definition as :func:`whisper_t5x.audio.features.log_mel_spectrogram_np`
     but over the whole waveform, so the clamp at (max - 8) uses the file's
     maximum (openai-whisper's ``log_mel_spectrogram(audio, padding=N_SAMPLES)``).
     Computed in blocks of frames to bound memory on long files.
     """
-    from whisper_t5x.features import LOG_FLOOR, DYNAMIC_RANGE, N_FFT, hann_window, mel_filters
+    from whisper_t5x.audio.features import LOG_FLOOR, DYNAMIC_RANGE, N_FFT, hann_window, mel_filters
 
     x = np.concatenate([np.asarray(audio, np.float32).reshape(-1), np.zeros(N_FRAMES * HOP_LENGTH, np.float32)])
     x = x.astype(np.float64)
@@ -356,7 +351,7 @@ def transcribe_sequential(
 ) -> List[Dict[str, Any]]:
     """Transcribe (or translate) each input with openai-whisper's sequential algorithm.
 
-    ``audio_list``: inputs :func:`whisper_t5x.audio.load_audio` accepts
+    ``audio_list``: inputs :func:`whisper_t5x.audio.loading.load_audio` accepts
     (paths, bytes, 16 kHz arrays, ``{"array", "sampling_rate"}`` dicts); a
     single input that is not a list is accepted too (the result is still a
     list). Returns per input::
@@ -372,11 +367,11 @@ def transcribe_sequential(
 
     ``words`` (with ``word_timestamps=True``) are ``{"word", "start", "end",
     "probability"}`` in absolute seconds. Their starts are moved past leading
-    silence (:func:`whisper_t5x.alignment.trim_leading_silence`) unless
+    silence (:func:`whisper_t5x.longform.alignment.trim_leading_silence`) unless
     ``trim_silence=False``, which gives openai-whisper's word timings exactly
     (the trimming never changes the text, the segments or where windows start).
     """
-    from whisper_t5x.audio import load_audio
+    from whisper_t5x.audio.loading import load_audio
 
     if model.tokenizer is None:
         raise ValueError("the checkpoint has no tokenizer.json: sequential transcription needs one")

@@ -1,7 +1,7 @@
 """The transcription endpoint: a Gradio UI and an OpenAI-compatible REST API in one process.
 
-Start it with ``whisper-t5x serve`` (or ``python -m whisper_t5x.serving``);
-see :mod:`whisper_t5x.serving.server` for the flags. Pieces:
+Start it with ``whisper-t5x serve`` (or ``python -m whisper_t5x.app.serving``);
+see :mod:`whisper_t5x.app.serving.server` for the flags. Pieces:
 
 * :mod:`.batcher` -- cross-request batching of decoded audio;
 * :mod:`.service` -- model loading, warm-up, limits, validation;
@@ -10,19 +10,19 @@ see :mod:`whisper_t5x.serving.server` for the flags. Pieces:
 * :mod:`.server` -- the FastAPI app and ``main(argv)``.
 """
 
-from whisper_t5x.serving.batcher import Batcher, DecodeOptions, QueueFull
-from whisper_t5x.serving.service import Service, ServiceError, ServingSettings
+from whisper_t5x.app.serving.batcher import Batcher, DecodeOptions, QueueFull
+from whisper_t5x.app.serving.service import Service, ServiceError, ServingSettings
 
 
 def main(argv=None) -> int:
     """Entry point used by ``whisper-t5x serve`` (``argv[0]`` is the program name)."""
-    from whisper_t5x.serving.server import main as _main
+    from whisper_t5x.app.serving.server import main as _main
 
     return _main(argv)
 
 
 def create_app(service, start: bool = True):
-    from whisper_t5x.serving.server import create_app as _create_app
+    from whisper_t5x.app.serving.server import create_app as _create_app
 
     return _create_app(service, start)
 

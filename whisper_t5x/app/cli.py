@@ -8,10 +8,10 @@ Commands::
 
   whisper-t5x transcribe PATHS... [flags]   # files and/or directories
   whisper-t5x benchmark PATHS... [flags]    # transcribe with configs/runs/benchmark.gin first
-  whisper-t5x serve [serving flags]         # handed to whisper_t5x.serving.main(argv)
+  whisper-t5x serve [serving flags]         # handed to whisper_t5x.app.serving.main(argv)
 
 Every transcription setting is a field of ``TranscribeConfig`` (see
-``whisper_t5x/launch.py``) and can come from gin files (``--gin_file``, applied
+``whisper_t5x/app/launch.py``) and can come from gin files (``--gin_file``, applied
 in order), gin bindings (``--gin_bindings='TranscribeConfig.batch_size = 8'``
 or ``--gin.TranscribeConfig.batch_size=8``, applied after the files in command
 line order) and the convenience flags below (applied last). The operative
@@ -40,7 +40,7 @@ from typing import List, Optional, Sequence
 
 from absl import flags
 
-from whisper_t5x import launch
+from whisper_t5x.app import launch
 
 FLAGS = flags.FLAGS
 COMMANDS = ("transcribe", "benchmark", "serve")
@@ -129,16 +129,16 @@ def _help() -> str:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    """``whisper-t5x serve ...`` -> ``whisper_t5x.serving.main([prog, ...])``."""
+    """``whisper-t5x serve ...`` -> ``whisper_t5x.app.serving.main([prog, ...])``."""
     try:
-        serving = importlib.import_module("whisper_t5x.serving")
+        serving = importlib.import_module("whisper_t5x.app.serving")
     except ModuleNotFoundError as e:
-        if e.name not in ("whisper_t5x.serving",):
+        if e.name not in ("whisper_t5x.app.serving",):
             raise
-        return _error("the 'serve' command needs the whisper_t5x.serving package, which is not installed here")
+        return _error("the 'serve' command needs the whisper_t5x.app.serving package, which is not installed here")
     entry = getattr(serving, "main", None)
     if entry is None:
-        return _error("whisper_t5x.serving has no main(argv) entry point")
+        return _error("whisper_t5x.app.serving has no main(argv) entry point")
     rc = entry([argv[0]] + list(argv[2:]))
     return int(rc or 0)
 
@@ -159,6 +159,10 @@ def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) > 1 and argv[1] == "serve":
         return _serve(argv)
+    if len(argv) > 1 and argv[1] == "label":
+        from whisper_t5x.app.label import main as label_main  # the dataset job has its own flags
+
+        return int(label_main([argv[0]] + list(argv[2:])) or 0)
     original = list(argv)
     if len(argv) < 2 or argv[1] == "help" or any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(_help(), end="")

@@ -36,7 +36,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from whisper_t5x.audio.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
 MAX_INFERRED_CHANNELS = 8
 FFMPEG = "ffmpeg"
 

@@ -34,7 +34,7 @@ Entry points:
   "end", "probability"}`` per window;
 * :func:`find_alignment` — the batched core (text tokens -> :class:`WordTiming`
   per window), and :func:`attach_words` for callers that have segments (the
-  sequential long-form mode, :mod:`whisper_t5x.sequential`).
+  sequential long-form mode, :mod:`whisper_t5x.longform.sequential`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ __all__ = [
 
 TOKENS_PER_SECOND = 50  # encoder positions per second (1500 per 30 s window)
 FRAMES_PER_SECOND = 100  # mel frames per second
-N_FRAMES = 3000  # mel frames of one window
+from whisper_t5x.audio.constants import N_FRAMES  # noqa: F401 (re-exported)
 NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 PREPEND_PUNCTUATIONS = "\"'\u201c\u00bf([{-"
 APPEND_PUNCTUATIONS = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
@@ -210,7 +210,7 @@ def _forward_fn(model: Any, heads: Tuple[Tuple[int, int], ...]):
     cache = model.__dict__.setdefault("_alignment_fns", {})
     if heads in cache:
         return cache[heads]
-    from whisper_t5x.model import WhisperModule
+    from whisper_t5x.model.whisper import WhisperModule
 
     module = model.module
     config = model.config

@@ -12,7 +12,7 @@ temperature only), ``timestamp_granularities[]`` (``segment``, ``word``).
 ``word`` (as in OpenAI's API, only with ``response_format=verbose_json``;
 otherwise 400) adds ``"words": [{"word", "start", "end"}]`` to the response.
 Such requests are decoded with the sequential long-form algorithm and word
-alignment (``return_timestamps="word"``; see :mod:`whisper_t5x.sequential`),
+alignment (``return_timestamps="word"``; see :mod:`whisper_t5x.longform.sequential`),
 so they are batched only with other word-timestamp requests. verbose_json
 segments carry ``avg_logprob``, ``no_speech_prob``, ``compression_ratio``
 and ``temperature`` of the window they were decoded in.
@@ -33,11 +33,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from whisper_t5x import outputs as outputs_lib
-from whisper_t5x.audio import SAMPLE_RATE
-from whisper_t5x.serving.service import Service, ServiceError, internal_error
+from whisper_t5x.app import writers as outputs_lib
+from whisper_t5x.audio.loading import SAMPLE_RATE
+from whisper_t5x.app.serving.service import Service, ServiceError, internal_error
 
-logger = logging.getLogger("whisper_t5x.serving")
+logger = logging.getLogger("whisper_t5x.app.serving")
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 _FORM_OVERHEAD = 64 * 1024  # multipart headers and small fields on top of the file
@@ -107,7 +107,7 @@ def _float(value: Any, digits: int = 4) -> Optional[float]:
 
 def _verbose_segments(result: Dict[str, Any], duration: float, tokenizer: Any) -> List[Dict[str, Any]]:
     """OpenAI's verbose_json segments, with the decoding statistics the chunks carry (None where absent)."""
-    from whisper_t5x.fallback import compression_ratio
+    from whisper_t5x.longform.fallback import compression_ratio
 
     segs = outputs_lib.segments_from_result(result, duration)
     # segments_from_result keeps the chunks with text, in order: pair them up for their statistics.
@@ -140,7 +140,7 @@ def render(result: Dict[str, Any], fmt: str, task: str, duration: float, tokeniz
     """The response body of ``result`` in ``fmt``.
 
     ``words``: ``result`` is a word-timestamp result (``chunks`` are words,
-    ``segments`` the segments; :func:`whisper_t5x.sequential.pipeline_word_timestamps`);
+    ``segments`` the segments; :func:`whisper_t5x.longform.sequential.pipeline_word_timestamps`);
     verbose_json then lists them as OpenAI's ``words`` next to the segments.
     """
     text = str(result.get("text") or "").strip()
@@ -164,7 +164,7 @@ def render(result: Dict[str, Any], fmt: str, task: str, duration: float, tokeniz
     if fmt == "vtt":
         return PlainTextResponse(outputs_lib.to_vtt(result, duration), media_type="text/vtt")
     # verbose_json
-    from whisper_t5x.languages import LANGUAGES
+    from whisper_t5x.text.languages import LANGUAGES
 
     lang = result.get("language")
     body = {

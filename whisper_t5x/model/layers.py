@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax.linen import partitioning as nn_partitioning
 
-from whisper_t5x import axes as A
+from whisper_t5x.model import axes as A
 
 param_with_axes = nn_partitioning.param_with_axes
 Dtype = Any

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax.linen import partitioning as nn_partitioning
 
-from whisper_t5x import axes as A
-from whisper_t5x.config import WhisperConfig
-from whisper_t5x.layers import (
+from whisper_t5x.model import axes as A
+from whisper_t5x.model.config import WhisperConfig
+from whisper_t5x.model.layers import (
     Attention,
     Conv1D,
     Dense,

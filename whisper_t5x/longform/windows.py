@@ -13,7 +13,7 @@ left and right stride::
 The owned spans tile the audio exactly: window ``k`` owns
 ``[start + stride_left, end - stride_right)`` and the first window has no left
 stride, the last no right stride (they own up to the audio's edges). The
-stitcher (:mod:`whisper_t5x.stitching`) keeps, for each window, the text of
+stitcher (:mod:`whisper_t5x.longform.stitching`) keeps, for each window, the text of
 the part it owns.
 
 The last window ends at the end of the audio, and no window is made after a
@@ -39,7 +39,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from whisper_t5x.audio.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
 MAX_CHUNK_LENGTH_S = 30.0
 
 __all__ = [

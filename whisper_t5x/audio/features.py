@@ -31,12 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-N_FFT = 400
-HOP_LENGTH = 160
-CHUNK_LENGTH = 30
-N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000
-N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000
+from whisper_t5x.audio.constants import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE  # noqa: F401 (re-exported)
 LOG_FLOOR = 1e-10
 DYNAMIC_RANGE = 8.0  # log10 units kept below each example's maximum
 
@@ -227,7 +222,7 @@ class WhisperFeatureExtractor:
     ``extractor(audio, sampling_rate=16000, return_tensors="np")`` returns
     ``{"input_features": (batch, n_mels, 3000) float32}``. ``audio`` is one
     waveform, a ``(batch, samples)`` array, or a list whose items may also be
-    anything :func:`whisper_t5x.audio.load_audio` reads (paths, bytes, dicts).
+    anything :func:`whisper_t5x.audio.loading.load_audio` reads (paths, bytes, dicts).
     Bare arrays at another ``sampling_rate`` are resampled with soxr (where
     transformers would raise). ``return_tensors`` is "np", "jax" or None (numpy).
     """
@@ -256,7 +251,7 @@ class WhisperFeatureExtractor:
         return f"WhisperFeatureExtractor(feature_size={self.feature_size}, chunk_length={self.chunk_length})"
 
     def _load(self, item: Any, sampling_rate: Optional[int]) -> np.ndarray:
-        from whisper_t5x.audio import load_audio
+        from whisper_t5x.audio.loading import load_audio
 
         if sampling_rate is not None and sampling_rate != SAMPLE_RATE and not isinstance(item, dict):
             if isinstance(item, (np.ndarray, list, tuple)) or hasattr(item, "__array__"):

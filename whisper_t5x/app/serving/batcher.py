@@ -32,10 +32,10 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from whisper_t5x.audio import SAMPLE_RATE
-from whisper_t5x.windows import split_windows, window_params
+from whisper_t5x.audio.loading import SAMPLE_RATE
+from whisper_t5x.longform.windows import split_windows, window_params
 
-logger = logging.getLogger("whisper_t5x.serving")
+logger = logging.getLogger("whisper_t5x.app.serving")
 
 __all__ = ["DecodeOptions", "Batcher", "QueueFull", "BatcherStopped"]
 
@@ -66,7 +66,7 @@ class DecodeOptions:
     return_timestamps: bool = False
     temperature: Optional[float] = None  # None: the pipeline's fallback schedule
     prompt_ids: Tuple[int, ...] = ()
-    word_timestamps: bool = False  # sequential decoding with word timings (whisper_t5x.sequential)
+    word_timestamps: bool = False  # sequential decoding with word timings (whisper_t5x.longform.sequential)
 
     def pipeline_kwargs(self) -> Dict[str, Any]:
         gk: Dict[str, Any] = {}

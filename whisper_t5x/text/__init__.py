@@ -1,0 +1,1 @@
+"""Text out: the Whisper tokenizer and the language table."""
