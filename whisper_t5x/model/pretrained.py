@@ -69,6 +69,8 @@ class FlaxWhisperForConditionalGeneration:
         self.tokenizer_file = tokenizer_file
         self.generation_config = dict(generation_config or {})
         self._tokenizer = None
+        # One compiled generate program per static DecodeOptions.
+        self._generate_cache: dict = {}
         self.params = self.init_weights(jax.random.PRNGKey(seed)) if _do_init else None
 
     # ------------------------------------------------------------------ init
@@ -317,7 +319,7 @@ class FlaxWhisperForConditionalGeneration:
         return tuple(sorted(ids))
 
     def _generate_fn(self, options: decoding.DecodeOptions):
-        cache = self.__dict__.setdefault("_generate_cache", {})
+        cache = self._generate_cache
         if options not in cache:
 
             def run(params, features, prompt, temperature, rng):
