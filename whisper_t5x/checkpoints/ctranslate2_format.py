@@ -47,7 +47,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from whisper_t5x.checkpoints.errors import CheckpointError
+from whisper_t5x.checkpoints.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    ShapeMismatchError,
+    UnsupportedFormatError,
+)
 from whisper_t5x.checkpoints.params import sinusoids
 
 SUPPORTED_VERSIONS = range(2, 7)
@@ -83,7 +88,7 @@ class _Segments:
                 with open(path, "rb") as f:
                     self.maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else b"")
             except OSError as e:
-                raise CheckpointError(f"{path}: cannot open ({e})") from e
+                raise CorruptCheckpointError(f"{path}: cannot open ({e})") from e
             self.starts.append(total)
             total += size
         self.size = total
@@ -136,13 +141,13 @@ def read_model_bin(paths: Sequence[str]) -> Tuple[Dict[str, np.ndarray], Dict[st
     try:
         version = unpack("I")
         if version not in SUPPORTED_VERSIONS:
-            raise CheckpointError(
+            raise UnsupportedFormatError(
                 f"{name}: not a CTranslate2 model this reader supports (binary version {version}; "
                 f"supported {SUPPORTED_VERSIONS.start}..{SUPPORTED_VERSIONS.stop - 1})"
             )
         spec = string()
         if spec != SPEC_NAME:
-            raise CheckpointError(f"{name}: a CTranslate2 {spec!r} model, not {SPEC_NAME}")
+            raise UnsupportedFormatError(f"{name}: a CTranslate2 {spec!r} model, not {SPEC_NAME}")
         revision = unpack("I")
         count = unpack("I")
         for _ in range(count):
@@ -154,14 +159,14 @@ def read_model_bin(paths: Sequence[str]) -> Tuple[Dict[str, np.ndarray], Dict[st
                 try:
                     dtype = _dtype(type_id)
                 except KeyError:
-                    raise CheckpointError(f"{name}: variable {var!r} has unknown dtype id {type_id}") from None
+                    raise UnsupportedFormatError(f"{name}: variable {var!r} has unknown dtype id {type_id}") from None
             else:
                 item_size = unpack("B")
                 dtype = {4: np.dtype("<f4"), 2: np.dtype("<i2"), 1: np.dtype("i1")}[item_size]
                 nbytes = unpack("I") * item_size
             elements = int(np.prod(shape, dtype=np.int64))
             if nbytes != elements * dtype.itemsize:
-                raise CheckpointError(
+                raise CorruptCheckpointError(
                     f"{name}: corrupt model.bin: variable {var!r} has {nbytes} bytes for shape {shape} {dtype}"
                 )
             buffer, at = take(nbytes)
@@ -170,21 +175,21 @@ def read_model_bin(paths: Sequence[str]) -> Tuple[Dict[str, np.ndarray], Dict[st
         for _ in range(aliases):
             alias, target = string(), string()
             if target not in variables:
-                raise CheckpointError(f"{name}: corrupt model.bin: alias {alias!r} of unknown variable {target!r}")
+                raise CorruptCheckpointError(f"{name}: corrupt model.bin: alias {alias!r} of unknown variable {target!r}")
             variables[alias] = variables[target]
             if target + "_scale" in variables:
                 variables[alias + "_scale"] = variables[target + "_scale"]
+    except CheckpointError:
+        raise
     except EOFError:
-        raise CheckpointError(
+        raise CorruptCheckpointError(
             f"{name}: truncated model.bin ({data.size} bytes; the data ends inside "
             f"{'variable ' + repr(var) if 'var' in locals() else 'the header'})"
         ) from None
     except (struct.error, UnicodeDecodeError, ValueError, KeyError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{name}: corrupt model.bin ({type(e).__name__}: {e})") from e
+        raise CorruptCheckpointError(f"{name}: corrupt model.bin ({type(e).__name__}: {e})") from e
     if pos != data.size:
-        raise CheckpointError(f"{name}: corrupt model.bin ({data.size - pos} unexpected bytes after the aliases)")
+        raise CorruptCheckpointError(f"{name}: corrupt model.bin ({data.size - pos} unexpected bytes after the aliases)")
     return variables, {"binary_version": version, "spec": spec, "revision": revision}
 
 
@@ -196,14 +201,14 @@ def dequantize(variables: Dict[str, np.ndarray], prefix: str) -> np.ndarray:
         return weight
     scale = variables.get(prefix + "/weight_scale")
     if scale is None:
-        raise KeyError(prefix + "/weight_scale")
+        raise CorruptCheckpointError(f"CTranslate2 variable {prefix + '/weight_scale'!r} is missing")
     scale = np.asarray(scale, dtype=np.float32)
     rows = weight.reshape(weight.shape[0], -1).astype(np.float32)
     if scale.size == 1:
         rows /= scale.reshape(())
     else:
         if scale.size != weight.shape[0]:
-            raise ValueError(f"{prefix}/weight_scale has {scale.size} values for {weight.shape[0]} rows")
+            raise CorruptCheckpointError(f"{prefix}/weight_scale has {scale.size} values for {weight.shape[0]} rows")
         rows /= scale.reshape(-1, 1)
     return rows.reshape(weight.shape)
 
@@ -219,7 +224,7 @@ def _dense(v, prefix: str, rows: Optional[slice] = None, bias: bool = True) -> D
     if bias:
         out["bias"] = b if b is not None else np.zeros(w.shape[0], w.dtype)
     elif b is not None and np.any(np.asarray(b, dtype=np.float32)):
-        raise ValueError(f"{prefix}/bias is nonzero for Whisper's bias-free key projection")
+        raise UnsupportedFormatError(f"{prefix}/bias is nonzero for Whisper's bias-free key projection")
     return out
 
 
@@ -242,14 +247,14 @@ def _attention(v, prefix: str, d: int, cross: bool) -> Dict[str, Any]:
         shapes = {fused: 3 * d}
     for name, rows in shapes.items():
         if v[name + "/weight"].shape != (rows, d):
-            raise ValueError(f"{name}/weight has shape {v[name + '/weight'].shape}, expected {(rows, d)} (fused)")
+            raise ShapeMismatchError(f"{name}/weight has shape {v[name + '/weight'].shape}, expected {(rows, d)} (fused)")
     return {"q_proj": q, "k_proj": k, "v_proj": value, "out_proj": _dense(v, out)}
 
 
 def _conv(v, prefix: str) -> Dict[str, np.ndarray]:
     w = dequantize(v, prefix)
     if w.ndim != 3:
-        raise ValueError(f"{prefix}/weight has shape {w.shape}, expected (out, in, width)")
+        raise ShapeMismatchError(f"{prefix}/weight has shape {w.shape}, expected (out, in, width)")
     return {"kernel": np.ascontiguousarray(np.transpose(w, (2, 1, 0))), "bias": v[prefix + "/bias"]}
 
 
@@ -269,6 +274,8 @@ class _Tracked(dict):
 
     def __getitem__(self, key):
         self.read.add(key)
+        if key not in self:
+            raise CorruptCheckpointError(f"CTranslate2 Whisper variable {key!r} is missing")
         return super().__getitem__(key)
 
     def get(self, key, default=None):
@@ -332,13 +339,13 @@ def to_params(v: Dict[str, np.ndarray], source: str) -> Tuple[Dict[str, Any], Di
                                         ("decoder/activation", 3, "a non-GELU activation"),
                                         ("decoder/alibi", 0, "ALiBi positions")):
             if flag in v and int(v[flag]) != required:
-                raise ValueError(f"{flag}={int(v[flag])}: {meaning}, not Whisper's architecture")
+                raise UnsupportedFormatError(f"{flag}={int(v[flag])}: {meaning}, not Whisper's architecture")
         projection = v.get("decoder/projection/weight")
         v.get("decoder/projection/weight_scale")  # an alias's scale comes along with it
         if projection is not None and projection is not v["decoder/embeddings/weight"]:
             projection = dequantize(v, "decoder/projection")
             if projection.shape != embeddings.shape or not np.array_equal(projection, embeddings):
-                raise ValueError("decoder/projection differs from decoder/embeddings; Whisper ties them")
+                raise UnsupportedFormatError("decoder/projection differs from decoder/embeddings; Whisper ties them")
         sizes = dict(
             vocab_size=int(vocab),
             num_mel_bins=int(v["encoder/conv1/weight"].shape[1]),
@@ -352,14 +359,14 @@ def to_params(v: Dict[str, np.ndarray], source: str) -> Tuple[Dict[str, Any], Di
             max_source_positions=int(audio_positions.shape[0]),
             max_target_positions=int(v["decoder/position_encodings/encodings"].shape[0]),
         )
-    except KeyError as e:
-        raise CheckpointError(f"{source}: CTranslate2 Whisper variable {e.args[0]!r} is missing") from None
-    except ValueError as e:
-        raise CheckpointError(f"{source}: {e}") from None
+    except CheckpointError as e:
+        raise e.located(source) from None
+    except (ValueError, IndexError) as e:  # a variable of the wrong rank or size for its role
+        raise ShapeMismatchError(f"{source}: {e}") from None
     unused = sorted(k for k, value in v.items() if k not in v.read and np.ndim(value) > 0
                     and value.dtype.kind == "f" or k not in v.read and k.endswith(("/weight", "/bias")))
     if unused:
-        raise CheckpointError(
+        raise UnsupportedFormatError(
             f"{source}: CTranslate2 variables this Whisper reader does not know: {', '.join(unused[:8])}"
             + (" ..." if len(unused) > 8 else "")
         )

@@ -16,15 +16,23 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Mapping
 from typing import Any, Dict, Iterable, Iterator, List, Tuple
 
 import numpy as np
 
 from whisper_t5x.checkpoints import safetensors_io
-from whisper_t5x.checkpoints.errors import CheckpointError
+from whisper_t5x.checkpoints.errors import (
+    CorruptCheckpointError,
+    ShapeMismatchError,
+    UnsupportedFormatError,
+)
 
 TIED_OUTPUT = "proj_out.weight"
+# The tokenizer files of a transformers directory; tokenizer.json (the fast tokenizer) first.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "normalizer.json", "vocab.json", "merges.txt")
 WEIGHT_FILES = (
     # (single file, shard index), in order of preference
     ("model.safetensors", "model.safetensors.index.json"),
@@ -62,12 +70,12 @@ def from_state_dict(items: Iterable[Tuple[str, np.ndarray]], source: str) -> Dic
         if parts[0] == "model":
             parts = parts[1:]
         if len(parts) < 3 or parts[0] not in ("encoder", "decoder") or parts[-1] not in ("weight", "bias"):
-            raise CheckpointError(f"{source}: unexpected tensor {name!r} for a Whisper model")
+            raise UnsupportedFormatError(f"{source}: unexpected tensor {name!r} for a Whisper model")
         if parts[-1] == "weight":
             try:
                 leaf, axes = _leaf_for_weight(parts[-2], np.ndim(array))
             except ValueError as e:
-                raise CheckpointError(f"{source}: tensor {name!r}: {e}") from None
+                raise ShapeMismatchError(f"{source}: tensor {name!r}: {e}") from None
             if axes is not None:
                 array = np.transpose(array, axes)
         else:
@@ -129,21 +137,21 @@ def _shards(index_path: str) -> List[str]:
             weight_map = json.load(f)["weight_map"]
         return sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{index_path}: unreadable shard index ({type(e).__name__}: {e})") from e
+        raise CorruptCheckpointError(f"{index_path}: unreadable shard index ({type(e).__name__}: {e})") from e
 
 
 def read_weights(directory: str) -> Dict[str, Any]:
     """Loop- or scan-layout params from a transformers directory (as stored: no dtype change)."""
     files = weight_files(directory)
     if not files:
-        raise CheckpointError(
+        raise CorruptCheckpointError(
             f"{directory}: no weights found (looked for "
             + ", ".join(f"{a} or {b}" for a, b in WEIGHT_FILES)
             + ")"
         )
     for path in files:
         if not os.path.exists(path):
-            raise CheckpointError(f"{path}: shard listed in the index is missing")
+            raise CorruptCheckpointError(f"{path}: shard listed in the index is missing")
     if files[0].endswith(".msgpack"):
         trees = [_read_msgpack(path) for path in files]
         return _merge(trees, directory)
@@ -172,22 +180,28 @@ def torch_to_numpy(tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-def _read_torch(path: str) -> Dict[str, np.ndarray]:
+def torch_load(path: str, what: str) -> Any:
+    """``torch.load`` of tensors only, memory-mapped where the file allows.
+
+    ``torch.save``'s zip format can be memory-mapped (tensors stay in the page
+    cache until touched); the legacy pickle format cannot, so the format is
+    told by the file itself, before loading. ``what`` names the content in the
+    :class:`CorruptCheckpointError` of an unreadable file.
+    """
     import torch
 
     try:
-        try:  # memory-mapped: tensors stay in the page cache until touched
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e) and "zipfile" not in str(e):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # corrupt or foreign files raise many types
-        raise CheckpointError(f"{path}: cannot read PyTorch weights ({type(e).__name__}: {e})") from e
+        raise CorruptCheckpointError(f"{path}: cannot read {what} ({type(e).__name__}: {e})") from e
+
+
+def _read_torch(path: str) -> Dict[str, np.ndarray]:
+    state = torch_load(path, "PyTorch weights")
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: not a state dict (found {type(state).__name__})")
+        raise UnsupportedFormatError(f"{path}: not a state dict (found {type(state).__name__})")
     return {name: torch_to_numpy(t) for name, t in state.items()}
 
 
@@ -199,20 +213,20 @@ def _read_msgpack(path: str) -> Dict[str, Any]:
         with open(path, "rb") as f:
             tree = msgpack_restore(f.read())
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read Flax msgpack ({type(e).__name__}: {e})") from e
+        raise CorruptCheckpointError(f"{path}: cannot read Flax msgpack ({type(e).__name__}: {e})") from e
     if not isinstance(tree, Mapping):
-        raise CheckpointError(f"{path}: not a Flax parameter tree")
+        raise UnsupportedFormatError(f"{path}: not a Flax parameter tree")
     for wrapper in ("params", "model"):
         if wrapper in tree and isinstance(tree[wrapper], Mapping) and not ({"encoder", "decoder"} & set(tree)):
             extra = sorted(set(tree) - {wrapper})
             if extra and extra != ["proj_out"] and extra != ["lm_head"]:
-                raise CheckpointError(f"{path}: unexpected top-level entries {extra} next to {wrapper!r}")
+                raise UnsupportedFormatError(f"{path}: unexpected top-level entries {extra} next to {wrapper!r}")
             tree = tree[wrapper]
     if not {"encoder", "decoder"} <= set(tree):
-        raise CheckpointError(f"{path}: no encoder/decoder parameters (top-level keys: {sorted(tree)[:8]})")
+        raise UnsupportedFormatError(f"{path}: no encoder/decoder parameters (top-level keys: {sorted(tree)[:8]})")
     unexpected = sorted(set(tree) - {"encoder", "decoder", "proj_out", "lm_head"})
     if unexpected:
-        raise CheckpointError(f"{path}: unexpected top-level entries {unexpected}")
+        raise UnsupportedFormatError(f"{path}: unexpected top-level entries {unexpected}")
     return {part: tree[part] for part in ("encoder", "decoder")}
 
 
@@ -224,7 +238,7 @@ def _merge(trees: List[Mapping], source: str) -> Dict[str, Any]:
             if isinstance(value, Mapping):
                 merge(dst.setdefault(key, {}), value, path + [key])
             elif key in dst:
-                raise CheckpointError(f"{source}: parameter {'/'.join(path + [key])} appears in two shards")
+                raise CorruptCheckpointError(f"{source}: parameter {'/'.join(path + [key])} appears in two shards")
             else:
                 dst[key] = np.asarray(value)
 

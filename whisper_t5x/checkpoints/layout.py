@@ -18,7 +18,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from whisper_t5x.checkpoints.errors import CheckpointError
+from whisper_t5x.checkpoints.errors import ShapeMismatchError
 
 _PARTS = ("encoder", "decoder")
 # Child names of an encoder or decoder block.
@@ -54,7 +54,7 @@ def _map(fn, *trees):
     if isinstance(first, Mapping):
         for other in trees[1:]:
             if set(other) != set(first):
-                raise CheckpointError(f"layers have different parameters: {sorted(first)} vs {sorted(other)}")
+                raise ShapeMismatchError(f"layers have different parameters: {sorted(first)} vs {sorted(other)}")
         return {k: _map(fn, *(t[k] for t in trees)) for k in first}
     return fn(*trees)
 
@@ -70,7 +70,7 @@ def num_layers(layers: Mapping) -> int:
         return len(layers)
     sizes = {np.shape(leaf)[0] for leaf in _leaves(layers)}
     if len(sizes) != 1:
-        raise CheckpointError(f"stacked layer parameters disagree on the number of layers: {sorted(sizes)}")
+        raise ShapeMismatchError(f"stacked layer parameters disagree on the number of layers: {sorted(sizes)}")
     return sizes.pop()
 
 
@@ -84,7 +84,7 @@ def to_scan_layout(params: Mapping) -> Dict[str, Any]:
         if _is_loop(layers):
             count = len(layers)
             if set(layers) != {str(i) for i in range(count)}:
-                raise CheckpointError(f"{part} layer indices are not 0..{count - 1}: {sorted(layers, key=int)}")
+                raise ShapeMismatchError(f"{part} layer indices are not 0..{count - 1}: {sorted(layers, key=int)}")
             blocks = [layers[str(i)] for i in range(count)]
             layers = _map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)
         out[part] = dict(params[part], layers=layers)

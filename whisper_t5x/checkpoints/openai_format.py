@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from whisper_t5x.checkpoints import hf
-from whisper_t5x.checkpoints.errors import CheckpointError
+from whisper_t5x.checkpoints.errors import CorruptCheckpointError, UnsupportedFormatError
 
 # (openai fragment, transformers fragment), applied in this order to openai names.
 _RENAMES = (
@@ -108,23 +108,14 @@ def _known_alignment_heads(path: str, dims: Mapping[str, int]) -> Optional[List[
 
 def read(path: str) -> Tuple[Dict[str, int], Dict[str, Any], Dict[str, Any]]:
     """(dims, params in loop layout as stored, extras with ``alignment_heads``) of a ``.pt`` file."""
-    import torch
-
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e) and "zipfile" not in str(e):
-                raise
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read openai-whisper checkpoint ({type(e).__name__}: {e})") from e
+    checkpoint = hf.torch_load(path, "openai-whisper checkpoint")
     if not isinstance(checkpoint, Mapping) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
-        raise CheckpointError(f"{path}: not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
+        raise UnsupportedFormatError(
+            f"{path}: not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
     dims = dict(checkpoint["dims"])
     missing = [k for k in _DIMS if k not in dims]
     if missing:
-        raise CheckpointError(f"{path}: 'dims' lacks {missing}")
+        raise CorruptCheckpointError(f"{path}: 'dims' lacks {missing}")
     tensors = []
     extras: Dict[str, Any] = {}
     for name, tensor in checkpoint["model_state_dict"].items():
@@ -146,7 +137,7 @@ def write(path: str, config, params: Mapping, dtype: Any = np.float32) -> None:
 
     for name in ("encoder_ffn_dim", "decoder_ffn_dim"):
         if getattr(config, name) != 4 * config.d_model:
-            raise CheckpointError(
+            raise UnsupportedFormatError(
                 f"{path}: openai-whisper fixes the MLP width at 4 x d_model ({4 * config.d_model}); "
                 f"this model has {name}={getattr(config, name)}"
             )

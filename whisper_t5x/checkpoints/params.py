@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from whisper_t5x.checkpoints.errors import CheckpointError
+from whisper_t5x.checkpoints.errors import ShapeMismatchError
+
 
 def _bfloat16():
     import ml_dtypes
@@ -142,7 +143,7 @@ def infer_sizes(params: Mapping) -> Dict[str, int]:
 
 
 def check_params(params: Mapping, config, source: str) -> None:
-    """Raise :class:`CheckpointError` unless ``params`` (loop layout) is exactly the tree ``config`` implies."""
+    """Raise :class:`ShapeMismatchError` unless ``params`` (loop layout) is exactly the tree ``config`` implies."""
     expected = flatten(param_shapes(config))
     got = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
     missing = sorted(set(expected) - set(got))
@@ -172,7 +173,7 @@ def check_params(params: Mapping, config, source: str) -> None:
         problems.append(
             f"{len(unexpected)} unexpected parameters: {', '.join(unexpected[:6])}" + (" ..." if len(unexpected) > 6 else "")
         )
-    raise CheckpointError(f"{source}: weights do not fit the Whisper config: " + "; ".join(problems))
+    raise ShapeMismatchError(f"{source}: weights do not fit the Whisper config: " + "; ".join(problems))
 
 
 # ---------------------------------------------------------------------- dtypes

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
-from whisper_t5x.checkpoints.errors import CheckpointError
+from whisper_t5x.checkpoints.errors import CorruptCheckpointError, UnsupportedFormatError
 
 
 def _dtypes() -> Dict[str, np.dtype]:
@@ -40,18 +40,20 @@ def read_header(path: str) -> Tuple[dict, int]:
     try:
         with open(path, "rb") as f:
             prefix = f.read(8)
-            if len(prefix) != 8:
-                raise CheckpointError(f"{path}: truncated safetensors file (no header)")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > os.path.getsize(path) - 8:
-                raise CheckpointError(f"{path}: truncated or corrupt safetensors file (header of {length} bytes)")
-            header = json.loads(f.read(length))
+            (length,) = struct.unpack("<Q", prefix) if len(prefix) == 8 else (None,)
+            raw = f.read(length) if length is not None and length <= os.path.getsize(path) - 8 else None
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e})") from e
+        raise CorruptCheckpointError(f"{path}: cannot read ({e})") from e
+    if length is None:
+        raise CorruptCheckpointError(f"{path}: truncated safetensors file (no header)")
+    if raw is None:
+        raise CorruptCheckpointError(f"{path}: truncated or corrupt safetensors file (header of {length} bytes)")
+    try:
+        header = json.loads(raw)
     except ValueError as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from e
+        raise CorruptCheckpointError(f"{path}: corrupt safetensors header ({e})") from e
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header")
+        raise CorruptCheckpointError(f"{path}: corrupt safetensors header")
     return header, 8 + length
 
 
@@ -66,16 +68,19 @@ def iter_tensors(path: str) -> Iterator[Tuple[str, np.ndarray]]:
         if name == "__metadata__":
             continue
         try:
-            dtype = dtypes[info["dtype"]]
+            dtype_name = info["dtype"]
             shape = tuple(int(n) for n in info["shape"])
             begin, end = (int(n) for n in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: tensor {name!r} has an unsupported or corrupt entry {info!r}") from e
+            raise CorruptCheckpointError(f"{path}: tensor {name!r} has a corrupt entry {info!r}") from e
+        if dtype_name not in dtypes:
+            raise UnsupportedFormatError(f"{path}: tensor {name!r} has the unsupported dtype {dtype_name!r}")
+        dtype = dtypes[dtype_name]
         count = int(np.prod(shape, dtype=np.int64))
         if end - begin != count * dtype.itemsize:
-            raise CheckpointError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape} {info['dtype']}")
+            raise CorruptCheckpointError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape} {info['dtype']}")
         if start + end > size:
-            raise CheckpointError(f"{path}: truncated safetensors file (tensor {name!r} ends past the file)")
+            raise CorruptCheckpointError(f"{path}: truncated safetensors file (tensor {name!r} ends past the file)")
         yield name, np.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin).reshape(shape)
 
 
@@ -83,7 +88,7 @@ def _dtype_name(dtype: np.dtype) -> str:
     for name, candidate in _dtypes().items():
         if candidate == dtype:
             return name
-    raise CheckpointError(f"dtype {dtype} cannot be written to safetensors")
+    raise UnsupportedFormatError(f"dtype {dtype} cannot be written to safetensors")
 
 
 def write(path: str, tensors: Mapping[str, Any], dtype: Optional[Any] = None,
