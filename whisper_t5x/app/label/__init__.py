@@ -1,0 +1,5 @@
+"""``whisper-t5x label``: transcribe a Hugging Face dataset into Parquet, on one host or many."""
+
+from whisper_t5x.app.label.flags import main
+
+__all__ = ["main"]
