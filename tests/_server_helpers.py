@@ -42,6 +42,8 @@ class ServerProcess:
 
     ``health_log`` records every ``/health`` answer seen while waiting for
     readiness (so tests can check the server was not ready before warm-up).
+
+    ``env``: variables to set (a ``None`` value removes one from the inherited environment).
     """
 
     def __init__(self, args: Sequence[str], env: Optional[dict] = None, port: Optional[int] = None):
@@ -50,7 +52,11 @@ class ServerProcess:
         self.log = tempfile.NamedTemporaryFile(prefix="whisper_t5x-serve-", suffix=".log", delete=False)
         cmd = [sys.executable, "-m", "whisper_t5x.app.serving", *args, "--host", "127.0.0.1", "--port", str(self.port)]
         full_env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
-        full_env.update(env or {})
+        for k, v in (env or {}).items():
+            if v is None:
+                full_env.pop(k, None)
+            else:
+                full_env[k] = v
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
                                      start_new_session=True)
         self.health_log: List[tuple] = []
@@ -98,3 +104,54 @@ class ServerProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class InProcessServer:
+    """A uvicorn server for ``app`` in a thread of this process, on a free port (fake pipelines, fast)."""
+
+    def __init__(self, app, port: Optional[int] = None):
+        import threading
+
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("in-process server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def gradio_call(client, url: str, api_name: str, data: list, timeout: float = 240.0):
+    """Gradio's HTTP API by hand: ``POST /gradio_api/call/NAME`` then read its event stream.
+
+    ``client``: an ``httpx.Client`` (carrying any login cookies). Returns
+    ``(post_status, events)`` with ``events`` a list of ``(event, data)``
+    (empty when the POST was refused).
+    """
+    r = client.post(f"{url}/gradio_api/call/{api_name}", json={"data": data}, timeout=timeout)
+    if r.status_code != 200:
+        return r.status_code, [("refused", r.text)]
+    event_id = r.json()["event_id"]
+    events, name = [], None
+    with client.stream("GET", f"{url}/gradio_api/call/{api_name}/{event_id}", timeout=timeout) as s:
+        for line in s.iter_lines():
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((name, line.split(":", 1)[1].strip()))
+                if name in ("complete", "error"):
+                    break
+    return r.status_code, events

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from whisper_t5x.app import writers as outputs_lib
 from whisper_t5x.audio.loading import SAMPLE_RATE
@@ -41,6 +42,50 @@ logger = logging.getLogger("whisper_t5x.app.serving")
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 _FORM_OVERHEAD = 64 * 1024  # multipart headers and small fields on top of the file
+CLIENT_CLOSED = 499  # nginx's status for "client closed the request"; nobody reads it
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the client disconnects (call once the body has been read)."""
+    while True:
+        message = await request.receive()
+        if message.get("type") == "http.disconnect":
+            return
+
+
+async def _wait_result(request: Request, fut: Any, timeout: float) -> Dict[str, Any]:
+    """The submitted request's result; cancels it if the client disconnects first or the timeout passes.
+
+    A cancelled request still waiting in the batcher is never decoded and no
+    longer holds a queue slot; one already being decoded finishes unused.
+    """
+    wrapped = asyncio.wrap_future(fut)
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({wrapped, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        fut.cancel()
+        wrapped.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if wrapped not in done:
+        fut.cancel()
+        wrapped.cancel()
+        if gone in done:
+            raise ClientGone()
+        raise ServiceError(504, f"the transcription took longer than {timeout:g} s", "server_error",
+                           code="timeout")
+    try:
+        return wrapped.result()
+    except ServiceError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise internal_error(e) from None
 
 
 def error_response(err: ServiceError) -> JSONResponse:
@@ -74,11 +119,14 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise ServiceError(400, "invalid Content-Length header") from None
     chunks: List[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit + _FORM_OVERHEAD:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit + _FORM_OVERHEAD:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone() from None
     return b"".join(chunks)
 
 
@@ -243,23 +291,12 @@ def add_routes(app: FastAPI, service: Service) -> None:
                 audio = await run_in_threadpool(service.decode_audio, data)
                 del data
                 fut = service.submit(audio, options)
-            wrapped = asyncio.wrap_future(fut)
-            try:
-                result = await asyncio.wait_for(wrapped, timeout=service.settings.request_timeout_s)
-            except asyncio.TimeoutError:
-                fut.cancel()
-                raise ServiceError(504, f"the transcription took longer than "
-                                   f"{service.settings.request_timeout_s:g} s", "server_error",
-                                   code="timeout") from None
-            except ServiceError:
-                raise
-            except asyncio.CancelledError:
-                fut.cancel()
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise internal_error(e) from None
+            result = await _wait_result(request, fut, service.settings.request_timeout_s)
             return render(result, fmt, task, audio.shape[0] / SAMPLE_RATE, getattr(service.pipeline, "tokenizer", None),
                           words=options.word_timestamps)
+        except ClientGone:
+            logger.debug("%s request dropped: the client disconnected", task)
+            return Response(status_code=CLIENT_CLOSED)
         except ServiceError as e:
             if e.status >= 500:
                 logger.warning("request failed (%d): %s", e.status, e.message)

@@ -141,6 +141,8 @@ class Batcher:
             if self._stopped:
                 raise BatcherStopped("the server is shutting down")
             if len(self._queue) >= self.max_queue:
+                self._drop_cancelled()  # callers that gave up hold no slot
+            if len(self._queue) >= self.max_queue:
                 self.stats["rejected"] += 1
                 raise QueueFull(f"{len(self._queue)} requests are already waiting; try again later")
             self._queue.append(_Request(audio, options, fut, n, time.monotonic()))
@@ -170,8 +172,18 @@ class Batcher:
 
     @property
     def queue_length(self) -> int:
+        """Requests waiting (those whose caller gave up not counted)."""
         with self._cond:
+            self._drop_cancelled()
             return len(self._queue)
+
+    def _drop_cancelled(self) -> None:
+        """Forgets waiting requests whose Future was cancelled (caller timed out or disconnected); under the lock."""
+        live = [r for r in self._queue if not r.future.cancelled()]
+        if len(live) != len(self._queue):
+            self.stats["dropped"] += len(self._queue) - len(live)
+            logger.debug("dropped %d request(s) whose caller gave up", len(self._queue) - len(live))
+            self._queue = collections.deque(live)
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
@@ -232,9 +244,8 @@ class Batcher:
                     self._cond.wait()
                 if self._stopped:
                     return None
-                live = [r for r in self._queue if not r.future.cancelled()]
-                if len(live) != len(self._queue):
-                    self._queue = collections.deque(live)
+                self._drop_cancelled()
+                if not self._queue:
                     continue
                 first = self._queue[0]
                 # The wait counts from the first request's arrival: requests that

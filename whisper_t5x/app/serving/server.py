@@ -17,9 +17,9 @@ The API key may also come from ``$WHISPER_T5X_API_KEY``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
+import socket
 import sys
 from typing import Any, Optional, Sequence
 
@@ -32,13 +32,15 @@ DEFAULT_GIN = "runs/serve.gin"
 
 
 def create_app(service: Service, start: bool = True) -> Any:
-    """The FastAPI app: REST routes, then the Gradio UI mounted at ``/``."""
+    """The FastAPI app: REST routes, then the Gradio UI mounted at ``/`` (see :func:`.ui.mount_ui`)."""
     import contextlib
 
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     from whisper_t5x.app.serving.api import add_routes
+
+    cleanups = []
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -48,17 +50,15 @@ def create_app(service: Service, start: bool = True) -> Any:
             yield
         finally:
             service.stop()
+            for cleanup in cleanups:
+                cleanup()
 
     app = FastAPI(title="whisper_t5x", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     add_routes(app, service)
     if service.settings.ui:
-        import gradio as gr
+        from whisper_t5x.app.serving.ui import mount_ui
 
-        from whisper_t5x.app.serving.ui import build_ui
-
-        demo = build_ui(service)
-        app = gr.mount_gradio_app(app, demo, path="/", max_file_size=service.settings.max_upload_bytes,
-                                  footer_links=["api"])
+        cleanups.append(mount_ui(app, service))
     else:
         @app.get("/")
         async def root():
@@ -131,6 +131,9 @@ def settings_from_args(argv: Sequence[str]) -> ServingSettings:
     settings = ServingSettings(**values)
     if settings.max_batch_size < 1:
         raise launch.GinConfigError(f"batch size must be >= 1, got {settings.max_batch_size}")
+    port = settings.port
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise launch.GinConfigError(f"port must be 1-65535 (or 0: any free port), got {port!r}")
     settings._log_level = args.log_level  # type: ignore[attr-defined]
     return settings
 
@@ -158,13 +161,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _setup_logging(getattr(settings, "_log_level", "info"))
     import uvicorn
 
+    try:  # bound here, so the address printed is the one served (port 0: the free port chosen)
+        sock = _bind(settings.host, int(settings.port))
+    except OSError as e:
+        print(f"whisper-t5x serve: error: cannot listen on {settings.host}:{settings.port}: {e}", file=sys.stderr)
+        return 1
     service = Service(settings)
     app = create_app(service)
-    shown = dataclasses.replace(settings, api_key="***" if settings.api_key else None)
-    logger.info("serving %s on http://%s:%d (UI %s, API key %s)", shown.model, settings.host, settings.port,
-                "on" if settings.ui else "off", "required" if settings.api_key else "not required")
     config = uvicorn.Config(app, host=settings.host, port=int(settings.port), log_level="warning",
                             timeout_graceful_shutdown=5)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    logger.info("serving %s (UI %s, API key %s)", settings.model, "on" if settings.ui else "off",
+                "required" if settings.api_key else "not required")
+    print(f"whisper-t5x serve: listening on {url}", flush=True)
     server = uvicorn.Server(config)
-    server.run()
+    server.run(sockets=[sock])
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` (IPv6 when the host has a colon), as uvicorn binds it."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock

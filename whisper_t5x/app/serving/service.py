@@ -13,13 +13,15 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
+import re
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from whisper_t5x.audio.loading import SAMPLE_RATE, AudioError, load_audio
+from whisper_t5x.audio.loading import SAMPLE_RATE, AudioError, AudioTooLongError, EmptyAudioError, load_audio
 from whisper_t5x.app.serving.batcher import Batcher, BatcherStopped, DecodeOptions, QueueFull
 
 logger = logging.getLogger("whisper_t5x.app.serving")
@@ -64,7 +66,7 @@ class ServingSettings:
       request_timeout_s: a request not answered by then gets 504.
       api_key: if set, the REST API requires ``Authorization: Bearer <api_key>``.
       warmup: compile the common programs before reporting ready.
-      warmup_timestamps: also compile the timestamp programs.
+      warmup_timestamps: also compile the timestamp and word-timestamp programs.
       ui: mount the Gradio UI at ``/``.
     """
 
@@ -166,15 +168,20 @@ class Service:
             self._ready.set()
 
     def _warmup(self) -> None:
-        """Compile greedy decoding for each batch bucket (plain and with timestamps)."""
+        """Compile what requests will run, for each batch bucket: greedy decoding, plain and with
+        timestamps, and the word-timestamp path (sequential decoding and the alignment pass)."""
         audio = _warmup_audio()
+        s = self.settings
         # Pipelines that decode with timestamp tokens anyway compile the same
         # program for both settings; others need both.
-        both = self.settings.warmup_timestamps and not getattr(self.pipeline, "decode_with_timestamps", False)
-        for ts in ([False, True] if both else [False]):
-            for size in _bucket_sizes(self.settings.max_batch_size):
-                self.pipeline([audio] * size, return_timestamps=ts, batch_size=self.settings.max_batch_size,
-                              chunk_length_s=self.settings.chunk_length_s, generate_kwargs={"temperature": 0.0})
+        both = s.warmup_timestamps and not getattr(self.pipeline, "decode_with_timestamps", False)
+        modes: List[Any] = [False, True] if both else [False]
+        if s.warmup_timestamps:
+            modes.append("word")
+        for ts in modes:
+            for size in _bucket_sizes(s.max_batch_size):
+                self.pipeline([audio] * size, return_timestamps=ts, batch_size=s.max_batch_size,
+                              chunk_length_s=s.chunk_length_s, generate_kwargs={"temperature": 0.0})
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         self._ready.wait(timeout)
@@ -259,24 +266,40 @@ class Service:
         return DecodeOptions(task, lang_code, bool(timestamps), temperature, prompt_ids, bool(word_timestamps))
 
     def decode_audio(self, data: Any) -> np.ndarray:
-        """Upload (bytes or path) -> 16 kHz waveform, with the upload and duration limits."""
+        """Upload (bytes or path) -> 16 kHz waveform, with the upload and duration limits.
+
+        The duration limit is checked before decoding it all (``load_audio``'s
+        ``max_duration_s``: the container's duration, else a decode capped just
+        past the limit), so a small file holding hours of audio costs neither
+        the time nor the memory of decoding them. Error messages name no
+        server path (the upload's temporary copy, Gradio's cache).
+        """
         if isinstance(data, (bytes, bytearray)):
             if len(data) == 0:
                 raise ServiceError(400, "the uploaded file is empty", param="file", code="empty_file")
             if len(data) > self.settings.max_upload_bytes:
                 raise ServiceError(413, f"the uploaded file is larger than {self.settings.max_upload_mb:g} MB",
                                    param="file", code="file_too_large")
+        limit = self.settings.max_audio_s
         try:
-            audio = load_audio(data, SAMPLE_RATE)
+            audio = load_audio(data, SAMPLE_RATE, max_duration_s=limit)
+        except AudioTooLongError as e:
+            length = f"{e.duration_s:.1f} s long" if e.duration_s is not None else "longer than that"
+            raise ServiceError(400, f"the audio is {length}; the limit is {e.limit_s:g} s", param="file",
+                               code="audio_too_long") from None
+        except EmptyAudioError:
+            raise ServiceError(400, "the uploaded file contains no audio samples", param="file",
+                               code="empty_audio") from None
         except AudioError as e:
-            raise ServiceError(400, f"could not decode the audio: {e}", param="file", code="invalid_audio") from None
+            raise ServiceError(400, f"could not decode the audio: {redact_paths(str(e), data)}", param="file",
+                               code="invalid_audio") from None
         if audio.shape[0] == 0:
             raise ServiceError(400, "the uploaded file contains no audio samples", param="file", code="empty_audio")
         if not np.all(np.isfinite(audio)):
             raise ServiceError(400, "the audio contains non-finite samples", param="file", code="invalid_audio")
         duration = audio.shape[0] / SAMPLE_RATE
-        if duration > self.settings.max_audio_s:
-            raise ServiceError(400, f"the audio is {duration:.1f} s long; the limit is {self.settings.max_audio_s:g} s",
+        if duration > limit:
+            raise ServiceError(400, f"the audio is {duration:.1f} s long; the limit is {limit:g} s",
                                param="file", code="audio_too_long")
         return audio
 
@@ -317,8 +340,20 @@ class Service:
             raise internal_error(e) from None
 
 
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/][^\s:'\"]+")
+
+
+def redact_paths(message: str, source: Any = None) -> str:
+    """``message`` with file paths (``source`` if it is one, and anything path-like) replaced by ``<upload>``."""
+    if isinstance(source, (str, os.PathLike)):
+        for form in {os.fspath(source), os.path.realpath(os.fspath(source))}:
+            message = message.replace(form, "<upload>")
+    return _PATH.sub("<upload>", message)
+
+
 def internal_error(e: BaseException) -> ServiceError:
-    return ServiceError(500, f"transcription failed: {type(e).__name__}: {e}", "server_error", code="internal_error")
+    return ServiceError(500, f"transcription failed: {type(e).__name__}: {redact_paths(str(e))}", "server_error",
+                        code="internal_error")
 
 
 def _build_pipeline(settings: ServingSettings) -> Any:

@@ -1,30 +1,69 @@
-"""The Gradio UI (microphone and file tabs) and the Gradio client API.
+"""The Gradio UI (microphone and file tabs), the Gradio client API, and how both are protected.
 
 Client usage (``gradio_client`` >= 1.0 wants files wrapped in ``handle_file``)::
 
     from gradio_client import Client, handle_file
-    text, runtime = Client("http://127.0.0.1:8000/").predict(
-        handle_file("audio.mp3"), "transcribe", False, api_name="/transcribe")
+    client = Client("http://127.0.0.1:8000/")                 # server without --api_key
+    client = Client("http://127.0.0.1:8000/", auth=("me", KEY))  # with --api_key KEY
+    text, runtime = client.predict(handle_file("audio.mp3"), "transcribe", False, api_name="/predict_1")
 
-``/transcribe`` takes (audio, task, return_timestamps) and detects the
-language; the UI's own buttons are ``/transcribe_file`` and
-``/transcribe_microphone`` with a language as fourth input.
+Endpoints, each ``(audio, task, return_timestamps) -> (text, runtime)`` with
+the language detected: ``/predict_1`` (file) and ``/predict`` (microphone),
+the names of the Whisper JAX app the seed documented, and ``/transcribe``
+(file). The UI's own buttons are ``/transcribe_file`` and
+``/transcribe_microphone``, with a language as fourth input.
+
+With an API key (``--api_key`` / ``$WHISPER_T5X_API_KEY``) the UI shows
+Gradio's login form: any user name, the API key as the password. The page,
+every ``/gradio_api`` route (calls, queue, uploads, ``/file=``) and
+``/config`` need that login; ``gradio_client`` logs in with ``auth=(name,
+key)``. The REST API keeps its ``Authorization: Bearer <key>`` header. See
+:func:`mount_ui` for the other protections.
 """
 
 from __future__ import annotations
 
+import hmac
+import os
+import shutil
+import tempfile
 import time
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from whisper_t5x.app.writers import format_timestamp, segments_from_result
 from whisper_t5x.app.serving.service import Service, ServiceError
+from whisper_t5x.text.tokenizer import TASKS
 
-from whisper_t5x.text.tokenizer import TASKS  # noqa: E402
 DESCRIPTION = (
     "Transcribe or translate speech with Whisper (JAX). Record from the microphone or upload a file; "
     "requests from all users are batched together on the accelerator. An OpenAI-compatible REST API is "
     "served at `/v1/audio/transcriptions` and `/v1/audio/translations`."
 )
+LOGIN_MESSAGE = "Log in with any user name; the password is this server's API key."
+ANALYTICS_ENV = "GRADIO_ANALYTICS_ENABLED"
+
+
+class NotUploaded(Exception):
+    """The audio named in a request is not a file this server received from a client."""
+
+
+def analytics_enabled() -> bool:
+    """Gradio's telemetry: off unless ``GRADIO_ANALYTICS_ENABLED=True`` is set explicitly."""
+    return os.environ.get(ANALYTICS_ENV, "False") == "True"
+
+
+def uploaded_path(value: Any, upload_dir: str) -> str:
+    """The path of an audio input, which must lie inside ``upload_dir`` (after resolving links)."""
+    path = value if isinstance(value, str) else getattr(value, "path", None)
+    if path is None and isinstance(value, dict):
+        path = value.get("path")
+    if not isinstance(path, str) or not path:
+        raise NotUploaded("no uploaded file")
+    folder = os.path.realpath(upload_dir)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, folder]) != folder or not os.path.isfile(real):
+        raise NotUploaded("not an upload")
+    return real
 
 
 def _language_choices(service: Service) -> List[Tuple[str, str]]:
@@ -50,13 +89,22 @@ def format_result(result: dict, timestamps: bool) -> str:
     return "\n".join(lines)
 
 
-def build_ui(service: Service) -> Any:
+def build_ui(service: Service, upload_dir: Optional[str] = None) -> Any:
+    """The Blocks app; ``upload_dir``: where Gradio keeps uploads (the only files a request may name)."""
     import gradio as gr
+
+    if upload_dir is None:
+        from gradio.utils import get_upload_folder
+
+        upload_dir = get_upload_folder()
 
     def run(audio_path: Any, task: str, language: str, timestamps: bool) -> Tuple[str, float]:
         if not audio_path:
             raise gr.Error("Record or upload some audio first.")
-        path = audio_path if isinstance(audio_path, str) else getattr(audio_path, "path", None) or audio_path.get("path")
+        try:
+            path = uploaded_path(audio_path, upload_dir)
+        except NotUploaded:
+            raise gr.Error("Upload the audio with the request: server files cannot be named.") from None
         t0 = time.perf_counter()
         try:
             with service.arriving():
@@ -73,7 +121,7 @@ def build_ui(service: Service) -> Any:
         return run(audio_path, task, "auto", return_timestamps)
 
     choices = _language_choices(service)
-    with gr.Blocks(title="Whisper T5X") as demo:
+    with gr.Blocks(title="Whisper T5X", analytics_enabled=analytics_enabled()) as demo:
         gr.Markdown("# Whisper T5X\n" + DESCRIPTION)
         for name, source in (("Microphone", "microphone"), ("Audio file", "upload")):
             key = "microphone" if source == "microphone" else "file"
@@ -89,10 +137,63 @@ def build_ui(service: Service) -> Any:
                         text = gr.Textbox(label="Transcription", lines=8, elem_id=f"{key}-text")
                         runtime = gr.Number(label="Runtime (s)", elem_id=f"{key}-runtime")
                 button.click(run, [audio, task, language, timestamps], [text, runtime], api_name=f"transcribe_{key}")
-                if key == "file":
-                    # The three-argument client endpoint (language detected).
+                # The three-argument client endpoints (language detected): the seed's
+                # (Whisper JAX's) /predict and /predict_1, and our /transcribe.
+                for api_name in (("predict",) if key == "microphone" else ("predict_1", "transcribe")):
                     hidden = gr.Button(visible=False)
-                    hidden.click(transcribe, [audio, task, timestamps], [text, runtime], api_name="transcribe")
+                    hidden.click(transcribe, [audio, task, timestamps], [text, runtime], api_name=api_name)
     limit = max(1, int(service.settings.max_batch_size) * 2)
     demo.queue(default_concurrency_limit=limit, max_size=int(service.settings.max_queue))
     return demo
+
+
+def mount_ui(app: Any, service: Service) -> Callable[[], None]:
+    """Mounts the UI at ``/`` of ``app``; returns the clean-up to run at shutdown.
+
+    Gradio's defaults suit a local demo, not a server, so:
+
+    * uploads go to a private folder of this process (mode 0700, removed by
+      the clean-up; ``$GRADIO_TEMP_DIR`` is pointed at it), so the files
+      Gradio may read or serve are this server's uploads and nothing else;
+    * the Blocks is marked as running, as ``launch()`` would: Gradio checks
+      that a request's file paths are uploads only for a launched app, and a
+      mounted one is never launched, so without this any server file named
+      in a request was copied into the cache and served back;
+    * :func:`uploaded_path` checks the path again before decoding;
+    * ``show_error=False``: clients see only our own messages (no paths),
+      never the text of other exceptions;
+    * with an API key, Gradio's login guards everything (module docstring);
+    * analytics off (:func:`analytics_enabled`).
+    """
+    os.environ.setdefault(ANALYTICS_ENV, "False")
+    import gradio as gr
+
+    key = service.settings.api_key
+    previous_root = os.environ.get("GRADIO_TEMP_DIR") or None
+    upload_dir = tempfile.mkdtemp(prefix="whisper_t5x-gradio-", dir=previous_root)
+    ours = {"GRADIO_TEMP_DIR": upload_dir, "GRADIO_EXAMPLES_CACHE": os.path.join(upload_dir, "examples")}
+    saved = {name: os.environ.get(name) for name in ours}
+    os.environ.update(ours)
+    demo = build_ui(service, upload_dir)
+    auth = None
+    if key:
+        def auth(username: str, password: str) -> bool:
+            return bool(username) and hmac.compare_digest(str(password).encode(), key.encode())
+
+    gr.mount_gradio_app(app, demo, path="/", max_file_size=service.settings.max_upload_bytes, footer_links=["api"],
+                        auth=auth, auth_message=LOGIN_MESSAGE if key else None, show_error=False)
+    demo.has_launched = True
+    demo.is_running = True
+
+    def cleanup() -> None:
+        demo.is_running = False
+        shutil.rmtree(upload_dir, ignore_errors=True)
+        for name, value in ours.items():
+            if os.environ.get(name) != value:
+                continue  # changed since (another app mounted later): leave it
+            if saved[name] is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved[name]
+
+    return cleanup
