@@ -16,7 +16,7 @@ preceded by the last 64 samples of the previous frame (zeros before the first):
 
 Steps 1-2 do not depend on the state, so they run for all frames at once as
 matmuls; only the LSTM recurrence runs under ``lax.scan``. A jitted call
-handles a fixed number of frames (a power of two up to ``max_frames_per_call``)
+handles a fixed number of frames (``frames_per_call``, fewer for short audio)
 for a batch of inputs padded to a common length, carrying the state between
 calls, so the set of compiled programs is small and memory stays bounded on
 hours of audio. The frame grid is faster-whisper's: an input of ``n`` samples
@@ -99,18 +99,21 @@ class VadInputError(VadError, ValueError):
 
 # ---------------------------------------------------------------------- weights
 @functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["stft", "conv_weights", "conv_biases", "lstm_input", "lstm_hidden",
+                   data_fields=["stft", "dense_convs", "conv_biases", "lstm_input", "lstm_hidden",
                                 "lstm_bias", "head_weight", "head_bias"], meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class SileroWeights:
     """The 16 kHz network's parameters, laid out for right-multiplication (``x @ w``).
 
-    ``stft``: (256, 258) DFT basis; ``conv_weights[i]``: (3 * C_in, C_out), taps major; ``lstm_*``:
-    (128, 512) with gates i, f, g, o and the two biases summed; ``head_weight``: (128,).
+    ``stft``: (256, 258) DFT basis. ``dense_convs[i]``: 3-tap conv ``i`` over the frame's few
+    positions (4, 4, 2, 1 in) written as one (T_in * C_in, T_out * C_out) matrix, zero where no
+    tap connects, so the encoder is four plain matmuls with no im2col copies; ``conv_biases[i]``
+    is tiled to T_out * C_out. ``lstm_*``: (128, 512), gates i, f, g, o, the two biases summed.
+    ``head_weight``: (128,).
     """
 
     stft: np.ndarray
-    conv_weights: Tuple[np.ndarray, ...]
+    dense_convs: Tuple[np.ndarray, ...]
     conv_biases: Tuple[np.ndarray, ...]
     lstm_input: np.ndarray
     lstm_hidden: np.ndarray
@@ -139,17 +142,33 @@ def _short_names(tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {name.rsplit("__", 1)[-1]: array for name, array in tensors.items()}
 
 
-def _conv_layout(weight: np.ndarray) -> np.ndarray:
-    """(C_out, C_in, 3) conv kernel -> (3 * C_in, C_out), tap-major to match the im2col below."""
-    return np.ascontiguousarray(np.transpose(weight, (2, 1, 0)).reshape(-1, weight.shape[0]))
+def _dense_convs(kernels: Sequence[np.ndarray], biases: Sequence[np.ndarray]):
+    """The encoder's 3-tap convs (kernels (C_out, C_in, 3), zero padding 1) as dense matrices over
+    the frame's positions: ``y[t] = sum_j x[stride * t + j - 1] @ kernel[:, :, j].T``."""
+    matrices, tiled, steps = [], [], 4  # the STFT gives 4 positions per frame
+    for kernel, bias, stride in zip(kernels, biases, _CONV_STRIDES):
+        c_out, c_in, taps = kernel.shape
+        out_steps = (steps - 1) // stride + 1
+        dense = np.zeros((steps * c_in, out_steps * c_out), np.float32)
+        for t in range(out_steps):
+            for j in range(taps):
+                s = stride * t + j - 1
+                if 0 <= s < steps:
+                    dense[s * c_in:(s + 1) * c_in, t * c_out:(t + 1) * c_out] += kernel[:, :, j].T
+        matrices.append(dense)
+        tiled.append(np.tile(bias, out_steps))
+        steps = out_steps
+    return tuple(matrices), tuple(tiled)
 
 
 def _from_silero_export(t: Dict[str, np.ndarray]) -> SileroWeights:
     """silero-vad 6.x ``silero_vad.onnx`` (PyTorch names, LSTMCell weights as in ``torch.nn.LSTMCell``)."""
+    dense, biases = _dense_convs([t[f"encoder.{i}.reparam_conv.weight"] for i in range(4)],
+                                 [t[f"encoder.{i}.reparam_conv.bias"] for i in range(4)])
     return SileroWeights(
         stft=t["stft.forward_basis_buffer"][:, 0, :].T,
-        conv_weights=tuple(_conv_layout(t[f"encoder.{i}.reparam_conv.weight"]) for i in range(4)),
-        conv_biases=tuple(t[f"encoder.{i}.reparam_conv.bias"] for i in range(4)),
+        dense_convs=dense,
+        conv_biases=biases,
         lstm_input=t["decoder.rnn.weight_ih"].T,
         lstm_hidden=t["decoder.rnn.weight_hh"].T,
         lstm_bias=t["decoder.rnn.bias_ih"] + t["decoder.rnn.bias_hh"],
@@ -166,10 +185,12 @@ def _from_faster_whisper_export(t: Dict[str, np.ndarray]) -> SileroWeights:
     def ifgo(m: np.ndarray) -> np.ndarray:
         return np.concatenate([m[i], m[f], m[c], m[o]], axis=0)
 
+    dense, biases = _dense_convs([t[f"encoder.conv_layers.{k}.weight"] for k in range(4)],
+                                 [t[f"encoder.conv_layers.{k}.bias"] for k in range(4)])
     return SileroWeights(
         stft=t["encoder.feature_extractor.forward_basis_buffer"][:, 0, :].T,
-        conv_weights=tuple(_conv_layout(t[f"encoder.conv_layers.{k}.weight"]) for k in range(4)),
-        conv_biases=tuple(t[f"encoder.conv_layers.{k}.bias"] for k in range(4)),
+        dense_convs=dense,
+        conv_biases=biases,
         lstm_input=ifgo(w).T,
         lstm_hidden=ifgo(r).T,
         lstm_bias=ifgo(b[:4 * HIDDEN]) + ifgo(b[4 * HIDDEN:]),
@@ -208,26 +229,18 @@ def load_weights(path: Optional[str] = None) -> SileroWeights:
 _HIGHEST = jax.lax.Precision.HIGHEST  # f32 matmuls everywhere (no TF32 on GPUs): parity within 1e-3
 
 
-def _conv3(x: jax.Array, weight: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
-    """3-tap conv with zero padding 1 over axis -2 of (..., T, C), as one matmul on stacked taps."""
-    steps = x.shape[-2]
-    out = (steps - 1) // stride + 1
-    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (0, 0)])
-    taps = [jax.lax.slice_in_dim(padded, j, j + stride * (out - 1) + 1, stride, axis=x.ndim - 2)
-            for j in range(3)]
-    return jnp.matmul(jnp.concatenate(taps, axis=-1), weight, precision=_HIGHEST) + bias
-
-
 def _frame_features(w: SileroWeights, frames: jax.Array) -> jax.Array:
     """(..., 576) frames -> (..., 128) encoder features (everything before the LSTM)."""
     tail = jnp.flip(frames[..., -CONTEXT_SAMPLES - 1:-1], axis=-1)  # reflect pad, edge excluded
-    padded = jnp.concatenate([frames, tail], axis=-1)  # (..., 640)
-    windows = jnp.stack([padded[..., k * _HOP:k * _HOP + _WINDOW] for k in range(4)], axis=-2)
-    spectrum = jnp.matmul(windows, w.stft, precision=_HIGHEST)  # (..., 4, 258)
+    blocks = jnp.concatenate([frames, tail], axis=-1).reshape(frames.shape[:-1] + (5, _HOP))
+    # window k = blocks k and k + 1: two matmuls on the blocks instead of copying 4 windows out
+    spectrum = (jnp.matmul(blocks[..., :4, :], w.stft[:_HOP], precision=_HIGHEST)
+                + jnp.matmul(blocks[..., 1:, :], w.stft[_HOP:], precision=_HIGHEST))  # (..., 4, 258)
     x = jnp.sqrt(spectrum[..., :_BINS] ** 2 + spectrum[..., _BINS:] ** 2)
-    for weight, bias, stride in zip(w.conv_weights, w.conv_biases, _CONV_STRIDES):
-        x = jax.nn.relu(_conv3(x, weight, bias, stride))
-    return x[..., 0, :]
+    x = x.reshape(x.shape[:-2] + (4 * _BINS,))
+    for dense, bias in zip(w.dense_convs, w.conv_biases):
+        x = jax.nn.relu(jnp.matmul(x, dense, precision=_HIGHEST) + bias)
+    return x
 
 
 def _lstm(w: SileroWeights, features: jax.Array, h: jax.Array, c: jax.Array):
@@ -242,7 +255,7 @@ def _lstm(w: SileroWeights, features: jax.Array, h: jax.Array, c: jax.Array):
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (h, c), h
 
-    (h, c), hs = jax.lax.scan(step, (h, c), jnp.swapaxes(gates_in, 0, 1), unroll=8)
+    (h, c), hs = jax.lax.scan(step, (h, c), jnp.swapaxes(gates_in, 0, 1), unroll=4)
     return jnp.swapaxes(hs, 0, 1), h, c
 
 
@@ -284,15 +297,17 @@ def _check_audio(audio) -> np.ndarray:
 class SileroVad:
     """The network with its weights on the default device; call it on one input or a batch.
 
-    ``max_frames_per_call`` bounds the frames one compiled call handles (and so its memory);
-    shorter inputs use the next power of two (at least 32), batches are padded to a power of two.
+    One compiled call handles ``frames_per_call`` frames of every input (a bound on its memory);
+    longer inputs take several calls, the LSTM state carried between them. Inputs shorter than
+    one call are padded to a power of two of frames (at least 32), batches to a power of two of
+    inputs, so few programs are compiled: one per batch size on long audio.
     """
 
-    def __init__(self, weights: Optional[SileroWeights] = None, *, max_frames_per_call: int = 2048):
-        if max_frames_per_call < 1:
-            raise VadInputError(f"max_frames_per_call must be positive, got {max_frames_per_call}")
+    def __init__(self, weights: Optional[SileroWeights] = None, *, frames_per_call: int = 1024):
+        if frames_per_call < 1:
+            raise VadInputError(f"frames_per_call must be positive, got {frames_per_call}")
         self.weights = weights if weights is not None else load_weights()
-        self.max_frames_per_call = int(max_frames_per_call)
+        self.frames_per_call = int(frames_per_call)
         self._device_weights = jax.device_put(self.weights)
 
     def probabilities(self, audio) -> np.ndarray:
@@ -306,9 +321,8 @@ class SileroVad:
             return []
         counts = [num_frames(a.size) for a in arrays]
         total = max(counts)
-        sizes = [self.max_frames_per_call] * (total // self.max_frames_per_call)
-        if total % self.max_frames_per_call:
-            sizes.append(_bucket(total % self.max_frames_per_call, 32, self.max_frames_per_call))
+        size = min(self.frames_per_call, _bucket(total, 32, self.frames_per_call))
+        sizes = [size] * -(-total // size)
         rows = _bucket(len(arrays), 1, 1 << 30)
         samples = np.zeros((rows, CONTEXT_SAMPLES + sum(sizes) * FRAME_SAMPLES), np.float32)
         for row, array in enumerate(arrays):
