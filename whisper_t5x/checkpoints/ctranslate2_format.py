@@ -47,6 +47,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from whisper_t5x.audio.constants import INPUT_STRIDE, N_FRAMES
 from whisper_t5x.checkpoints.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -296,7 +297,7 @@ def to_params(v: Dict[str, np.ndarray], source: str) -> Tuple[Dict[str, Any], Di
         enc, dec = _layer_count(v, "encoder"), _layer_count(v, "decoder")
         audio_positions = v.get("encoder/position_encodings/encodings")
         if audio_positions is None:  # not stored: Whisper's fixed sinusoids for 30 s windows
-            audio_positions = sinusoids(1500, d)
+            audio_positions = sinusoids(N_FRAMES // INPUT_STRIDE, d)
         embeddings = dequantize(v, "decoder/embeddings")
         params = {
             "encoder": {

@@ -14,7 +14,7 @@ also unwrap the extra module level some scanned Flax trees put between
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import numpy as np
 
@@ -74,32 +74,37 @@ def num_layers(layers: Mapping) -> int:
     return sizes.pop()
 
 
-def to_scan_layout(params: Mapping) -> Dict[str, Any]:
-    """Stack ``layers/{i}`` blocks on a leading axis (host numpy); scan-layout input is returned as is."""
+def _per_part(params: Mapping, convert: Callable[[str, Mapping], Mapping]) -> Dict[str, Any]:
+    """``params`` with ``convert(part, layers)`` as the (unwrapped) layers of the encoder and decoder."""
     out = dict(params)
     for part in _PARTS:
-        if part not in params:
-            continue
-        layers = _unwrap(params[part]["layers"])
-        if _is_loop(layers):
-            count = len(layers)
-            if set(layers) != {str(i) for i in range(count)}:
-                raise ShapeMismatchError(f"{part} layer indices are not 0..{count - 1}: {sorted(layers, key=int)}")
-            blocks = [layers[str(i)] for i in range(count)]
-            layers = _map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)
-        out[part] = dict(params[part], layers=layers)
+        if part in params:
+            out[part] = dict(params[part], layers=convert(part, _unwrap(params[part]["layers"])))
     return out
+
+
+def _stack(part: str, layers: Mapping) -> Mapping:
+    if not _is_loop(layers):
+        return layers
+    count = len(layers)
+    if set(layers) != {str(i) for i in range(count)}:
+        raise ShapeMismatchError(f"{part} layer indices are not 0..{count - 1}: {sorted(layers, key=int)}")
+    blocks = [layers[str(i)] for i in range(count)]
+    return _map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)
+
+
+def _split(part: str, layers: Mapping) -> Dict[str, Any]:
+    del part  # the signature of _stack
+    if _is_loop(layers):
+        return dict(layers)
+    return {str(i): _map(lambda x, i=i: x[i], layers) for i in range(num_layers(layers))}
+
+
+def to_scan_layout(params: Mapping) -> Dict[str, Any]:
+    """Stack ``layers/{i}`` blocks on a leading axis (host numpy); scan-layout input is returned as is."""
+    return _per_part(params, _stack)
 
 
 def to_loop_layout(params: Mapping) -> Dict[str, Any]:
     """Split stacked layers into ``layers/{i}`` blocks (views, no copies); loop-layout input is returned as is."""
-    out = dict(params)
-    for part in _PARTS:
-        if part not in params:
-            continue
-        layers = _unwrap(params[part]["layers"])
-        if not _is_loop(layers):
-            count = num_layers(layers)
-            layers = {str(i): _map(lambda x, i=i: x[i], layers) for i in range(count)}
-        out[part] = dict(params[part], layers=dict(layers))
-    return out
+    return _per_part(params, _split)
