@@ -1,0 +1,308 @@
+"""``whisper-t5x label``: a local Parquet dataset of espeak-ng clips (audio bytes, ids, reference
+text) plus a corrupt row, labelled in-process with a fake pipeline (fast checks of the job's
+contract) and over ``jax.distributed`` with 2 processes x 2 CPU devices and ``tiny.en``."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "partitioning"))
+from partitioning_test_utils import REPO, free_port, subprocess_env  # noqa: E402
+
+from tests._speech import ESPEAK, needs_espeak, synthesize_file  # noqa: E402
+
+datasets = pytest.importorskip("datasets")
+
+TRAIN = ["The cat sat on the mat.", "Open the door please.", "It is a sunny day.", "I like green apples."]
+VALIDATION = ["We walk to school.", "The river is cold."]
+N_ROWS = len(TRAIN) + len(VALIDATION) + 1  # + the corrupt row
+NO_FALLBACK = "--gin.LabelConfig.generate_kwargs={'temperature': 0.0}"
+
+
+def _write_split(path, texts, prefix, corrupt=False):
+    rows = {"id": [], "audio": [], "text": []}
+    for i, t in enumerate(texts):
+        with open(synthesize_file(t), "rb") as f:
+            rows["audio"].append({"bytes": f.read(), "path": f"{prefix}{i}.wav"})
+        rows["id"].append(f"{prefix}{i}")
+        rows["text"].append(t)
+    if corrupt:
+        rows["id"].append("corrupt")
+        rows["text"].append("this row has no audio")
+        rows["audio"].append({"bytes": b"definitely not an audio file", "path": "corrupt.wav"})
+    # stored as datasets.Audio (decode=True): the job must cast it to decode=False itself
+    ds = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
+    ds.cast_column("audio", datasets.Audio()).to_parquet(path)
+
+
+@pytest.fixture(scope="module")
+def speech_dataset(tmp_path_factory):
+    if ESPEAK is None:
+        pytest.skip("espeak-ng not installed")
+    root = tmp_path_factory.mktemp("label_ds")
+    _write_split(str(root / "train.parquet"), TRAIN, "train", corrupt=True)
+    _write_split(str(root / "validation.parquet"), VALIDATION, "val")
+    return str(root)
+
+
+def _read(out):
+    return pads.dataset(os.path.join(out, "data"), format="parquet").to_table().to_pylist()
+
+
+def _keys(rows):
+    return sorted((r["split"], r["id"]) for r in rows)
+
+
+ALL_KEYS = sorted([("train", f"train{i}") for i in range(len(TRAIN))] + [("train", "corrupt")]
+                  + [("validation", f"val{i}") for i in range(len(VALIDATION))])
+
+
+# ----------------------------------------------------------------- fake pipeline
+class FakePipeline:
+    """Says the reference for clips whose text has an even length, a wrong sentence otherwise."""
+
+    def __init__(self, speech_dataset):
+        from whisper_t5x.audio.loading import load_audio
+
+        self.by_len = {}
+        for t in TRAIN + VALIDATION:
+            self.by_len[load_audio(synthesize_file(t)).shape[0]] = t
+        self.calls = []
+
+    def __call__(self, inputs, **kw):
+        assert kw["return_timestamps"] is True and kw["return_language"] is True
+        self.calls.append(len(inputs))
+        out = []
+        for x in inputs:
+            ref = self.by_len[x["array"].shape[0]]
+            text = ref if len(ref) % 2 == 0 else "completely different words here"
+            dur = x["array"].shape[0] / 16000
+            out.append({"text": " " + text, "language": "en", "chunks": [
+                {"timestamp": (0.0, None), "text": text, "avg_logprob": -0.25, "no_speech_prob": 0.01}]})
+        return out
+
+
+def _label(speech_dataset, out, *extra, pipeline=None):
+    from whisper_t5x.app.label import main
+
+    argv = ["whisper-t5x", "--dataset", speech_dataset, "--split", "train+validation", "--output_dir", str(out),
+            "--text_column", "text", "--quiet", *extra]
+    return main(argv, pipeline=pipeline)
+
+
+def test_corrupt_row_is_kept_with_its_error(speech_dataset, tmp_path):
+    fake = FakePipeline(speech_dataset)
+    assert _label(speech_dataset, tmp_path, pipeline=fake) == 0
+    rows = {r["id"]: r for r in _read(tmp_path)}
+    assert _keys(rows.values()) == ALL_KEYS
+    bad = rows.pop("corrupt")
+    assert bad["error"].startswith("audio decoding failed") and bad["text"] is None and bad["keep"] is False
+    for r in rows.values():
+        assert r["error"] is None and r["duration"] > 0.5 and r["language"] == "en"
+        assert r["segments"] == [{"start": 0.0, "end": r["duration"], "text": r["text"]}]
+        assert r["avg_logprob"] == pytest.approx(-0.25) and r["no_speech_prob"] == pytest.approx(0.01)
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["output"]["rows"] == N_ROWS and summary["output"]["failed"] == 1
+    assert summary["this_run"]["rows"] == N_ROWS and set(summary["this_run"]["splits"]) == {"train", "validation"}
+    assert (tmp_path / "config.gin").read_text().count("LabelConfig.text_column = 'text'") == 1
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
+def test_wer_threshold_sets_keep(speech_dataset, tmp_path, threshold):
+    assert _label(speech_dataset, tmp_path, "--wer_threshold", str(threshold),
+                  pipeline=FakePipeline(speech_dataset)) == 0
+    rows = [r for r in _read(tmp_path) if r["error"] is None]
+    exact = [r for r in rows if len(r["reference"]) % 2 == 0]
+    wrong = [r for r in rows if len(r["reference"]) % 2 == 1]
+    assert exact and wrong
+    assert all(r["wer"] == 0.0 for r in exact) and all(r["wer"] >= 0.75 for r in wrong)
+    assert [r["keep"] for r in rows] == [r["wer"] <= threshold for r in rows]
+    assert sum(r["keep"] for r in rows) == (len(rows) if threshold >= 1.0 else len(exact))
+
+
+def test_streaming_and_map_style_give_the_same_rows(speech_dataset, tmp_path):
+    for name, extra in (("map", ()), ("stream", ("--streaming",))):
+        assert _label(speech_dataset, tmp_path / name, *extra, pipeline=FakePipeline(speech_dataset)) == 0
+    drop = ("avg_logprob", "no_speech_prob")
+    a = sorted(({k: v for k, v in r.items() if k not in drop} for r in _read(tmp_path / "map")), key=str)
+    b = sorted(({k: v for k, v in r.items() if k not in drop} for r in _read(tmp_path / "stream")), key=str)
+    assert len(a) == N_ROWS and a == b
+
+
+def test_resume_skips_rows_already_written(speech_dataset, tmp_path):
+    fake = FakePipeline(speech_dataset)
+    assert _label(speech_dataset, tmp_path, "--max_rows", "3", "--part_rows", "1", pipeline=fake) == 0
+    first = _read(tmp_path)
+    assert len(first) == 3
+    # a part being written when the process was killed: hidden, ignored by readers and by resume
+    (tmp_path / "data" / ".tmp-part-killed.parquet").write_bytes(b"PAR1 half a file")
+    fake.calls.clear()
+    assert _label(speech_dataset, tmp_path, pipeline=fake) == 0
+    rows = _read(tmp_path)
+    assert _keys(rows) == ALL_KEYS
+    audible_first = sum(r["error"] is None for r in first)
+    assert sum(fake.calls) == len(TRAIN) + len(VALIDATION) - audible_first
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["this_run"]["skipped"] == 3 and summary["output"]["rows"] == N_ROWS
+
+
+def test_hardware_preset_applies_to_label_config(speech_dataset):
+    from whisper_t5x.app import launch
+    from whisper_t5x.app.label.config import make_label_config
+
+    import partitioning.gin_bindings  # noqa: F401
+
+    launch.parse_gin(["runs/label.gin", "hardware/gpu"], [], extra_bindings=[
+        "LabelConfig.dataset = 'x'", "LabelConfig.output_dir = 'y'"])
+    cfg = make_label_config()
+    assert (cfg.dtype, cfg.batch_size, cfg.group_size) == ("bfloat16", 16, 64)
+    assert getattr(cfg.partitioner, "__name__", "") == "PjitPartitioner"
+    launch.parse_gin(["runs/label.gin", "hardware/gpu"], [], extra_bindings=[
+        "LabelConfig.dataset = 'x'", "LabelConfig.output_dir = 'y'", "LabelConfig.batch_size = 3"])
+    assert make_label_config().batch_size == 3  # an explicit LabelConfig binding wins
+
+
+def test_named_errors(speech_dataset, tmp_path, capsys):
+    assert _label(speech_dataset, tmp_path, "--text_column", "nope", pipeline=FakePipeline(speech_dataset)) == 1
+    assert "no text column 'nope'" in capsys.readouterr().err
+    assert _label(speech_dataset, tmp_path, "--split", "test", pipeline=FakePipeline(speech_dataset)) == 1
+    assert "split 'test'" in capsys.readouterr().err
+    from whisper_t5x.app.label import main
+
+    assert main(["whisper-t5x", "--dataset", speech_dataset]) == 2
+    assert "output_dir is required" in capsys.readouterr().err
+
+
+def test_duration_groups_sort_within_the_buffer():
+    from whisper_t5x.app.label.batching import DecodedRow, duration_groups
+    from whisper_t5x.app.label.source import SourceRow
+
+    rng = np.random.default_rng(0)
+    lens = rng.integers(1, 100, size=23)
+    rows = [DecodedRow(SourceRow("s", str(i), None), np.zeros(int(n) * 160, np.float32)) for i, n in enumerate(lens)]
+    groups = list(duration_groups(iter(rows), group_size=4, buffer_size=8))
+    assert sorted(r.row.id for g in groups for r in g) == sorted(r.row.id for r in rows)
+    assert [len(g) for g in groups[:-1]] == [4] * (len(groups) - 1)
+    for g in groups:
+        d = [r.duration for r in g]
+        assert d == sorted(d)
+    # every group's spread is within the buffer's: similar durations together
+    spread = np.mean([g[-1].duration - g[0].duration for g in groups])
+    assert spread < 0.5 * (lens.max() - lens.min()) / 100
+
+
+def test_transcript_fields_adapter():
+    from whisper_t5x.app.label.job import transcript_fields
+
+    f = transcript_fields({"text": " a b ", "language": "en", "chunks": [
+        {"timestamp": (0.0, 1.0), "text": " a", "avg_logprob": -1.0, "no_speech_prob": 0.5},
+        {"timestamp": (1.0, None), "text": " b", "avg_logprob": -0.2, "no_speech_prob": 0.1}]}, 4.0)
+    assert f.text == "a b" and f.language == "en"
+    assert f.segments == [{"start": 0.0, "end": 1.0, "text": "a"}, {"start": 1.0, "end": 4.0, "text": "b"}]
+    assert f.avg_logprob == pytest.approx((-1.0 * 1 + -0.2 * 3) / 4)
+    assert f.no_speech_prob == pytest.approx((0.5 + 0.1 * 3) / 4)
+    assert transcript_fields({"text": "", "chunks": []}, 1.0).avg_logprob is None
+
+
+# ------------------------------------------------------------ 2 processes, tiny.en
+TIMEOUT_S = 240
+
+
+def _start(speech_dataset, out, num_processes, *extra, log_dir):
+    port = free_port()
+    env = subprocess_env(2)
+    procs = []
+    for pid in range(num_processes):
+        cmd = [sys.executable, "-m", "whisper_t5x.main", "label", "--dataset", speech_dataset,
+               "--split", "train+validation", "--output_dir", str(out), "--text_column", "text",
+               "--model", "tiny.en", "--wer_threshold", "0.5", NO_FALLBACK, *extra]
+        if num_processes > 1:
+            cmd += ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", str(num_processes),
+                    "--process_id", str(pid)]
+        log = open(os.path.join(log_dir, f"log-{time.time_ns()}-{pid}.txt"), "w+")
+        procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    return procs
+
+
+def _wait(procs, timeout=TIMEOUT_S):
+    deadline = time.time() + timeout
+    try:
+        for p, _ in procs:
+            p.wait(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for p, _ in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    logs = []
+    for p, log in procs:
+        log.seek(0)
+        logs.append(log.read())
+        log.close()
+    if any(p.returncode != 0 for p, _ in procs):
+        raise AssertionError("label processes failed:\n" + "\n=====\n".join(x[-4000:] for x in logs))
+    return logs
+
+
+@pytest.fixture(scope="module")
+def two_process_run(speech_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("label_2p")
+    logs = _wait(_start(speech_dataset, out, 2, "--part_rows", "2", log_dir=str(out)))
+    return out, logs
+
+
+@needs_espeak
+def test_two_processes_label_every_row_exactly_once(two_process_run):
+    out, logs = two_process_run
+    rows = _read(out)
+    assert _keys(rows) == ALL_KEYS  # exactly once: no duplicates, none missing
+    parts = os.listdir(os.path.join(out, "data"))
+    assert {p.split("-p0000")[1][0] for p in parts if p.endswith(".parquet")} == {"0", "1"}  # both wrote
+    by_id = {r["id"]: r for r in rows}
+    assert by_id.pop("corrupt")["error"].startswith("audio decoding failed")
+    for r in by_id.values():
+        assert r["error"] is None and r["text"] and r["language"] == "en" and r["segments"]
+        assert r["keep"] == (r["wer"] <= 0.5) and r["avg_logprob"] < 0
+    assert np.mean([r["wer"] for r in by_id.values()]) < 0.6  # tiny.en does understand espeak-ng
+    s = json.load(open(out / "summary.json"))
+    assert s["this_run"]["processes"] == 2 and s["this_run"]["reported"] == 2
+    assert s["this_run"]["rows"] == N_ROWS and s["output"]["rows"] == N_ROWS and s["output"]["failed"] == 1
+    per = [json.load(open(out / f"summary.process{i}.json")) for i in range(2)]
+    assert sum(p["rows"] for p in per) == N_ROWS and all(p["rows"] > 0 for p in per)
+    assert "summary: this run" in "".join(logs)
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_sigkill_then_rerun_with_two_streaming_processes(speech_dataset, two_process_run, tmp_path):
+    out = tmp_path / "out"
+    procs = _start(speech_dataset, out, 1, "--part_rows", "1", "--group_size", "1", "--gin.LabelConfig.buffer_size=1",
+                   log_dir=str(tmp_path))
+    data = out / "data"
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline and procs[0][0].poll() is None:
+        if data.is_dir() and any(p.endswith(".parquet") and not p.startswith(".") for p in os.listdir(data)):
+            break
+        time.sleep(0.05)
+    procs[0][0].send_signal(signal.SIGKILL)
+    procs[0][0].wait(timeout=10)
+    procs[0][1].close()
+    before = _read(out)
+    assert 1 <= len(before) < N_ROWS, "the process finished before it was killed"
+    assert len(set(_keys(before))) == len(before)
+    _wait(_start(speech_dataset, out, 2, "--streaming", log_dir=str(tmp_path)))
+    rows = _read(out)
+    assert _keys(rows) == ALL_KEYS
+    # streaming multi-process output agrees with the map-style run's transcripts
+    ref = {r["id"]: r["text"] for r in _read(two_process_run[0])}
+    assert {r["id"]: r["text"] for r in rows} == ref
