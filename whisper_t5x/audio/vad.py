@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.resources
-import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
