@@ -20,7 +20,7 @@ import wave
 import numpy as np
 import pytest
 
-from whisper_t5x.app import launch
+from whisper_t5x.app import file_job, inputs, launch
 from whisper_t5x import main as cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,9 +119,12 @@ def test_discover_names_and_shards(audio_dir, tmp_path):
     assert rel == ["in/a/x.wav", "in/b/x.wav", "in/bad.wav", "in/c.wav", "take.1.RAW"]  # txt ignored, c.wav once
     assert errors == [(str(tmp_path / "nope"), "no such file or directory")]
     names = [i.name for i in launch.assign_output_names(files)]
-    assert names == ["in__a__x", "in__b__x", "bad", "c", "take.1"]
+    # a stem shared by several inputs gets a hash of each one's path; unique stems stay as they are
+    ha, hb = (inputs.path_hash(str(audio_dir / d / "x.wav")) for d in "ab")
+    assert names == [f"x-{ha}", f"x-{hb}", "bad", "c", "take.1"] and ha != hb and re.fullmatch("[0-9a-f]{8}", ha)
     same_dir = [str(tmp_path / "s.wav"), str(tmp_path / "s.mp3"), str(tmp_path / "t.wav")]
-    assert [i.name for i in launch.assign_output_names(same_dir)] == ["s_mp3", "s_wav", "t"]
+    assert [i.name for i in launch.assign_output_names(same_dir)] == [
+        f"s-{inputs.path_hash(same_dir[1])}", f"s-{inputs.path_hash(same_dir[0])}", "t"]
     shards = [launch.shard_for_process(list(range(7)), i, 3) for i in range(3)]
     assert shards == [[0, 3, 6], [1, 4], [2, 5]]
 
@@ -175,8 +178,10 @@ def test_gin_and_flags_resume_and_failures(audio_dir, tmp_path, capsys):
     assert pipe.init["batch_size"] == 3 and pipe.init["partitioner"] is not None  # hardware/cpu.gin
     assert [c["n"] for c in FakePipeline.calls] == [2, 1]  # group_size 2, bad file never reached the model
     assert all(c["task"] == "translate" and c["batch_size"] == 3 for c in FakePipeline.calls)
-    names = {"a__x": 8000, "b__x": 12000, "c": 16000}
-    expected = {f"{n}.{e}" for n in names for e in ("txt", "srt", "vtt", "json", "tsv")} | {"config.gin"}
+    ha, hb = (inputs.path_hash(str(audio_dir / d / "x.wav")) for d in "ab")
+    names = {f"x-{ha}": 8000, f"x-{hb}": 12000, "c": 16000}
+    expected = {f"{n}.{e}" for n in names for e in ("txt", "srt", "vtt", "json", "tsv")} | {"config.gin",
+                                                                                            "manifest.jsonl"}
     assert set(os.listdir(out)) == expected
     for n, samples in names.items():
         doc = json.loads((out / f"{n}.json").read_text())
@@ -188,7 +193,7 @@ def test_gin_and_flags_resume_and_failures(audio_dir, tmp_path, capsys):
     assert "# command: whisper-t5x transcribe" in config and "--gin.TASK=" in config  # header
 
     # resume: nothing left to do except the broken file, and no model is built
-    before = {p: os.path.getmtime(out / p) for p in os.listdir(out) if p != "config.gin"}
+    before = {p: os.path.getmtime(out / p) for p in os.listdir(out) if p not in ("config.gin", "manifest.jsonl")}
     rc, stdout, err = run_main(args, capsys)
     assert rc == 1 and not FakePipeline.instances and "bad.wav" in err
     assert "0 file(s) transcribed, 3 skipped, 1 failed" in stdout
@@ -213,10 +218,11 @@ def test_batch_failure_retries_files_one_by_one(audio_dir, tmp_path):
     (audio_dir / "bad.wav").unlink()
     launch.parse_gin([], [])
     config = launch.make_config(output_dir=str(tmp_path / "o"), output_formats="txt", pipeline=Picky)
-    report = launch.run_transcribe(config, [audio_dir], process_index=0, process_count=1)
+    report = file_job.run_transcribe(config, [audio_dir], process_index=0, process_count=1)
     assert len(report.done) == 2 and [os.path.basename(p) for p, _ in report.failed] == ["x.wav"]
     assert "cannot handle" in report.failed[0][1]
-    assert sorted(os.listdir(tmp_path / "o")) == ["a__x.txt", "c.txt", "config.gin"]
+    ha = inputs.path_hash(str(audio_dir / "a" / "x.wav"))
+    assert sorted(os.listdir(tmp_path / "o")) == sorted(["c.txt", "config.gin", "manifest.jsonl", f"x-{ha}.txt"])
 
 
 def test_benchmark_command(audio_dir, tmp_path, capsys):
@@ -228,7 +234,9 @@ def test_benchmark_command(audio_dir, tmp_path, capsys):
     assert [c["n"] for c in FakePipeline.calls] == [3, 3]  # untimed warm-up, then the timed run
     metrics = json.loads((out / "benchmark.json").read_text())
     assert metrics["files"] == 3 and metrics["audio_s"] == pytest.approx(2.25) and metrics["rtf"] > 0
-    assert sorted(os.listdir(out)) == ["a__x.json", "b__x.json", "benchmark.json", "c.json", "config.gin"]
+    ha, hb = (inputs.path_hash(str(audio_dir / d / "x.wav")) for d in "ab")
+    assert sorted(os.listdir(out)) == sorted(["benchmark.json", "c.json", "config.gin", "manifest.jsonl",
+                                              f"x-{ha}.json", f"x-{hb}.json"])
     rc, stdout, _ = run_main(["benchmark", audio_dir, "--output_dir", out, f"--gin.TranscribeConfig.pipeline={FAKE}"],
                              capsys)
     assert rc == 0 and "3 file(s) transcribed, 0 skipped" in stdout  # benchmarks always redo
@@ -304,7 +312,8 @@ def test_two_processes_write_each_output_once(tmp_path):
     for pid, n in lines:
         by_pid.setdefault(pid, []).append(int(n))
     assert sorted(map(sorted, by_pid.values())) == [[4000, 12000], [8000, 16000]]  # round-robin, one per process
-    assert sorted(os.listdir(out)) == ["config.gin"] + [f"f{i}.{e}" for i in range(4) for e in ("json", "txt")]
+    assert sorted(os.listdir(out)) == ["config.gin"] + [f"f{i}.{e}" for i in range(4) for e in ("json", "txt")] + [
+        "manifest.jsonl", "manifest.process1.jsonl"]  # each process records its own files
     assert all("[process " in o and "2 file(s) transcribed" in o for o in outs)
 
 
@@ -361,7 +370,8 @@ def test_two_processes_tiny_en(tmp_path):
                        check=True, timeout=60)
     outs = _run_processes(2, ["transcribe", src, "--model", "tiny.en", "--output_dir", out, "--output_format", "txt",
                               "--gin_file", "hardware/cpu"], _env(), 560)
-    assert sorted(os.listdir(out)) == ["config.gin"] + [f"jfk{i}.txt" for i in range(4)]
+    assert sorted(os.listdir(out)) == ["config.gin"] + [f"jfk{i}.txt" for i in range(4)] + [
+        "manifest.jsonl", "manifest.process1.jsonl"]
     assert "ask not" in (out / "jfk3.txt").read_text().lower()
     assert all("2 file(s) transcribed" in o for o in outs)
 
@@ -373,3 +383,171 @@ def test_long_form_flag_reaches_the_pipeline_and_is_validated(audio_dir, tmp_pat
     assert rc == 0 and [c["long_form"] for c in FakePipeline.calls] == ["sequential"]
     with pytest.raises(ValueError, match="long_form"):
         launch.TranscribeConfig(long_form="seek")
+
+
+# ------------------------------------------------------- issue 13: resume, discovery, Ctrl-C, errors
+def _wav_samples(path):
+    with wave.open(str(path), "rb") as w:
+        return w.getnframes()
+
+
+def _assert_each_output_is_its_own(out, src_dir):
+    """Every txt output holds the transcript of the input the manifest names for it."""
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    owners = {r["name"]: r["source"] for r in records}
+    for txt in out.glob("*.txt"):
+        samples = _wav_samples(owners[txt.stem])
+        assert txt.read_text() == f"transcribe {samples} samples batch None\n", (txt.name, owners[txt.stem])
+    assert {os.path.basename(s) for s in owners.values()} == {p.name for p in src_dir.rglob("*.wav")}
+
+
+def test_resume_never_skips_a_new_input_whose_name_collides(tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write_wav(src / "interview (1).wav", 0.5)
+    write_wav(src / "interview_1.wav", 0.75)
+    args = ["transcribe", src, "--output_dir", out, f"--gin.TranscribeConfig.pipeline={FAKE}"]
+    rc, stdout, _ = run_main(args, capsys)
+    assert rc == 0 and "2 file(s) transcribed" in stdout
+    write_wav(src / "interview 1.wav", 1.0)  # sanitises to the same stem as both others
+    rc, stdout, _ = run_main(args, capsys)
+    assert rc == 0 and "1 file(s) transcribed, 2 skipped" in stdout
+    assert [c["n"] for c in FakePipeline.calls] == [1]
+    texts = sorted(p.read_text() for p in out.glob("*.txt"))
+    assert texts == sorted(f"transcribe {n} samples batch None\n" for n in (8000, 12000, 16000))
+    _assert_each_output_is_its_own(out, src)
+
+
+def test_a_recorded_output_name_never_passes_to_another_input(tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    write_wav(src / "a" / "x.wav", 0.5)
+    args = ["transcribe", src, "--output_dir", out, f"--gin.TranscribeConfig.pipeline={FAKE}"]
+    assert run_main(args, capsys)[0] == 0 and (out / "x.txt").exists()
+    (src / "a" / "x.wav").unlink()
+    write_wav(src / "b" / "x.wav", 0.75)  # same stem, another input: x.txt is not its transcript
+    rc, stdout, _ = run_main(args, capsys)
+    assert rc == 0 and "1 file(s) transcribed, 0 skipped" in stdout
+    assert (out / "x.txt").read_text() == "transcribe 8000 samples batch None\n"  # a's, untouched
+    # Names stay with their inputs: a/x.wav back, c.wav added, nothing already done is redone.
+    write_wav(src / "a" / "x.wav", 0.5)
+    write_wav(src / "c.wav", 0.25)
+    rc, stdout, _ = run_main(args, capsys)
+    assert rc == 0 and "1 file(s) transcribed, 2 skipped" in stdout and [c["n"] for c in FakePipeline.calls] == [1]
+    _assert_each_output_is_its_own(out, src)
+    # An output nobody recorded (another tool, an older version) is redone rather than trusted.
+    (out / "d.txt").write_text("stale\n")
+    write_wav(src / "d.wav", 0.125)
+    rc, stdout, _ = run_main(args, capsys)
+    assert rc == 0 and "1 file(s) transcribed, 3 skipped" in stdout
+    assert (out / "d.txt").read_text() == "transcribe 2000 samples batch None\n"
+
+
+def test_output_names_depend_on_the_input_alone(tmp_path):
+    first = [str(tmp_path / "a" / "x.wav"), str(tmp_path / "b" / "x.wav"), str(tmp_path / "talk.wav")]
+    names = {i.path: i.name for i in launch.assign_output_names(first)}
+    more = first + [str(tmp_path / "0" / "x.wav"), str(tmp_path / "c" / "x.flac"), str(tmp_path / "talk!.mp3")]
+    again = {i.path: i.name for i in launch.assign_output_names(more, claimed={n: p for p, n in names.items()})}
+    assert {p: again[p] for p in first} == names  # not shifted by the files added
+    assert len(set(again.values())) == len(more)
+    assert names[first[2]] == "talk" and again[more[5]].startswith("talk-")  # the recorded owner keeps "talk"
+    # a name claimed by a source that is not in this run is never handed out
+    taken = launch.assign_output_names([str(tmp_path / "new" / "talk.wav")], claimed={"talk": first[2]})
+    assert taken[0].name == "talk-2"  # hash-free only for a unique stem, so a counter
+
+
+def test_symlink_loops_do_not_hang_discovery(tmp_path):
+    d = tmp_path / "loops"
+    (d / "sub").mkdir(parents=True)
+    write_wav(d / "sub" / "a.wav", 0.1)
+    os.symlink(".", d / "self1")
+    os.symlink(".", d / "self2")  # two links to "." made 2^40 paths to walk
+    os.symlink("..", d / "sub" / "up")
+    (tmp_path / "outside").mkdir()
+    write_wav(tmp_path / "outside" / "b.wav", 0.1)
+    os.symlink(tmp_path / "outside", d / "link1")
+    os.symlink(tmp_path / "outside", d / "link2")
+    code = ("import sys; from whisper_t5x.app import launch; "
+            "print('\\n'.join(launch.discover_audio(sys.argv[1:])[0]))")
+    p = subprocess.run([sys.executable, "-c", code, str(d)], cwd=REPO, env=_env(), capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == [str(d / "link1" / "b.wav"), str(d / "sub" / "a.wav")]
+
+
+class CtrlCPipeline(FakePipeline):
+    """Decodes in batches of ``batch_size`` inputs and gets Ctrl-C during the second batch of the run."""
+
+    batches = 0
+
+    def __call__(self, inputs, batch_size=None, **kw):
+        for _ in range(0, len(inputs), batch_size):
+            CtrlCPipeline.batches += 1
+            if CtrlCPipeline.batches == 2:
+                raise KeyboardInterrupt
+        return super().__call__(inputs, batch_size=batch_size, **kw)
+
+
+def test_ctrl_c_keeps_the_files_already_done(tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(5):
+        write_wav(src / f"f{i}.wav", 1.0)
+    CtrlCPipeline.batches = 0
+    args = ["transcribe", src, "--output_dir", out, "--batch_size", "2",  # default group_size (16)
+            "--gin.TranscribeConfig.pipeline='tests.test_cli:CtrlCPipeline'"]
+    rc, stdout, err = run_main(args, capsys)
+    assert rc == 130 and "interrupted" in err and "2 file(s) transcribed" in stdout
+    assert sorted(p.name for p in out.glob("*.txt")) == ["f0.txt", "f1.txt"]
+    assert not list(out.glob(".tmp-*"))
+    rc, stdout, _ = run_main(args, capsys)  # resume
+    assert rc == 0 and "3 file(s) transcribed, 2 skipped" in stdout
+    assert [c["n"] for c in FakePipeline.calls] == [2, 1]  # groups of one batch of windows
+
+
+def test_group_holds_one_batch_of_windows(tmp_path):
+    launch.parse_gin([], [])
+    config = launch.make_config(batch_size=4)
+    loaded = [file_job._Loaded(inputs.InputFile(str(i), str(i)), np.zeros(int(s * 16000), np.float32), s)
+              for i, s in enumerate([10, 10, 70, 10, 100, 10, 10, 10, 10, 10])]
+    groups = list(file_job._iter_groups(iter(loaded), config, lambda: 4))
+    # windows of 30 s owning 20 s: 10 s -> 1, 70 s -> 3, 100 s -> 5 (alone, over the budget)
+    assert [[x.item.name for x in g] for g in groups] == [["0", "1"], ["2", "3"], ["4"], ["5", "6", "7", "8"], ["9"]]
+    assert [file_job.window_count(x.audio.shape[0], config) for x in loaded[:5]] == [1, 1, 3, 1, 5]
+
+
+def test_serve_without_the_extra_is_a_one_line_hint(monkeypatch, capsys):
+    for name in list(sys.modules):
+        if name == "whisper_t5x.app.serving" or name.startswith("whisper_t5x.app.serving."):
+            monkeypatch.delitem(sys.modules, name)
+    for name in ("fastapi", "uvicorn", "gradio"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    rc = cli.main(["whisper-t5x", "serve", "--port", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "[serve]" in err and "fastapi" in err and "pip install" in err
+
+
+def test_unusable_output_dir_is_a_one_line_error(audio_dir, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out, why in ((a_file, "not a directory"), (a_file / "sub", "cannot create")):
+        rc, stdout, err = run_main(["transcribe", audio_dir / "c.wav", "--output_dir", out,
+                                    f"--gin.TranscribeConfig.pipeline={FAKE}"], capsys)
+        assert rc == 2 and why in err and str(out) in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not FakePipeline.instances
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_outputs_follow_the_umask(audio_dir, tmp_path, capsys, umask, mode):
+    old = os.umask(umask)
+    try:
+        rc, _, _ = run_main(["transcribe", audio_dir / "c.wav", "--output_dir", tmp_path / "o", "--output_format",
+                             "txt,json", f"--gin.TranscribeConfig.pipeline={FAKE}"], capsys)
+    finally:
+        os.umask(old)
+    assert rc == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "o").iterdir()}
+    assert modes == {"c.txt": mode, "c.json": mode, "config.gin": mode, "manifest.jsonl": mode}

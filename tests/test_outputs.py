@@ -118,3 +118,15 @@ def test_write_outputs_atomic_and_exists(tmp_path):
     assert O.outputs_exist(d, "a", ["txt", "srt"]) and not O.outputs_exist(d, "a", ["txt", "vtt"])
     with open(paths["txt"], encoding="utf-8") as f:
         assert f.read() == "Hello there.\nGeneral Kenobi!\n"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        paths = O.write_outputs(RESULT, str(tmp_path), "a", ["txt", "json"], duration=4.25)
+        O.write_outputs(RESULT, str(tmp_path), "a", ["txt"], duration=4.25)  # replacing keeps the rule
+    finally:
+        os.umask(old)
+    assert {fmt: os.stat(p).st_mode & 0o777 for fmt, p in paths.items()} == {"txt": mode, "json": mode}
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "a.txt"]  # no temporary file left

@@ -26,13 +26,16 @@ Examples::
   whisper-t5x transcribe /data --coordinator_address=10.0.0.1:1234 --num_processes=N --process_id=I
 
 Exit status: 0 when every file was transcribed or skipped, 1 when some failed
-(listed at the end), 2 for usage / configuration errors.
+(listed at the end), 2 for usage / configuration errors (an unusable output
+directory included), 130 when interrupted (Ctrl-C; what was written stays,
+and the same command resumes).
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib
+import importlib.util
 import logging
 import shlex
 import sys
@@ -40,10 +43,12 @@ from typing import List, Optional, Sequence
 
 from absl import flags
 
-from whisper_t5x.app import launch
+from whisper_t5x.app import file_job, launch
 
 FLAGS = flags.FLAGS
 COMMANDS = ("transcribe", "benchmark", "serve")
+SERVE_MODULES = ("fastapi", "uvicorn", "gradio")  # what the [serve] extra installs
+SERVE_HINT = "pip install 'whisper_t5x[serve]' (or pip install -e '.[serve]' in a checkout)"
 
 # Convenience flags -> TranscribeConfig fields (None: not given, gin decides).
 flags.DEFINE_string("model", None, "Model name (base, tiny.en) or checkpoint path. Default: base.")
@@ -128,18 +133,34 @@ def _help() -> str:
     return USAGE + "\nflags:\n" + "\n".join(ours) + "\n"
 
 
+def _missing_serve_module() -> Optional[str]:
+    for name in SERVE_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
 def _serve(argv: Sequence[str]) -> int:
-    """``whisper-t5x serve ...`` -> ``whisper_t5x.app.serving.main([prog, ...])``."""
+    """``whisper-t5x serve ...`` -> ``whisper_t5x.app.serving.main([prog, ...])``.
+
+    Without the ``[serve]`` extra: a one-line hint instead of an import traceback.
+    """
+    missing = _missing_serve_module()
+    if missing is not None:
+        return _error(f"the 'serve' command needs the [serve] extra (module {missing!r} is not installed): {SERVE_HINT}")
     try:
         serving = importlib.import_module("whisper_t5x.app.serving")
+        entry = getattr(serving, "main", None)
+        if entry is None:
+            return _error("whisper_t5x.app.serving has no main(argv) entry point")
+        rc = entry([argv[0]] + list(argv[2:]))
     except ModuleNotFoundError as e:
-        if e.name not in ("whisper_t5x.app.serving",):
+        if not e.name or e.name.split(".")[0] == "whisper_t5x":
             raise
-        return _error("the 'serve' command needs the whisper_t5x.app.serving package, which is not installed here")
-    entry = getattr(serving, "main", None)
-    if entry is None:
-        return _error("whisper_t5x.app.serving has no main(argv) entry point")
-    rc = entry([argv[0]] + list(argv[2:]))
+        return _error(f"the 'serve' command needs module {e.name!r}, which is not installed: {SERVE_HINT}")
     return int(rc or 0)
 
 
@@ -209,17 +230,23 @@ def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
         f"written: {datetime.datetime.now().isoformat(timespec='seconds')}",
     ])
     try:
-        report = launch.run_transcribe(config, paths, pipeline=pipeline, process_index=index,
-                                       process_count=count, config_header=header)
+        report = file_job.run_transcribe(config, paths, pipeline=pipeline, process_index=index,
+                                         process_count=count, config_header=header)
     except launch.GinConfigError as e:
         return _error(f"invalid configuration: {e}")
+    except file_job.OutputDirError as e:
+        return _error(str(e))
+    except file_job.RunInterrupted as e:
+        print(e.report.summary(), flush=True)
+        file_job.print_failures(e.report)
+        return _error("interrupted: the outputs written so far are kept; run the same command again to resume", 130)
     except RuntimeError as e:
         return _error(str(e), 1)
     if report.planned == 0 and not report.failed and index == 0 and count == 1:
         return _error("no audio files found in " + ", ".join(paths))
     print(report.summary(), flush=True)
     if report.failed:
-        launch.print_failures(report)
+        file_job.print_failures(report)
         return 1
     return 0
 

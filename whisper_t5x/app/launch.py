@@ -1,18 +1,18 @@
-"""Launch-time wiring for the ``whisper-t5x`` command: gin, files, processes.
+"""Launch-time wiring for the ``whisper-t5x`` command: gin, configs, processes, the pipeline.
 
 This is the edge of the system, the one place (with ``whisper_t5x.main``)
 that imports gin. It holds:
 
 * :class:`TranscribeConfig` -- every knob of a transcription / benchmark run,
   a gin configurable (``TranscribeConfig.batch_size = 16``) whose defaults
-  are the command's defaults;
+  are the command's defaults; :class:`ServeConfig` for the server;
 * :func:`parse_gin` -- gin files and bindings composed in order, with search
   paths and clear errors (:class:`GinConfigError`);
 * :func:`initialize_distributed` -- ``jax.distributed`` for multi-host runs;
-* :func:`discover_audio`, :func:`assign_output_names`, :func:`shard_for_process`
-  -- which files exist, what their outputs are called, which process does each;
-* :func:`run_transcribe` -- load (and so validate) audio in bounded groups,
-  transcribe each group in one pipeline call, write outputs, summarise.
+* :func:`build_pipeline` -- the pipeline (and partitioner) a config names.
+
+The file job itself (discovering files, output names, resume, groups,
+writing) is :mod:`whisper_t5x.app.file_job` with :mod:`whisper_t5x.app.inputs`.
 
 Multi-host model: every process runs the same command, takes every
 ``process_count``-th file of the sorted list (round-robin) and transcribes it
@@ -23,17 +23,12 @@ the others. Process 0 writes the run's ``config.gin``.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import importlib
-import json
 import logging
 import os
 import re
-import sys
-import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gin
 
@@ -43,11 +38,8 @@ logger = logging.getLogger("whisper_t5x.app.launch")
 
 from whisper_t5x.audio.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
 
-# Extensions picked up when walking directories (files named explicitly are
-# always tried, whatever their extension).
-AUDIO_EXTENSIONS = frozenset(
-    "wav wave flac mp3 m4a m4b aac ogg oga opus webm weba mp4 m4v mkv mka mov avi wma wmv aif aiff aifc "
-    "amr au snd caf ac3 eac3 dts spx 3gp 3g2 mpga mpeg mpg ts".split()
+from whisper_t5x.app.inputs import (  # noqa: E402,F401 (re-exported: the file job's inputs)
+    AUDIO_EXTENSIONS, InputFile, assign_output_names, discover_audio, shard_for_process,
 )
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -95,8 +87,11 @@ class TranscribeConfig:
       generate_kwargs: extra decoding options passed through to ``generate``.
       output_dir: where ``<name>.<fmt>`` files and ``config.gin`` go.
       output_formats: ``"txt"``, ``"srt,vtt"``, ``"all"`` or a list of names.
-      overwrite: redo files whose outputs all exist (default: skip them).
-      group_size: files loaded and transcribed per pipeline call (bounds memory).
+      overwrite: redo files whose outputs all exist (default: skip them; the
+        manifest in ``output_dir`` says which input each output belongs to).
+      group_size: at most this many files per pipeline call (bounds memory); a
+        call also holds at most one batch of windows, so that each file is
+        written as soon as it is done (see ``whisper_t5x.app.file_job``).
       group_max_audio_s: also close a group once it holds this much audio.
       load_workers: threads decoding audio (ffmpeg) ahead of the model.
       partitioner: ``None`` (pipeline default), a partitioner, or a factory
@@ -370,88 +365,6 @@ def _platform_is_cpu() -> bool:
     return plats.strip().lower().startswith("cpu")
 
 
-# ==================================================================== files
-@dataclasses.dataclass(frozen=True)
-class InputFile:
-    path: str  # as found (absolute)
-    name: str  # output stem, unique within the run
-
-
-def discover_audio(paths: Iterable[str], extensions: Iterable[str] = AUDIO_EXTENSIONS) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """Audio files under ``paths`` (sorted, de-duplicated) and ``(path, error)`` for missing ones.
-
-    Directories are walked recursively for files with a known audio extension
-    (hidden files and directories are skipped); files named explicitly are
-    kept whatever their extension.
-    """
-    exts = {e.lower().lstrip(".") for e in extensions}
-    found: Dict[str, str] = {}
-    errors: List[Tuple[str, str]] = []
-    for p in paths:
-        p = os.path.expanduser(str(p))
-        if os.path.isdir(p):
-            for root, dirs, files in os.walk(p, followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for f in files:
-                    if f.startswith("."):
-                        continue
-                    if os.path.splitext(f)[1].lower().lstrip(".") in exts:
-                        full = os.path.abspath(os.path.join(root, f))
-                        found.setdefault(os.path.realpath(full), full)
-        elif os.path.isfile(p):
-            full = os.path.abspath(p)
-            found.setdefault(os.path.realpath(full), full)
-        else:
-            errors.append((p, "no such file or directory"))
-    return sorted(found.values()), errors
-
-
-def _sanitize(name: str) -> str:
-    name = re.sub(r"[^\w.\-]+", "_", name, flags=re.UNICODE).strip("._")
-    return name or "audio"
-
-
-def assign_output_names(files: Sequence[str]) -> List[InputFile]:
-    """Unique output stems: ``<stem>`` where unambiguous; colliding stems get
-    their parent directories prepended (``a__x``, ``b__x``), then the
-    extension, then a counter. Deterministic in the sorted file list, so every
-    process computes the same names."""
-    files = sorted(files)
-    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
-    counts = collections.Counter(stems)
-    common = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
-    names: List[str] = []
-    for f, stem in zip(files, stems):
-        if counts[stem] == 1:
-            names.append(stem)
-            continue
-        rel = os.path.relpath(os.path.splitext(f)[0], common) if common else os.path.splitext(f)[0]
-        parts = [p for p in rel.split(os.sep) if p not in ("", ".", "..")]
-        names.append("__".join(parts) if len(parts) > 1 else stem)
-    # still colliding (same stem in one directory with different extensions, ...)
-    counts = collections.Counter(names)
-    names = [n if counts[n] == 1 else f"{n}_{os.path.splitext(f)[1].lstrip('.').lower()}" for n, f in zip(names, files)]
-    seen: Dict[str, int] = {}
-    final: List[InputFile] = []
-    for f, n in zip(files, names):
-        n = _sanitize(n)
-        base, k = n, seen.get(n, 0)
-        while n in seen:
-            k += 1
-            n = f"{base}-{k}"
-        seen[n] = 0
-        seen[base] = k
-        final.append(InputFile(f, n))
-    return final
-
-
-def shard_for_process(items: Sequence[Any], process_index: int = 0, process_count: int = 1) -> List[Any]:
-    """Round-robin share of ``items`` (already sorted) for one process."""
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"bad process index {process_index} of {process_count}")
-    return list(items[process_index::process_count])
-
-
 # ================================================================= pipeline
 def _resolve_callable(spec: Any) -> Callable:
     if callable(spec):
@@ -509,249 +422,5 @@ def build_pipeline(config: TranscribeConfig, process_count: int = 1):
     return factory(**kwargs)
 
 
-# ====================================================================== run
-@dataclasses.dataclass
-class RunReport:
-    planned: int = 0  # files assigned to this process
-    done: List[str] = dataclasses.field(default_factory=list)
-    skipped: List[str] = dataclasses.field(default_factory=list)
-    failed: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
-    audio_s: float = 0.0
-    wall_s: float = 0.0
-    load_model_s: float = 0.0
-    transcribe_s: float = 0.0
-    warmup_s: float = 0.0
-    process_index: int = 0
-    process_count: int = 1
-
-    @property
-    def rtf(self) -> Optional[float]:
-        return self.wall_s / self.audio_s if self.audio_s > 0 else None
-
-    def summary(self) -> str:
-        who = f"[process {self.process_index}/{self.process_count}] " if self.process_count > 1 else ""
-        rtf = self.rtf
-        speed = f"real-time factor {rtf:.3f} ({1 / rtf:.1f}x real time)" if rtf else "real-time factor n/a"
-        return (
-            f"{who}{len(self.done)} file(s) transcribed, {len(self.skipped)} skipped, {len(self.failed)} failed; "
-            f"{self.audio_s / 3600:.4f} h audio in {self.wall_s:.1f} s wall "
-            f"(model load {self.load_model_s:.1f} s, transcription {self.transcribe_s:.1f} s); {speed}"
-        )
-
-    def as_dict(self) -> Dict[str, Any]:
-        return dict(
-            files=len(self.done), skipped=len(self.skipped), failed=len(self.failed), audio_s=self.audio_s,
-            wall_s=self.wall_s, load_model_s=self.load_model_s, transcribe_s=self.transcribe_s,
-            warmup_s=self.warmup_s, rtf=self.rtf,
-            transcribe_rtf=(self.transcribe_s / self.audio_s if self.audio_s > 0 else None),
-            process_index=self.process_index, process_count=self.process_count,
-        )
-
-
-@dataclasses.dataclass
-class _Loaded:
-    item: InputFile
-    audio: Any  # float32 waveform at 16 kHz
-    duration: float
-
-
-def _load(item: InputFile) -> _Loaded:
-    from whisper_t5x.audio.loading import load_audio
-
-    audio = load_audio(item.path, SAMPLE_RATE)
-    return _Loaded(item, audio, audio.shape[0] / SAMPLE_RATE)
-
-
-def _iter_groups(
-    items: Sequence[InputFile], config: TranscribeConfig, failed: List[Tuple[str, str]]
-) -> Iterator[List[_Loaded]]:
-    """Decoded audio in groups of at most ``group_size`` files / ``group_max_audio_s``.
-
-    Decoding runs ``load_workers`` files ahead of the consumer (bounded
-    memory); a file that cannot be decoded is recorded in ``failed`` and left
-    out, so it never reaches the model.
-    """
-    workers = max(1, int(config.load_workers))
-    lookahead = max(workers, 2)
-    group: List[_Loaded] = []
-    group_s = 0.0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: collections.deque = collections.deque()
-        it = iter(items)
-        for item in it:
-            pending.append((item, pool.submit(_load, item)))
-            if len(pending) >= lookahead:
-                break
-        while pending:
-            item, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_load, nxt)))
-            try:
-                loaded = fut.result()
-            except Exception as e:  # noqa: BLE001 - any decode problem skips the file
-                msg = str(e).strip().splitlines()
-                failed.append((item.path, msg[-1] if msg else type(e).__name__))
-                logger.warning("cannot read %s: %s", item.path, failed[-1][1])
-                continue
-            group.append(loaded)
-            group_s += loaded.duration
-            if len(group) >= config.group_size or group_s >= config.group_max_audio_s:
-                yield group
-                group, group_s = [], 0.0
-        if group:
-            yield group
-
-
-def _call_pipeline(pipe, loaded: Sequence[_Loaded], config: TranscribeConfig) -> List[Mapping[str, Any]]:
-    inputs = [{"array": x.audio, "sampling_rate": SAMPLE_RATE} for x in loaded]
-    kwargs: Dict[str, Any] = dict(
-        task=config.task,
-        language=config.language,
-        return_timestamps="word" if config.word_timestamps else bool(config.return_timestamps),
-        return_language=True,
-        chunk_length_s=float(config.chunk_length_s),
-        stride_length_s=config.stride_length_s,
-        batch_size=config.batch_size,
-        generate_kwargs=dict(config.generate_kwargs) if config.generate_kwargs else None,
-    )
-    if config.long_form != "chunked":  # custom pipelines need not know the argument
-        kwargs["long_form"] = config.long_form
-    if config.progress is not None:
-        kwargs["progress"] = config.progress
-    results = pipe(inputs, **kwargs)
-    if isinstance(results, Mapping):
-        results = [results]
-    results = list(results)
-    if len(results) != len(inputs):
-        raise RuntimeError(f"pipeline returned {len(results)} results for {len(inputs)} inputs")
-    return results
-
-
 class PipelineBuildError(RuntimeError):
     """The model / pipeline could not be built (nothing can be transcribed)."""
-
-
-EMPTY_RESULT = {"text": "", "chunks": [], "language": None}
-
-
-def run_transcribe(
-    config: TranscribeConfig,
-    paths: Sequence[str],
-    *,
-    pipeline: Any = None,
-    process_index: int = 0,
-    process_count: int = 1,
-    config_header: Optional[str] = None,
-    write_gin_config: bool = True,
-) -> RunReport:
-    """Transcribes ``paths`` (files and directories) per ``config``.
-
-    ``pipeline``: a ready pipeline object (tests); otherwise built from
-    ``config`` on first need, so a run where every file is done or
-    unreadable never loads a model.
-    """
-    t0 = time.perf_counter()
-    report = RunReport(process_index=process_index, process_count=process_count)
-    files, missing = discover_audio(paths)
-    report.failed.extend(missing)
-    everything = assign_output_names(files)
-    mine = shard_for_process(everything, process_index, process_count)
-    report.planned = len(mine)
-    formats = list(config.output_formats)
-    out_dir = config.output_dir
-    os.makedirs(out_dir, exist_ok=True)
-    logger.info("%d audio file(s) found, %d for this process", len(everything), len(mine))
-
-    todo: List[InputFile] = []
-    for item in mine:
-        if not config.overwrite and outputs_lib.outputs_exist(out_dir, item.name, formats):
-            report.skipped.append(item.path)
-        else:
-            todo.append(item)
-    if report.skipped:
-        logger.info("%d file(s) already have their outputs: skipped (--overwrite redoes them)", len(report.skipped))
-
-    pipe = pipeline
-    config_written = False
-
-    def ensure_pipeline():
-        nonlocal pipe, config_written
-        if pipe is None:
-            t = time.perf_counter()
-            try:
-                pipe = build_pipeline(config, process_count)
-            except Exception as e:  # noqa: BLE001 - unknown model, bad partitioner/batch size, ...
-                raise PipelineBuildError(f"cannot set up model {config.model!r}: {type(e).__name__}: {e}") from e
-            report.load_model_s += time.perf_counter() - t
-        if write_gin_config and process_index == 0 and not config_written:
-            write_config(os.path.join(out_dir, CONFIG_FILENAME), config_header or "")
-            config_written = True
-        return pipe
-
-    warmed = not config.warmup
-    for group in _iter_groups(todo, config, report.failed):
-        empty = [x for x in group if x.audio.shape[0] == 0]
-        group = [x for x in group if x.audio.shape[0] > 0]
-        for x in empty:  # a valid file holding no samples: empty transcript
-            outputs_lib.write_outputs(EMPTY_RESULT, out_dir, x.item.name, formats, 0.0)
-            report.done.append(x.item.path)
-        if not group:
-            continue
-        ensure_pipeline()
-        if not warmed:
-            t = time.perf_counter()
-            _transcribe_group(pipe, group, config, RunReport(), write=False)
-            report.warmup_s = time.perf_counter() - t
-            warmed = True
-        t = time.perf_counter()
-        _transcribe_group(pipe, group, config, report)
-        report.transcribe_s += time.perf_counter() - t
-    if write_gin_config and process_index == 0 and not config_written:
-        write_config(os.path.join(out_dir, CONFIG_FILENAME), config_header or "")
-    report.wall_s = time.perf_counter() - t0 - report.warmup_s
-    if config.benchmark_file:
-        name = config.benchmark_file
-        if process_count > 1:
-            stem, ext = os.path.splitext(name)
-            name = f"{stem}.process{process_index}{ext or '.json'}"
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            json.dump(report.as_dict(), f, indent=2)
-            f.write("\n")
-    return report
-
-
-def _transcribe_group(pipe, group: Sequence[_Loaded], config: TranscribeConfig, report: RunReport, write: bool = True):
-    """One pipeline call for the group; if it fails, each file alone (so one bad
-    input costs only itself)."""
-    try:
-        results = _call_pipeline(pipe, group, config)
-        pairs = list(zip(group, results))
-    except Exception as e:  # noqa: BLE001
-        if len(group) == 1:
-            report.failed.append((group[0].item.path, f"transcription failed: {type(e).__name__}: {e}"))
-            logger.warning("transcription of %s failed: %s", group[0].item.path, e)
-            return
-        logger.warning("batched transcription failed (%s: %s); retrying the %d files one by one",
-                       type(e).__name__, e, len(group))
-        for x in group:
-            _transcribe_group(pipe, [x], config, report, write)
-        return
-    for x, result in pairs:
-        if write:
-            try:
-                outputs_lib.write_outputs(result, config.output_dir, x.item.name, config.output_formats, x.duration)
-            except Exception as e:  # noqa: BLE001 - e.g. disk full, odd result
-                report.failed.append((x.item.path, f"writing outputs failed: {type(e).__name__}: {e}"))
-                continue
-        report.done.append(x.item.path)
-        report.audio_s += x.duration
-
-
-def print_failures(report: RunReport, stream=None) -> None:
-    stream = stream or sys.stderr
-    if not report.failed:
-        return
-    print(f"{len(report.failed)} file(s) failed:", file=stream)
-    for path, why in report.failed:
-        print(f"  {path}: {why}", file=stream)

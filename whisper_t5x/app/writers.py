@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -226,9 +226,22 @@ def outputs_exist(output_dir: str, name: str, formats: Sequence[str]) -> bool:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    """Write via a temporary file + rename, so a file that exists is complete."""
+    """Write via a temporary file + rename, so a file that exists is complete.
+
+    The temporary file is created with mode 0666 and the process umask
+    applies, as for any file the user's tools create (``mkstemp`` would make
+    every output 0600).
+    """
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(6)}-{os.path.basename(path)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"cannot create a temporary file next to {path}")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
