@@ -59,6 +59,9 @@ def _is_saved_to_disk(path: str) -> bool:
     )
 
 
+_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
+
+
 def _open(dataset: str, config_name: Optional[str], split: str, streaming: bool):
     import datasets
 
@@ -70,9 +73,20 @@ def _open(dataset: str, config_name: Optional[str], split: str, streaming: bool)
             ds = ds[split]
         return ds.to_iterable_dataset(num_shards=max(1, min(64, len(ds)))) if streaming else ds
     try:
+        builder = _FILE_BUILDERS.get(os.path.splitext(dataset)[1].lower()) if os.path.isfile(dataset) else None
+        if builder is not None:  # one manifest / data file: it is the split asked for
+            return datasets.load_dataset(builder, data_files={split: dataset}, split=split, streaming=streaming)
         return datasets.load_dataset(dataset, config_name, split=split, streaming=streaming)
-    except (FileNotFoundError, ValueError) as e:
-        raise SourceError(f"cannot load split {split!r} of dataset {dataset!r}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds; say which and why
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        hint = ""
+        if "torchcodec" in str(cause):
+            hint = (" (datasets encodes the audio of an audiofolder through torchcodec; describe the files in a "
+                    "CSV/JSON manifest with a path column, or store them as Parquet with audio bytes)")
+        raise SourceError(f"cannot load split {split!r} of dataset {dataset!r}: {type(cause).__name__}: "
+                          f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}{hint}") from e
 
 
 def load_split(dataset: str, split: str, *, config_name: Optional[str] = None, streaming: bool = False,
@@ -98,7 +112,8 @@ def load_split(dataset: str, split: str, *, config_name: Optional[str] = None, s
             ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
     keep = [c for c in (audio_column, id_column, text_column) if c]
     ds = ds.select_columns(keep)
-    base = os.path.abspath(dataset) if os.path.isdir(dataset) else None
+    base = os.path.abspath(dataset if os.path.isdir(dataset) else os.path.dirname(dataset)) \
+        if os.path.exists(dataset) else None
     return SplitSource(split, ds, audio_column, id_column, text_column, base)
 
 
