@@ -6,10 +6,17 @@ import pytest
 
 from whisper_t5x.longform.stitching import Seam, find_seam, majority_language, parse_window, stitch
 from whisper_t5x.longform.windows import split_windows, window_params
+from whisper_t5x.results import as_pipeline_dict
 
 SR = 16000
 EOT, TS = 50257, 50364  # multilingual layout: <|endoftext|>, <|0.00|>
 CHUNK, STRIDE = window_params(30.0)
+
+
+def _view(result):
+    """A stitched Transcription as the dict the assertions read: text, language, chunks with statistics."""
+    chunks = [dict(timestamp=(seg.start, seg.end), text=seg.text, **seg.statistics()) for seg in result.segments]
+    return {"text": result.text, "chunks": chunks, "language": result.language}
 
 
 def decode(ids):
@@ -53,7 +60,7 @@ def run(words, duration_s, timestamps, **kw):
     wins = split_windows(n, CHUNK, STRIDE)
     trs = [parse_window(window_output(words, w, timestamps, **kw), w, EOT, TS, timestamps, language="en")
            for w in wins]
-    return stitch(trs, decode, n / SR, timestamps), wins
+    return _view(stitch(trs, decode, n / SR, timestamps)), wins
 
 
 def check_chunks(out, duration):
@@ -116,7 +123,7 @@ def test_silent_overlap_uses_time_cut():
 def test_no_speech():
     out, wins = run([], 65.0, True)
     assert out == {"text": "", "chunks": [], "language": "en"}
-    assert stitch([], decode, 0.0, True) == {"text": "", "chunks": [], "language": None}
+    assert _view(stitch([], decode, 0.0, True)) == {"text": "", "chunks": [], "language": None}
 
 
 def test_parse_window_clips_and_offsets():
@@ -160,7 +167,7 @@ def test_segment_chunks_carry_window_statistics():
     trs = [dataclasses.replace(parse_window(window_output(words, w, True), w, EOT, TS, True),
                                avg_logprob=lp, no_speech_prob=ns, temperature=t)
            for w, (lp, ns, t) in zip(wins, stats)]
-    out = stitch(trs, decode, duration, True)
+    out = _view(stitch(trs, decode, duration, True))
     check_chunks(out, duration)
     lps = {lp for lp, _, _ in stats}
     for c in out["chunks"]:
@@ -177,11 +184,12 @@ def test_segment_chunks_carry_window_statistics():
     seen = {round(c["avg_logprob"], 6) for c in out["chunks"]}
     assert any(abs(s - lp) < 1e-6 for s in seen for lp in lps - {stats[0][0], stats[-1][0]})
     # Without statistics (not decoded): None; without timestamps: window chunks have no extra keys.
-    plain = stitch([parse_window(window_output(words, w, True), w, EOT, TS, True) for w in wins], decode, duration,
-                   True)
+    plain = _view(stitch([parse_window(window_output(words, w, True), w, EOT, TS, True) for w in wins], decode, duration,
+                   True))
     assert all(c["avg_logprob"] is None and c["temperature"] is None for c in plain["chunks"])
     windows = stitch(trs, decode, duration, True, chunks="windows")
-    assert all(set(c) == {"timestamp", "text"} for c in windows["chunks"])
+    # One segment per window; the seed's dict without timestamps carries no statistics.
+    assert all(set(c) == {"timestamp", "text"} for c in as_pipeline_dict(windows)["chunks"])
 
 
 # ----------------------------------------------------------------- pause-aligned windows
@@ -219,7 +227,7 @@ def test_pause_windows_overlapping_by_one_utterance_exact(vocab, drop_last):
         if drop_last and not w.is_last:  # Whisper often leaves a window's final utterance out
             ws = [(tok, t) for tok, t in words if t < w.end / SR - 2.5]
         trs.append(parse_window(window_output(ws, w, timestamps), w, EOT, TS, timestamps))
-    out = stitch(trs, decode, 60.0, timestamps)
+    out = _view(stitch(trs, decode, 60.0, timestamps))
     assert out["text"] == decode([tok for tok, _ in words])
     check_chunks(out, 60.0)
 
@@ -231,4 +239,4 @@ def test_abutting_pause_windows_keep_all_text_even_with_repeated_words(timestamp
     trs = [parse_window(window_output(words, w, timestamps), w, EOT, TS, timestamps) for w in wins]
     for a, b in zip(trs, trs[1:]):
         assert find_seam(a, b) == Seam(len(a.tokens), 0, False)
-    assert stitch(trs, decode, 60.0, timestamps)["text"] == decode([tok for tok, _ in words])
+    assert stitch(trs, decode, 60.0, timestamps).text == decode([tok for tok, _ in words])

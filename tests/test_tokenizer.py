@@ -10,7 +10,8 @@ import pytest
 from tests._audio_helpers import EN_TOKENIZER, ML_TOKENIZER, jfk_text, make_large_v3_tokenizer_json, require
 from whisper_t5x.text import languages
 from whisper_t5x.model.config import SpecialTokens
-from whisper_t5x.text.tokenizer import Segment, WhisperTokenizer
+from whisper_t5x.longform.segments import parse_row, strip_prefix
+from whisper_t5x.text.tokenizer import WhisperTokenizer
 
 SPECIAL_FIELDS = ("eot", "sot", "translate", "transcribe", "sot_lm", "sot_prev", "no_speech", "no_timestamps",
                   "timestamp_begin")
@@ -220,14 +221,25 @@ def test_decode_with_timestamps_matches_openai(tok):
     assert tok.decode_with_timestamps([tok.timestamp_begin + 1], time_offset=30.0) == "<|30.02|>"
 
 
+def _split(tok, ids, time_offset=0.0):
+    """(start, end, text, tokens) per run of the shared row parser (whisper_t5x.longform.segments)."""
+    sampled, _ = strip_prefix(ids, tok.sot, tok.eot, tok.timestamp_begin)
+    row = parse_row(sampled, tok.eot, tok.timestamp_begin)
+
+    def at(t):
+        return None if t is None else round(t + time_offset, 6)
+
+    return [(at(r.start), at(r.end), tok.decode(list(r.tokens)), list(r.tokens)) for r in row.runs]
+
+
 def test_split_to_segments(ml):
     seq, first, rest = _timestamped(ml)
-    segments = ml.split_to_segments(seq)
+    segments = _split(ml, seq)
     assert segments == [
-        Segment(0.0, 1.08, " And so my fellow Americans", first),
-        Segment(1.08, 10.0, ml.decode(rest), rest),
+        (0.0, 1.08, " And so my fellow Americans", first),
+        (1.08, 10.0, ml.decode(rest), rest),
     ]
-    start, end, text, tokens = ml.split_to_segments(seq, time_offset=30.0)[1]
+    start, end, text, tokens = _split(ml, seq, time_offset=30.0)[1]
     assert (start, end) == (31.08, 40.0) and tokens == rest
 
 
@@ -236,13 +248,13 @@ def test_split_to_segments_edge_cases(ml):
     # Single timestamps between segments, an unterminated final segment, a prompt before sot.
     prompt = [ml.sot_prev] + ml.encode(" earlier text")
     seq = prompt + ml.sot_sequence("en", timestamps=True) + [ts] + a + [ts + 100] + b
-    assert ml.split_to_segments(seq) == [Segment(0.0, 2.0, " a", a), Segment(2.0, None, " b", b)]
+    assert _split(ml, seq) == [(0.0, 2.0, " a", a), (2.0, None, " b", b)]
     # A gap between two timestamps, then padding after end-of-text is ignored.
     seq = [ts + 10] + a + [ts + 20, ts + 30] + b + [ts + 40, ml.eot, ml.eot] + a
-    assert ml.split_to_segments(seq) == [Segment(0.2, 0.4, " a", a), Segment(0.6, 0.8, " b", b)]
+    assert _split(ml, seq) == [(0.2, 0.4, " a", a), (0.6, 0.8, " b", b)]
     # No timestamps at all; nothing at all.
-    assert ml.split_to_segments(ml.sot_sequence("en") + a + [ml.eot]) == [Segment(None, None, " a", a)]
-    assert ml.split_to_segments([ml.sot, ml.eot]) == []
+    assert _split(ml, ml.sot_sequence("en") + a + [ml.eot]) == [(None, None, " a", a)]
+    assert _split(ml, [ml.sot, ml.eot]) == []
 
 
 def test_timestamp_token_lookup(ml):

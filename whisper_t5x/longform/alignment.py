@@ -40,11 +40,15 @@ Entry points:
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from whisper_t5x.audio.constants import FRAMES_PER_SECOND, N_FRAMES, TOKENS_PER_SECOND  # noqa: F401
+from whisper_t5x.longform.segments import parse_row, strip_prefix
 
 __all__ = [
     "WordTiming",
@@ -62,9 +66,6 @@ __all__ = [
     "APPEND_PUNCTUATIONS",
 ]
 
-TOKENS_PER_SECOND = 50  # encoder positions per second (1500 per 30 s window)
-FRAMES_PER_SECOND = 100  # mel frames per second
-from whisper_t5x.audio.constants import N_FRAMES  # noqa: F401 (re-exported)
 NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 PREPEND_PUNCTUATIONS = "\"'\u201c\u00bf([{-"
 APPEND_PUNCTUATIONS = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
@@ -205,9 +206,14 @@ def split_to_word_tokens(tokenizer: Any, tokens: Sequence[int], language: Option
 
 
 # --------------------------------------------------------------------------- forward
-def _forward_fn(model: Any, heads: Tuple[Tuple[int, int], ...]):
+# Compiled forwards of models whose caller keeps no program cache of its own (direct calls, tests);
+# the pipeline passes its Decoder's ``alignment_programs``.
+_DEFAULT_PROGRAMS: "weakref.WeakKeyDictionary[Any, Dict[Any, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _forward_fn(model: Any, heads: Tuple[Tuple[int, int], ...], programs: Optional[Dict[Any, Any]] = None):
     """jit(params, features (B, mels, 3000), tokens (B, T)) -> (weights (B, H, T, 1500), next-token probs (B, T))."""
-    cache = model.__dict__.setdefault("_alignment_fns", {})
+    cache = _DEFAULT_PROGRAMS.setdefault(model, {}) if programs is None else programs
     if heads in cache:
         return cache[heads]
     from whisper_t5x.model.whisper import WhisperModule
@@ -261,6 +267,7 @@ def find_alignment(
     task: Optional[str] = None,
     medfilt_width: int = 7,
     heads: Optional[Sequence[Tuple[int, int]]] = None,
+    programs: Optional[Dict[Any, Any]] = None,
 ) -> List[List[WordTiming]]:
     """Word timings (seconds from each window's start) for a batch of windows.
 
@@ -268,7 +275,8 @@ def find_alignment(
     window its text token ids (no special or timestamp tokens);
     ``num_frames``: mel frames of real audio in each window (default 3000);
     ``language_tokens``: per window the language token the text was decoded
-    with (multilingual checkpoints; it decides how words are split as well).
+    with (multilingual checkpoints; it decides how words are split as well);
+    ``programs``: the caller's cache of compiled forwards (keyed by heads).
     """
     features = np.asarray(features)
     batch = features.shape[0]
@@ -300,7 +308,7 @@ def find_alignment(
     length = min(max_len, 32 if longest <= 32 else -(-longest // _TOKEN_BUCKET) * _TOKEN_BUCKET)
     per_row = len(heads) * length * features.shape[-1] // 2 * 4
     step = max(1, min(len(rows), 1 << int(np.log2(max(1, _MAX_WEIGHT_BYTES // per_row)))))
-    fn = _forward_fn(model, heads)
+    fn = _forward_fn(model, heads, programs)
     weight_parts, prob_parts = [], []
     for lo in range(0, len(rows), step):
         part = list(range(lo, min(len(rows), lo + step)))
@@ -493,33 +501,11 @@ def _window_parts(model: Any, sequence: Sequence[int], time_offset: float, durat
                   ) -> Tuple[Optional[int], List[Dict[str, Any]]]:
     """(language token, segments) of one decoded window; segments as :func:`attach_words` wants them."""
     special = model.config.special_tokens
-    ids = [int(t) for t in (sequence.tolist() if hasattr(sequence, "tolist") else sequence)]
-    if special.sot_prev in ids and special.sot in ids:
-        ids = ids[ids.index(special.sot):]
-    language = None
-    if ids and ids[0] == special.sot:
-        ids = ids[1:]
-    while ids and special.eot < ids[0] < special.timestamp_begin:
-        if ids[0] in special.language_ids:
-            language = ids[0]
-        ids = ids[1:]
-    if special.eot in ids:
-        ids = ids[:ids.index(special.eot)]
-    segments: List[Dict[str, Any]] = []
-    start: Optional[float] = None
-    run: List[int] = []
-    for t in ids:
-        if t >= special.timestamp_begin:
-            stamp = time_offset + (t - special.timestamp_begin) * 0.02
-            if run:
-                segments.append(dict(start=time_offset if start is None else start, end=stamp, tokens=run))
-                run = []
-            start = stamp
-        elif t < special.eot:
-            run.append(t)
-    if run:
-        segments.append(dict(start=time_offset if start is None else start, end=time_offset + duration,
-                             tokens=run))
+    ids, language = strip_prefix(sequence, special.sot, special.eot, special.timestamp_begin, special.language_ids)
+    parsed = parse_row(ids, special.eot, special.timestamp_begin)
+    segments = [dict(start=time_offset + (0.0 if r.start is None else r.start),
+                     end=time_offset + (duration if r.end is None else r.end), tokens=list(r.tokens))
+                for r in parsed.runs]
     return language, segments
 
 

@@ -7,13 +7,18 @@ a failure:
   repeats itself (zlib compresses it too well), the usual decoding loop;
 * ``avg_logprob < logprob_threshold`` (-1.0): the model is unsure.
 
-A window is *silent* when ``no_speech_prob > no_speech_threshold`` (0.6) and
-``avg_logprob < logprob_threshold``: it is not retried, and its text is
-dropped. Rejected windows are decoded again by sampling at the next
+A window is *silent* (:func:`is_silent`) when ``no_speech_prob >
+no_speech_threshold`` (0.6) and the model is not sure of its text
+(``avg_logprob <= logprob_threshold``; with ``logprob_threshold=None`` the
+no-speech probability alone decides, as openai-whisper's skip rule does): it
+is not retried, and its text is dropped. Every long-form mode uses this one
+test. Rejected windows are decoded again by sampling at the next
 temperature (0.2, 0.4, ..., 1.0) until one is accepted. If none is, the
 attempt kept is the one with the highest ``avg_logprob`` among those that
-pass the compression check (among all attempts if none does); openai-whisper
-keeps the last (hottest) attempt instead, which is usually the worst.
+pass the compression check (among all attempts if none does), the policy of
+faster-whisper; openai-whisper keeps the last (hottest) attempt instead, which
+is usually the worst. Chunked, VAD and sequential decoding all apply it
+through :class:`whisper_t5x.longform.decoder.Decoder`.
 
 A threshold of ``None`` disables that check; ``temperatures=(0.0,)`` disables
 the fallback.
@@ -25,7 +30,8 @@ import dataclasses
 import zlib
 from typing import Optional, Sequence, Tuple
 
-__all__ = ["FallbackConfig", "compression_ratio", "judge", "better", "temperature_schedule", "OK", "RETRY", "SILENT"]
+__all__ = ["FallbackConfig", "compression_ratio", "is_silent", "judge", "better", "temperature_schedule", "OK",
+           "RETRY", "SILENT"]
 
 OK, RETRY, SILENT = "ok", "retry", "silent"
 
@@ -65,10 +71,16 @@ def _unsure(avg_logprob: float, cfg: FallbackConfig) -> bool:
     return cfg.logprob_threshold is not None and avg_logprob < cfg.logprob_threshold
 
 
+def is_silent(avg_logprob: float, no_speech_prob: float, cfg: FallbackConfig) -> bool:
+    """Whether a decoded window is silence: its text is dropped and it is not retried."""
+    if cfg.no_speech_threshold is None or no_speech_prob <= cfg.no_speech_threshold:
+        return False
+    return cfg.logprob_threshold is None or avg_logprob <= cfg.logprob_threshold
+
+
 def judge(text: str, avg_logprob: float, no_speech_prob: float, cfg: FallbackConfig) -> str:
     """``SILENT``, ``RETRY`` or ``OK`` for one decoded window."""
-    if (cfg.no_speech_threshold is not None and no_speech_prob > cfg.no_speech_threshold
-            and _unsure(avg_logprob, cfg)):
+    if is_silent(avg_logprob, no_speech_prob, cfg):
         return SILENT
     if _too_repetitive(text, cfg) or _unsure(avg_logprob, cfg):
         return RETRY

@@ -54,6 +54,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from whisper_t5x.longform.fallback import compression_ratio
+from whisper_t5x.longform.segments import parse_row
+from whisper_t5x.results import Segment, Transcription
 from whisper_t5x.longform.windows import SAMPLE_RATE, Window
 
 from whisper_t5x.audio.constants import TIME_PRECISION  # noqa: F401 (re-exported)
@@ -120,39 +122,26 @@ def parse_window(
 
     ``sequence`` is the generated ids *after* the forced prefix (or the whole
     output: special tokens between ``eot`` and ``timestamp_begin`` are
-    skipped); it ends at the first ``eot``. Timestamp tokens are relative to
+    skipped); it ends at the first ``eot``. It is read by
+    :func:`whisper_t5x.longform.segments.parse_row`; timestamps are relative to
     the window's start and are clipped to the window.
     """
-    ids = [int(t) for t in (sequence.tolist() if hasattr(sequence, "tolist") else sequence)]
-    if eot in ids:
-        ids = ids[: ids.index(eot)]
     w_start = window.start / sampling_rate
     w_end = window.end / sampling_rate
 
     def clip(t: float) -> float:
-        return min(max(t, w_start), w_end)
+        return min(max(w_start + t, w_start), w_end)
 
-    # (start, end, [tokens]) segments; start/end None when not given by a timestamp.
-    segments: List[Tuple[Optional[float], Optional[float], List[int]]] = []
-    start: Optional[float] = None
-    run: List[int] = []
-    for tok in ids:
-        if tok >= timestamp_begin:
-            if not timestamps:
-                continue
-            t = clip(w_start + (tok - timestamp_begin) * time_precision)
-            if run:
-                segments.append((start, t, run))
-                run = []
-            start = t
-        elif tok < eot:
-            run.append(tok)
-    if run:
-        segments.append((start, None, run))
+    parsed = parse_row(sequence, eot, timestamp_begin, time_precision)
+    if timestamps:
+        runs = [(None if r.start is None else clip(r.start), None if r.end is None else clip(r.end), r.tokens)
+                for r in parsed.runs]
+    else:  # one run of all text, spread over the window
+        runs = [(None, None, tuple(t for r in parsed.runs for t in r.tokens))] if parsed.runs else []
 
     out: List[TimedToken] = []
     prev_end = w_start
-    for k, (s, e, toks) in enumerate(segments):
+    for k, (s, e, toks) in enumerate(runs):
         s = prev_end if s is None else max(s, prev_end)
         if e is None:
             # Unclosed: runs to the next segment's start or the window's end.
@@ -165,10 +154,8 @@ def parse_window(
             out.append(TimedToken(tok, s + (j + 0.5) / n * (e - s), k, s, e))
         prev_end = e if timestamps else w_start
     last_ts = None
-    if timestamps:
-        stamps = [t for t in ids if t >= timestamp_begin]
-        if stamps:
-            last_ts = clip(w_start + (stamps[-1] - timestamp_begin) * time_precision)
+    if timestamps and parsed.last_timestamp is not None:
+        last_ts = clip(parsed.last_timestamp)
     return WindowTranscript(window, out, language, timestamps, last_ts)
 
 
@@ -325,15 +312,16 @@ def stitch(
     sampling_rate: int = SAMPLE_RATE,
     min_match: int = 3,
     chunks: Optional[str] = None,
-) -> Dict[str, object]:
-    """Merge one input's window transcripts into ``{"text", "chunks", "language"}``.
+) -> Transcription:
+    """Merge one input's window transcripts into a :class:`~whisper_t5x.results.Transcription`.
 
     ``transcripts`` are the input's windows in order. ``duration`` (seconds)
-    clips the chunk times. ``language`` is :func:`majority_language`.
+    clips the segment times. ``language`` is :func:`majority_language`.
     ``chunks``: ``"segments"`` (timestamped segments; needs ``timestamps``) or
-    ``"windows"`` (one per window); default segments when ``timestamps``.
-    Segment chunks also hold ``avg_logprob``, ``no_speech_prob``,
-    ``compression_ratio`` and ``temperature`` (see the module docstring).
+    ``"windows"`` (one segment per window, spanning what it owns); default
+    segments when ``timestamps``. Segments carry ``avg_logprob``,
+    ``no_speech_prob``, ``compression_ratio`` and ``temperature`` (see the
+    module docstring; per window in ``"windows"`` mode).
     """
     if chunks is None:
         chunks = "segments" if timestamps else "windows"
@@ -342,7 +330,7 @@ def stitch(
     transcripts = sorted(transcripts, key=lambda t: t.window.start)
     n = len(transcripts)
     if n == 0:
-        return {"text": "", "chunks": [], "language": None}
+        return Transcription("", (), None, float(duration))
     lo = [0] * n
     hi = [len(t.tokens) for t in transcripts]
     for k in range(n - 1):
@@ -356,7 +344,7 @@ def stitch(
     all_ids = [tok.token for k, tr in enumerate(transcripts) for tok in tr.tokens[lo[k]:hi[k]]]
     text = decode(all_ids)
 
-    mode, chunks = chunks, []
+    mode = chunks
     if mode == "segments":
         pieces: List[_Piece] = []
         for k, tr in enumerate(transcripts):
@@ -369,6 +357,7 @@ def stitch(
                     pieces.append(p)
         spans = [[p.start, p.end] for p in pieces]
         texts = [decode(p.tokens) for p in pieces]
+        tokens = [tuple(p.tokens) for p in pieces]
         ratios: Dict[int, float] = {}
 
         def ratio(tr: WindowTranscript) -> float:  # of the window's whole text, as openai-whisper reports it
@@ -378,12 +367,14 @@ def stitch(
 
         extras = [_segment_stats(p.sources, ratio) for p in pieces]
     else:
-        spans, texts = [], []
+        spans, texts, tokens, extras = [], [], [], []
         for k, tr in enumerate(transcripts):
             if kept[k]:
                 a, b = tr.window.owned
                 spans.append([a / sampling_rate, b / sampling_rate])
-                texts.append(decode([tok.token for tok in tr.tokens[lo[k]:hi[k]]]))
+                tokens.append(tuple(tok.token for tok in tr.tokens[lo[k]:hi[k]]))
+                texts.append(decode(list(tokens[-1])))
+                extras.append(_segment_stats([(tr, kept[k])], lambda w: compression_ratio(decode(w.ids))))
     # Clip into the audio and make monotonic: start <= end <= next start.
     prev_end = 0.0
     for idx, span in enumerate(spans):
@@ -393,9 +384,7 @@ def stitch(
             e = max(s, spans[idx + 1][0])  # the next chunk's start wins over this chunk's end
         span[0], span[1] = s, e
         prev_end = e
-    for k, (span, t) in enumerate(zip(spans, texts)):
-        chunk = {"timestamp": (round(span[0], 3), round(span[1], 3)), "text": t}
-        if mode == "segments":
-            chunk.update(extras[k])
-        chunks.append(chunk)
-    return {"text": text, "chunks": chunks, "language": majority_language(transcripts, kept)}
+    segments = tuple(
+        Segment(round(span[0], 3), round(span[1], 3), t, tokens[k], **extras[k])
+        for k, (span, t) in enumerate(zip(spans, texts)))
+    return Transcription(text, segments, majority_language(transcripts, kept), float(duration))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numbers
 import os
 import re
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 from whisper_t5x.text import languages as _languages
 from whisper_t5x.model.config import SpecialTokens
@@ -30,21 +30,7 @@ TASKS = ("transcribe", "translate")
 
 _LANGUAGE_TOKEN = re.compile(r"^<\|([a-z]{2,3})\|>$")
 
-__all__ = ["WhisperTokenizer", "Segment", "TIME_PRECISION"]
-
-
-class Segment(NamedTuple):
-    """One timestamped piece of a transcript.
-
-    ``start`` / ``end`` are seconds (``time_offset`` included); ``start`` is
-    None for text before any timestamp and ``end`` is None for a final segment
-    that the model did not close with a timestamp.
-    """
-
-    start: Optional[float]
-    end: Optional[float]
-    text: str
-    tokens: List[int]
+__all__ = ["WhisperTokenizer", "TASKS", "TIME_PRECISION"]
 
 
 def _ids(ids: Union[Sequence[int], "object"]) -> List[int]:
@@ -274,42 +260,6 @@ class WhisperTokenizer:
                                time_offset: float = 0.0) -> str:
         """Ids to text with timestamp tokens rendered inline as ``<|1.08|>`` (seconds, + ``time_offset``)."""
         return self._render(_ids(ids), skip_special_tokens, timestamps=True, time_offset=time_offset)
-
-    def split_to_segments(self, ids: Sequence[int], time_offset: float = 0.0) -> List[Segment]:
-        """Cut a timestamped output into :class:`Segment` tuples ``(start, end, text, tokens)``.
-
-        Tokens before the first ``<|startoftranscript|>`` (a ``<|startofprev|>``
-        prompt) are skipped and the output ends at the first ``<|endoftext|>``.
-        Each run of text tokens spans from the timestamp before it to the one
-        after it, so both Whisper's paired ``<|t|><|t|>`` boundaries and single
-        timestamps between segments work; empty runs are dropped. A final run
-        without a closing timestamp gets ``end=None``; text with no timestamp
-        before it gets ``start=None``.
-        """
-        tokens = _ids(ids)
-        if self.sot in tokens:
-            tokens = tokens[tokens.index(self.sot) + 1:]
-        if self.eot in tokens:
-            tokens = tokens[: tokens.index(self.eot)]
-
-        def seconds(token: int) -> float:
-            return round((token - self.timestamp_begin) * TIME_PRECISION + time_offset, 6)
-
-        segments: List[Segment] = []
-        start: Optional[float] = None
-        run: List[int] = []
-        for token in tokens:
-            if token >= self.timestamp_begin:
-                if run:
-                    segments.append(Segment(start, seconds(token), self.decode(run), run))
-                    run = []
-                start = seconds(token)
-            elif token < self.eot:
-                run.append(token)
-            # other special tokens (language, task, notimestamps) carry no text
-        if run:
-            segments.append(Segment(start, None, self.decode(run), run))
-        return segments
 
     # --------------------------------------------------------------- misc
     def token_to_id(self, token: str) -> Optional[int]:

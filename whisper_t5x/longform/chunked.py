@@ -1,0 +1,297 @@
+"""Chunked long-form transcription: overlapping 30 s windows of all inputs, decoded in parallel, stitched.
+
+segmenter  :mod:`whisper_t5x.longform.windows` (fixed strides, or pause-aligned)
+decoder    :class:`whisper_t5x.longform.decoder.Decoder` (full batches, fallback)
+assembler  :func:`whisper_t5x.longform.stitching.stitch`
+
+A loader thread (:class:`WindowLoader`) loads each input, cuts it into
+windows, packs the windows of *all* inputs into full batches and computes
+their log-mel features, while the main thread decodes the previous batch:
+batch ``k + 1`` is dispatched before batch ``k`` is fetched and judged, so
+the device never waits for host work. Windows that are digitally silent are
+not decoded. When a window's text stops well before the end of the audio it
+owns, a continuation window is decoded from its last timestamp
+(:func:`continuation_windows`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from whisper_t5x.audio.constants import N_SAMPLES, SAMPLE_RATE
+from whisper_t5x.audio.loading import AudioError, load_audio
+from whisper_t5x.longform.decoder import DecodedRow, Decoder, DecodeRequest, Pending
+from whisper_t5x.longform.stitching import WindowTranscript, parse_window, stitch
+from whisper_t5x.longform.windows import Batch, Window, bucket_size, pause_windows, split_windows
+from whisper_t5x.results import Transcription
+
+__all__ = ["ChunkedSettings", "transcribe_chunked", "WindowLoader", "continuation_windows", "window_features",
+           "EARLY_STOP_S", "EARLY_STOP_AT_PAUSE_S"]
+
+EARLY_STOP_S = 3.0  # a window whose text stops this long before its owned end gets a continuation
+# ... where its owned end is a pause (pause-aligned windows): speech should reach it, so a shorter gap counts.
+EARLY_STOP_AT_PAUSE_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkedSettings:
+    chunk: int  # window length in samples
+    stride: int  # stride in samples
+    batch_size: int
+    silence_threshold: float  # windows with a lower peak are not decoded
+    cut_at_pauses: bool = False
+    continue_early_stops: bool = True
+
+
+# ---------------------------------------------------------------------- loader messages
+@dataclasses.dataclass(frozen=True)
+class InputLoaded:
+    index: int
+    num_samples: int
+    num_windows: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchReady:
+    batch: Batch
+    features: Any  # (rows, n_mels, 3000) float32, or (rows, 480000) audio for device features; None if empty
+    silent: List[Window]  # silent windows met since the previous batch (not decoded)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderFailed:
+    error: BaseException
+
+
+class _Stopped(Exception):
+    pass
+
+
+def window_features(clips: Sequence[np.ndarray], rows: int, n_mels: int, on_device: bool) -> np.ndarray:
+    """Features (or, for device features, padded audio) of a batch; padding rows repeat the last clip."""
+    from whisper_t5x.audio.features import log_mel_spectrogram_np, pad_or_trim
+
+    clips = list(clips) + [clips[-1]] * (rows - len(clips))
+    if on_device:
+        return np.stack([pad_or_trim(c, N_SAMPLES) for c in clips]).astype(np.float32)
+    return log_mel_spectrogram_np(clips, n_mels=n_mels)
+
+
+class WindowLoader:
+    """Loader thread: inputs -> windows -> full batches with features, as typed messages on a queue."""
+
+    def __init__(self, items: Sequence[Any], settings: ChunkedSettings, featurize: Callable, data_size: int,
+                 keep_audio: bool):
+        self.items, self.settings, self.featurize, self.data_size = items, settings, featurize, data_size
+        self.audio: Dict[int, np.ndarray] = {}  # inputs longer than a window, kept for continuations
+        self.keep_audio = keep_audio
+        self._queue: "queue.Queue" = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="whisper_t5x-loader", daemon=True)
+
+    def __enter__(self) -> "WindowLoader":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def messages(self) -> Iterator[Union[InputLoaded, BatchReady]]:
+        while True:
+            msg = self._queue.get()
+            if msg is None:
+                return
+            if isinstance(msg, LoaderFailed):
+                raise msg.error
+            yield msg
+
+    def _put(self, msg: Any) -> None:
+        while True:
+            if self._stop.is_set():
+                raise _Stopped()
+            try:
+                self._queue.put(msg, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _windows(self, index: int, audio: np.ndarray) -> List[Window]:
+        s = self.settings
+        if s.cut_at_pauses:
+            return pause_windows(audio, s.chunk, s.stride, input_index=index)
+        return split_windows(audio.shape[0], s.chunk, s.stride, input_index=index)
+
+    def _run(self) -> None:
+        s = self.settings
+        pending: List[tuple] = []
+        silent: List[Window] = []
+
+        def emit(final: bool = False) -> None:
+            nonlocal pending, silent
+            while len(pending) >= s.batch_size or (final and pending):
+                take, pending = pending[:s.batch_size], pending[s.batch_size:]
+                size = bucket_size(len(take), s.batch_size, self.data_size)
+                rows = tuple(w for w, _ in take) + (None,) * (size - len(take))
+                self._put(BatchReady(Batch(rows), self.featurize([a for _, a in take], size), silent))
+                silent = []
+            if final and silent:
+                self._put(BatchReady(Batch(()), None, silent))
+                silent = []
+
+        try:
+            for i, item in enumerate(self.items):
+                try:
+                    audio = load_audio(item, SAMPLE_RATE)
+                except AudioError as e:
+                    if len(self.items) > 1:
+                        raise type(e)(f"input {i}: {e}") from e
+                    raise
+                if self.keep_audio and audio.shape[0] > s.chunk:
+                    self.audio[i] = audio
+                windows = self._windows(i, audio)
+                self._put(InputLoaded(i, int(audio.shape[0]), len(windows)))
+                for w in windows:
+                    clip = audio[w.start:w.end]
+                    if s.silence_threshold > 0 and (clip.size == 0 or float(np.abs(clip).max()) < s.silence_threshold):
+                        silent.append(w)
+                    else:
+                        pending.append((w, clip))
+                emit()
+            emit(final=True)
+            self._put(None)
+        except _Stopped:
+            pass
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            try:
+                self._put(LoaderFailed(e))
+            except _Stopped:
+                pass
+
+
+# ---------------------------------------------------------------------- continuations
+def continuation_windows(transcripts: Dict[int, List[WindowTranscript]], audio: Dict[int, np.ndarray],
+                         chunk: int) -> List[tuple]:
+    """Windows to decode again from where a window's text stopped early (openai-whisper's "seek"), once.
+
+    Whisper sometimes ends a window's transcript long before the end of its
+    audio (most often on repetitive speech). When the text of a window stops
+    more than ``EARLY_STOP_S`` (``EARLY_STOP_AT_PAUSE_S`` where that end is a
+    pause) before the end of the audio it owns and that remaining audio is not
+    quiet, a *continuation* window starting at the last timestamp is made; the
+    stopped window is marked to be cut at its last timestamp
+    (``content_end``), and the stitcher takes the text after it from the
+    continuation. Returns ``(window, clip)`` pairs.
+    """
+    extra = []
+    for i, trs in transcripts.items():
+        samples = audio.get(i)
+        if samples is None:
+            continue
+        starts_at = {o.window.start for o in trs if o.window.stride_left == 0}
+        for tr in list(trs):
+            w = tr.window
+            owned_end = w.owned[1] / SAMPLE_RATE
+            at_pause = w.stride_right > 0 and w.owned[1] in starts_at
+            limit = EARLY_STOP_AT_PAUSE_S if at_pause else EARLY_STOP_S
+            if not tr.tokens or tr.last_timestamp is None or owned_end - tr.last_timestamp < limit:
+                continue
+            start = int(round(tr.last_timestamp * SAMPLE_RATE))
+            rest, whole = samples[start:w.owned[1]], samples[w.start:w.end]
+            if rest.size == 0 or np.percentile(np.abs(rest), 95) < 0.1 * np.percentile(np.abs(whole), 95):
+                continue  # the model stopped at a real pause
+            tr.content_end = tr.last_timestamp
+            end = min(start + chunk, samples.shape[0])
+            extra.append((Window(i, -1, start, end, 0, 0, int(samples.shape[0])), samples[start:end]))
+    return extra
+
+
+# ---------------------------------------------------------------------- the algorithm
+def _window_transcript(decoder: Decoder, w: Window, row: DecodedRow, timestamps: bool) -> WindowTranscript:
+    special = decoder.special
+    language = "en" if not decoder.config.is_multilingual else decoder.tokenizer.id_to_code.get(row.language_token)
+    tr = parse_window(row.tokens, w, special.eot, special.timestamp_begin, timestamps, SAMPLE_RATE,
+                      language=language)
+    return dataclasses.replace(tr, avg_logprob=row.avg_logprob, no_speech_prob=row.no_speech_prob,
+                               temperature=row.temperature)
+
+
+def transcribe_chunked(
+    decoder: Decoder,
+    items: Sequence[Any],
+    request: DecodeRequest,
+    settings: ChunkedSettings,
+    prompt: Sequence[int] = (),
+    segments: str = "segments",
+    progress: Optional[Any] = None,
+    stats: Optional[Dict[str, int]] = None,
+) -> List[Transcription]:
+    """Transcribe ``items`` (loadable by :func:`load_audio`); one :class:`Transcription` per item.
+
+    ``segments``: ``"segments"`` (timestamped segments) or ``"windows"`` (one per window).
+    """
+    stats = stats if stats is not None else {}
+    for key in ("windows", "padding_rows", "quiet_windows", "continuation_windows"):
+        stats.setdefault(key, 0)
+    on_device = decoder.feature_backend == "jax"
+    n_mels = decoder.config.num_mel_bins
+
+    def featurize(clips, rows):
+        return window_features(clips, rows, n_mels, on_device)
+
+    transcripts: Dict[int, List[WindowTranscript]] = {i: [] for i in range(len(items))}
+    lengths: Dict[int, int] = {}
+    keep_audio = request.timestamps and settings.continue_early_stops
+    loader = WindowLoader(items, settings, featurize, decoder.data_size, keep_audio)
+
+    def finish(in_flight: "tuple[BatchReady, Pending]") -> None:
+        ready, pending = in_flight
+        for w, row in zip(ready.batch.windows, pending.result()):
+            transcripts[w.input_index].append(_window_transcript(decoder, w, row, request.timestamps))
+        stats["windows"] += len(ready.batch.windows)
+        stats["padding_rows"] += ready.batch.num_padding
+        if progress is not None:
+            progress.update(len(ready.batch.windows))
+
+    with loader:
+        in_flight = None
+        for msg in loader.messages():
+            if isinstance(msg, InputLoaded):
+                lengths[msg.index] = msg.num_samples
+                if progress is not None:
+                    progress.add_total(msg.num_windows)
+                continue
+            for w in msg.silent:
+                transcripts[w.input_index].append(WindowTranscript(w, [], None, False))
+            stats["quiet_windows"] += len(msg.silent)
+            if progress is not None:
+                progress.update(len(msg.silent))
+            if msg.batch.size == 0:
+                continue
+            dispatched = (msg, decoder.submit(msg.features, request, prompt, count=len(msg.batch.windows)))
+            if in_flight is not None:
+                finish(in_flight)
+            in_flight = dispatched
+        if in_flight is not None:
+            finish(in_flight)
+
+    if keep_audio and loader.audio:
+        extra = continuation_windows(transcripts, loader.audio, settings.chunk)
+        stats["continuation_windows"] += len(extra)
+        if progress is not None and extra:
+            progress.add_total(len(extra))
+        for k in range(0, len(extra), settings.batch_size):
+            take = extra[k:k + settings.batch_size]
+            size = bucket_size(len(take), settings.batch_size, decoder.data_size)
+            rows = tuple(w for w, _ in take) + (None,) * (size - len(take))
+            ready = BatchReady(Batch(rows), featurize([c for _, c in take], size), [])
+            finish((ready, decoder.submit(ready.features, request, prompt, count=len(take))))
+
+    tokenizer = decoder.tokenizer
+    return [stitch(transcripts[i], tokenizer.decode, lengths[i] / SAMPLE_RATE, request.timestamps,
+                   chunks=segments) for i in range(len(items))]
