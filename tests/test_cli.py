@@ -515,6 +515,19 @@ def test_group_holds_one_batch_of_windows(tmp_path):
     # windows of 30 s owning 20 s: 10 s -> 1, 70 s -> 3, 100 s -> 5 (alone, over the budget)
     assert [[x.item.name for x in g] for g in groups] == [["0", "1"], ["2", "3"], ["4"], ["5", "6", "7", "8"], ["9"]]
     assert [file_job.window_count(x.audio.shape[0], config) for x in loaded[:5]] == [1, 1, 3, 1, 5]
+    # group_batches: several batches per call (fewer calls, more at risk on Ctrl-C)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        write_wav(src / f"f{i}.wav", 1.0)
+    for group_batches, calls in ((1, [2, 2, 1]), (2, [4, 1])):
+        FakePipeline.calls.clear()
+        config = launch.make_config(batch_size=2, group_batches=group_batches, pipeline=FakePipeline,
+                                    output_dir=str(tmp_path / f"o{group_batches}"))
+        file_job.run_transcribe(config, [src])
+        assert [c["n"] for c in FakePipeline.calls] == calls
+    with pytest.raises(ValueError, match="group_batches"):
+        launch.TranscribeConfig(group_batches=0)
 
 
 def test_serve_without_the_extra_is_a_one_line_hint(monkeypatch, capsys):

@@ -7,11 +7,12 @@ file's outputs as soon as its group returns.
 
 A group is what one pipeline call decodes together: short files share
 batches, so grouping them keeps the device busy. A group is closed before it
-would exceed one batch of windows (``batch_size``; a longer file goes alone),
-``group_size`` files or ``group_max_audio_s``. All files of a group are
-decoded in the same batch and so finish together: writing after the call
-writes each file as soon as it is done, and an interrupted run (Ctrl-C)
-loses at most the batch in flight; rerunning the command resumes.
+would exceed ``group_batches`` batches of windows (``batch_size`` windows
+each; a longer file goes alone), ``group_size`` files or
+``group_max_audio_s``. With the default ``group_batches = 1`` all files of a
+group are decoded in the same batch and so finish together: writing after
+the call writes each file as soon as it is done, and an interrupted run
+(Ctrl-C) loses at most the batch in flight; rerunning the command resumes.
 """
 
 from __future__ import annotations
@@ -269,7 +270,8 @@ def run_transcribe(
         return pipe
 
     def window_budget() -> Optional[int]:
-        return config.batch_size or getattr(ensure_pipeline(), "batch_size", None)
+        batch = config.batch_size or getattr(ensure_pipeline(), "batch_size", None)
+        return None if batch is None else int(batch) * int(config.group_batches)
 
     warmed = not config.warmup
     loaded = _iter_loaded(todo, config.load_workers, report.failed)

@@ -89,9 +89,12 @@ class TranscribeConfig:
       output_formats: ``"txt"``, ``"srt,vtt"``, ``"all"`` or a list of names.
       overwrite: redo files whose outputs all exist (default: skip them; the
         manifest in ``output_dir`` says which input each output belongs to).
-      group_size: at most this many files per pipeline call (bounds memory); a
-        call also holds at most one batch of windows, so that each file is
-        written as soon as it is done (see ``whisper_t5x.app.file_job``).
+      group_size: at most this many files per pipeline call (bounds memory).
+      group_batches: a call also holds at most this many batches of windows
+        (``batch_size`` each). 1: every file of a call is decoded in the same
+        batch, so each is written as soon as it is done and Ctrl-C loses at
+        most the batch in flight; more: fewer calls (less idle device time
+        between them) for more work at risk (see ``whisper_t5x.app.file_job``).
       group_max_audio_s: also close a group once it holds this much audio.
       load_workers: threads decoding audio (ffmpeg) ahead of the model.
       partitioner: ``None`` (pipeline default), a partitioner, or a factory
@@ -119,6 +122,7 @@ class TranscribeConfig:
     output_formats: Any = "txt"
     overwrite: bool = False
     group_size: int = 16
+    group_batches: int = 1
     group_max_audio_s: float = 4 * 3600.0
     load_workers: int = 2
     partitioner: Any = None
@@ -140,6 +144,8 @@ class TranscribeConfig:
             raise ValueError(f"TranscribeConfig.batch_size must be >= 1, got {self.batch_size}")
         if int(self.group_size) < 1:
             raise ValueError(f"TranscribeConfig.group_size must be >= 1, got {self.group_size}")
+        if int(self.group_batches) < 1:
+            raise ValueError(f"TranscribeConfig.group_batches must be >= 1, got {self.group_batches}")
         if float(self.chunk_length_s) <= 0:
             raise ValueError(f"TranscribeConfig.chunk_length_s must be > 0, got {self.chunk_length_s}")
 
