@@ -16,9 +16,9 @@ preceded by the last 64 samples of the previous frame (zeros before the first):
 
 Steps 1-2 do not depend on the state, so they run for all frames at once as
 matmuls; only the LSTM recurrence runs under ``lax.scan``. A jitted call
-handles a fixed number of frames (``frames_per_call``, fewer for short audio)
-for a batch of inputs padded to a common length, carrying the state between
-calls, so the set of compiled programs is small and memory stays bounded on
+handles a fixed number of frames (about ``frames_per_call`` over the batch,
+fewer for short audio) for a batch of inputs padded to a common length,
+carrying the state between calls, so the set of compiled programs is small and memory stays bounded on
 hours of audio. The frame grid is faster-whisper's: an input of ``n`` samples
 is zero-padded by 1 to 512 samples to ``n // 512 + 1`` frames. (faster-whisper
 1.2.1 also zeroes the last 64 samples of its final frame, a side effect of a
@@ -296,10 +296,12 @@ def _check_audio(audio) -> np.ndarray:
 class SileroVad:
     """The network with its weights on the default device; call it on one input or a batch.
 
-    One compiled call handles ``frames_per_call`` frames of every input (a bound on its memory);
-    longer inputs take several calls, the LSTM state carried between them. Inputs shorter than
-    one call are padded to a power of two of frames (at least 32), batches to a power of two of
-    inputs, so few programs are compiled: one per batch size on long audio.
+    One compiled call handles about ``frames_per_call`` frames summed over the batch (at least 32
+    per input, a power of two): a bound on its memory, small enough on CPUs for the encoder's
+    intermediates to stay in cache; raise it on accelerators. Longer inputs take several calls,
+    the LSTM state carried between them. Batches are padded to a power of two of inputs and short
+    inputs to a power of two of frames, so few programs are compiled: one per batch size on long
+    audio.
     """
 
     def __init__(self, weights: Optional[SileroWeights] = None, *, frames_per_call: int = 1024):
@@ -320,9 +322,10 @@ class SileroVad:
             return []
         counts = [num_frames(a.size) for a in arrays]
         total = max(counts)
-        size = min(self.frames_per_call, _bucket(total, 32, self.frames_per_call))
-        sizes = [size] * -(-total // size)
         rows = _bucket(len(arrays), 1, 1 << 30)
+        per_row = max(32, self.frames_per_call // rows)
+        size = _bucket(total, 32, per_row)
+        sizes = [size] * -(-total // size)
         samples = np.zeros((rows, CONTEXT_SAMPLES + sum(sizes) * FRAME_SAMPLES), np.float32)
         for row, array in enumerate(arrays):
             samples[row, CONTEXT_SAMPLES:CONTEXT_SAMPLES + array.size] = array
