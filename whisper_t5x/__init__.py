@@ -17,6 +17,9 @@ _EXPORTS = {
     "load_audio": "whisper_t5x.audio.loading",
     "log_mel_spectrogram": "whisper_t5x.audio.features",
     "load_checkpoint": "whisper_t5x.checkpoints",
+    "Transcription": "whisper_t5x.results",
+    "Segment": "whisper_t5x.results",
+    "Word": "whisper_t5x.results",
 }
 
 __all__ = sorted(_EXPORTS)
