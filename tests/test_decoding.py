@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests import _hf_models as H
-from whisper_t5x.decoding import beam as beam_search
+from whisper_t5x.decoding import generate as decoding
 
 MAX_NEW = 20
 
@@ -68,7 +68,7 @@ def test_one_beam_equals_greedy():
     options = model.decode_options(language="en", task="transcribe", max_length=24)
     import dataclasses
 
-    one_beam = jax.jit(lambda p, f: beam_search.beam_generate(model.module, p, f, dataclasses.replace(options, num_beams=1)))(
+    one_beam = jax.jit(lambda p, f: decoding.beam_generate(model.module, p, f, dataclasses.replace(options, num_beams=1)))(
         params, features
     )
     np.testing.assert_array_equal(np.asarray(one_beam.sequences), np.asarray(greedy.sequences))
@@ -140,8 +140,6 @@ def test_bad_arguments_are_clear_errors():
 
 def test_rows_longer_than_the_first_cache_stages_match_transformers():
     """Rows of 280 tokens cross the cache growth (at 160 positions) of the staged loop."""
-    from whisper_t5x.decoding import generate as decoding
-
     name, new = "multilingual-80", 280
     model, params = H.flax_twin(name)
     eot = model.config.special_tokens.eot

@@ -1,1 +1,2 @@
-"""One window's decoding: static options, the forced prefix, greedy and beam loops, logit rules."""
+"""One window's decoding: model-free loops (greedy, beam) over a step function, the logit rules, and
+the Whisper glue that builds the step from the model (``generate``)."""

@@ -1,4 +1,9 @@
-"""The compiled generate loop: encoder, cross K/V once, then a while_loop over tokens.
+"""Whisper decoding: encode, cross K/V once, forced prefix, then the injected loops.
+
+This is the one module of :mod:`whisper_t5x.decoding` that knows the model.
+It builds the decoder's step function (:func:`decoder_step`) and hands it to
+the model-free loops of :mod:`~whisper_t5x.decoding.greedy` and
+:mod:`~whisper_t5x.decoding.beam`.
 
 One call of :func:`generate` is one ``jax.jit`` program. Its static
 configuration is :class:`DecodeOptions` (hashable); changing any field of it,
@@ -15,23 +20,29 @@ Decoding of one batch:
    language.
 2. The rest of the forced prefix (language, task, ``<|notimestamps|>``) is run
    in a second call; its last logits are the first sampled position.
-3. A ``lax.while_loop`` samples one token per step for every row, applying the
-   logit rules of :mod:`whisper_t5x.decoding.logit_rules`, and stops as soon as every
-   row has emitted end-of-text or ``max_length`` is reached.
+3. The greedy/sampling loop samples one token per step for every row under the
+   logit rules (:mod:`~whisper_t5x.decoding.rules_state`) and stops as soon as
+   every row has emitted end-of-text or ``max_length`` is reached. It runs in
+   stages over a growing self-attention cache (:func:`cache_spans`).
 
-Beam search (``num_beams > 1``) runs in the same loop with beams folded into
-the batch; the beams of one audio row share its cross-attention K/V.
+Beam search (``num_beams > 1``) folds the beams into the decoder rows; the
+beams of one audio row share its cross-attention K/V.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from whisper_t5x.decoding import logit_rules as rules
+from whisper_t5x.decoding.beam import beam_search, best_hypothesis
+from whisper_t5x.decoding.greedy import CacheStage, greedy_search
+from whisper_t5x.decoding.rules_state import LogitRules
+from whisper_t5x.decoding.step import Decoded, ReorderFn, StepFn
 from whisper_t5x.model.config import SpecialTokens, WhisperConfig
 from whisper_t5x.model.whisper import WhisperModule, init_cache, map_batch
 
@@ -79,35 +90,41 @@ def forced_prefix(options: DecodeOptions, special: SpecialTokens, multilingual: 
     return tuple(prefix)
 
 
-def _apply_rules(logits, state, options: DecodeOptions, special: SpecialTokens):
-    """All logit rules for one step; ``state`` holds the per-row sampling history."""
-    logits = rules.suppress_at_begin(logits, state["num_sampled"] == 0, options.begin_suppress_tokens)
-    logits = rules.suppress_tokens(logits, options.suppress_tokens)
-    if options.return_timestamps:
-        logits = rules.timestamp_rules(
-            logits,
-            num_sampled=state["num_sampled"],
-            last_token=state["last_token"],
-            penultimate_token=state["penultimate_token"],
-            last_timestamp=state["last_timestamp"],
-            timestamp_begin=special.timestamp_begin,
-            eot=special.eot,
-            no_timestamps=special.no_timestamps,
-            max_initial_timestamp_index=options.max_initial_timestamp_index,
-        )
-    return logits
-
-
-def _record(state, token, special: SpecialTokens):
-    """Update the per-row history with the newly sampled ``token``."""
-    is_ts = token >= special.timestamp_begin
-    return dict(
-        state,
-        penultimate_token=state["last_token"],
-        last_token=token,
-        last_timestamp=jnp.where(is_ts, token - special.timestamp_begin, state["last_timestamp"]),
-        num_sampled=state["num_sampled"] + 1,
+def logit_rules_for(options: DecodeOptions, special: SpecialTokens) -> LogitRules:
+    """The logit rules ``options`` ask for, with this model's special tokens."""
+    return LogitRules(
+        eot=special.eot,
+        timestamp_begin=special.timestamp_begin,
+        no_timestamps=special.no_timestamps,
+        suppress_tokens=options.suppress_tokens,
+        begin_suppress_tokens=options.begin_suppress_tokens,
+        timestamps=options.return_timestamps,
+        max_initial_timestamp_index=options.max_initial_timestamp_index,
     )
+
+
+def decoder_step(module: WhisperModule, params: Any, cross_kv: Any, context: int) -> StepFn:
+    """The Whisper decoder as a :class:`~whisper_t5x.decoding.step.StepFn`.
+
+    Sequence index ``position`` is decoder position ``context + position``
+    (``context``: <|startofprev|> and the prompt before <|startoftranscript|>);
+    the cache is the self-attention :class:`~whisper_t5x.model.whisper.KVCache`.
+    """
+    variables = {"params": params}
+
+    def step(tokens, cache, position):
+        out = module.apply(
+            variables, tokens, cache=cache, cache_index=context + position, cross_kv=cross_kv,
+            method=WhisperModule.decode,
+        )
+        return out.logits[:, -1], out.cache
+
+    return step
+
+
+def reorder_cache(config: WhisperConfig) -> ReorderFn:
+    """Beam search's row reordering for this model's cache layout."""
+    return lambda cache, index: map_batch(lambda a, axis: jnp.take(a, index, axis=axis), cache, config)
 
 
 class Start(NamedTuple):
@@ -186,10 +203,7 @@ def start(module: WhisperModule, params: Any, input_features: Array, options: De
             [row_language if tok == -1 else jnp.full((rows,), tok, jnp.int32) for tok in prefix], axis=1
         )
         seq = seq.at[:, 1:1 + len(prefix)].set(forced)
-        out = module.apply(
-            variables, forced, cache=cache, cache_index=context + 1, cross_kv=cross_kv, method=WhisperModule.decode
-        )
-        cache, logits = out.cache, out.logits[:, -1]
+        logits, cache = decoder_step(module, params, cross_kv, context)(forced, cache, 1)
     return Start(seq, cache, cross_kv, logits, context, 1 + len(prefix), no_speech_prob, language, language_prob)
 
 
@@ -232,91 +246,53 @@ def generate(
     rng: Optional[Array] = None,
 ) -> GenerateOutput:
     """Decode a batch of log-mel windows. Jittable with ``options`` static."""
-    special = module.config.special_tokens
-    batch = input_features.shape[0]
-    variables = {"params": params}
     if options.num_beams > 1:
-        from whisper_t5x.decoding import beam as beam_search  # local: greedy users never import it
-
-        return beam_search.beam_generate(module, params, input_features, options, prompt_ids)
-
+        return beam_generate(module, params, input_features, options, prompt_ids)
+    special = module.config.special_tokens
     context = (1 + options.prompt_length) if options.prompt_length else 0
     prefix = forced_prefix(options, special, module.config.is_multilingual)
     spans = cache_spans(context + 1 + len(prefix), context + options.max_length)
     begin = start(module, params, input_features, options, prompt_ids, cache_length=spans[0])
-    seq, cache, cross_kv, next_logits, context = begin.seq, begin.cache, begin.cross_kv, begin.logits, begin.context
-    sample_begin = begin.sample_begin
-    temperature = jnp.asarray(temperature, jnp.float32)
-    if rng is None:
-        rng = jax.random.PRNGKey(0)
-
-    def choose(logits, key):
-        if not options.sample:
-            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        scaled = logits / jnp.maximum(temperature, 1e-6)
-        return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-
-    state = dict(
-        seq=seq,
-        cache=cache,
-        logits=next_logits,
-        index=jnp.asarray(sample_begin, jnp.int32),
-        done=jnp.zeros((batch,), bool),
-        sum_logprob=jnp.zeros((batch,), jnp.float32),
-        num_sampled=jnp.zeros((batch,), jnp.int32),
-        num_tokens=jnp.zeros((batch,), jnp.int32),
-        last_token=jnp.full((batch,), -1, jnp.int32),
-        penultimate_token=jnp.full((batch,), -1, jnp.int32),
-        last_timestamp=jnp.full((batch,), -1, jnp.int32),
-        rng=rng,
-    )
-
-    def cond_until(limit):
-        return lambda s: (s["index"] < limit) & ~jnp.all(s["done"])
-
-    def body(s):
-        logits = _apply_rules(s["logits"], s, options, special)
-        logprobs = jax.nn.log_softmax(logits, axis=-1)
-        rng, key = jax.random.split(s["rng"])
-        token = choose(logits, key)
-        token = jnp.where(s["done"], special.eot, token)
-        token_logprob = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
-        sum_logprob = s["sum_logprob"] + jnp.where(s["done"], 0.0, token_logprob)
-        done = s["done"] | (token == special.eot)
-        s = _record(s, token, special)
-        seq = jax.lax.dynamic_update_slice(s["seq"], token[:, None], (0, s["index"]))
-        out = module.apply(
-            variables,
-            token[:, None],
-            cache=s["cache"],
-            cache_index=context + s["index"],
-            cross_kv=cross_kv,
-            method=WhisperModule.decode,
-        )
-        return dict(
-            s,
-            seq=seq,
-            cache=out.cache,
-            logits=out.logits[:, -1],
-            index=s["index"] + 1,
-            done=done,
-            sum_logprob=sum_logprob,
-            num_tokens=s["num_tokens"] + (~done).astype(jnp.int32),
-            rng=rng,
-        )
-
     # The loop runs in stages over a growing self-attention cache: each step
     # reads the whole cache, and most windows end long before max_length.
-    for span in spans:
-        state["cache"] = grow_cache(state["cache"], span)
-        state = jax.lax.while_loop(cond_until(span - context), body, state)
+    stages = [CacheStage(span - context, functools.partial(grow_cache, length=span)) for span in spans]
+    out = greedy_search(
+        decoder_step(module, params, begin.cross_kv, context), begin.seq, begin.logits, begin.cache,
+        begin.sample_begin, logit_rules_for(options, special),
+        sample=options.sample, temperature=temperature, rng=rng, stages=stages,
+    )
+    return _output(out, begin)
+
+
+def beam_generate(
+    module: WhisperModule,
+    params: Any,
+    input_features: Array,
+    options: DecodeOptions,
+    prompt_ids: Optional[Array] = None,
+) -> GenerateOutput:
+    """Beam search with ``options.num_beams`` beams (also for one beam, which equals greedy)."""
+    config = module.config
+    k = options.num_beams
+    length_penalty = 1.0 if options.length_penalty is None else float(options.length_penalty)
+    begin = start(module, params, input_features, options, prompt_ids, beams=k)
+    result = beam_search(
+        decoder_step(module, params, begin.cross_kv, begin.context), begin.seq, begin.logits, begin.cache,
+        begin.sample_begin, logit_rules_for(options, config.special_tokens), k, length_penalty,
+        reorder=reorder_cache(config),
+    )
+    out = best_hypothesis(result, begin.sample_begin, config.special_tokens.eot, length_penalty)
+    return _output(out, begin)
+
+
+def _output(out: Decoded, begin: Start) -> GenerateOutput:
     # Reference convention: average over the sampled text tokens plus end-of-text.
-    avg_logprob = state["sum_logprob"] / (state["num_tokens"] + 1).astype(jnp.float32)
+    avg_logprob = out.sum_logprob / (out.num_tokens + 1).astype(jnp.float32)
     return GenerateOutput(
-        sequences=state["seq"],
-        sum_logprob=state["sum_logprob"],
+        sequences=out.sequences,
+        sum_logprob=out.sum_logprob,
         avg_logprob=avg_logprob,
-        num_tokens=state["num_tokens"],
+        num_tokens=out.num_tokens,
         no_speech_prob=begin.no_speech_prob,
         language_token=begin.language,
         language_prob=begin.language_prob,
