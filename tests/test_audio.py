@@ -325,6 +325,11 @@ def test_limit_boundaries_and_arrays(jfk):
     with pytest.raises(AudioTooLongError) as info:
         load_audio({"array": np.zeros((2 * 44100, 2), np.float32), "sampling_rate": 44100}, max_duration_s=1.5)
     assert info.value.duration_s == pytest.approx(2.0)
+    import pickle
+
+    back = pickle.loads(pickle.dumps(info.value))
+    assert (type(back), back.duration_s, back.limit_s, str(back)) == (
+        AudioTooLongError, info.value.duration_s, 1.5, str(info.value))
     for bad in (0, -1, float("nan"), "60", True):
         with pytest.raises(ValueError, match="max_duration_s"):
             load_audio(jfk, max_duration_s=bad)

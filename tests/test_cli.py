@@ -454,7 +454,7 @@ def test_output_names_depend_on_the_input_alone(tmp_path):
     assert names[first[2]] == "talk" and again[more[5]].startswith("talk-")  # the recorded owner keeps "talk"
     # a name claimed by a source that is not in this run is never handed out
     taken = launch.assign_output_names([str(tmp_path / "new" / "talk.wav")], claimed={"talk": first[2]})
-    assert taken[0].name == "talk-2"  # hash-free only for a unique stem, so a counter
+    assert taken[0].name == "talk-2"  # a unique stem carries no hash: a counter steps around the claim
 
 
 def test_symlink_loops_do_not_hang_discovery(tmp_path):

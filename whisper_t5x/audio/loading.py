@@ -88,6 +88,9 @@ class AudioTooLongError(AudioError):
         length = f"{self.duration_s:.1f} s long, " if self.duration_s is not None else ""
         super().__init__(f"{name} is {length}longer than the limit of {self.limit_s:g} s")
 
+    def __reduce__(self):  # picklable (e.g. across a process pool) despite the custom signature
+        return type(self), (self.name, self.duration_s, self.limit_s)
+
 
 # --------------------------------------------------------------------- checks
 def _check_rate(rate: Any, what: str = "sampling_rate") -> int:
