@@ -304,7 +304,7 @@ class SileroVad:
     audio.
     """
 
-    def __init__(self, weights: Optional[SileroWeights] = None, *, frames_per_call: int = 1024):
+    def __init__(self, weights: Optional[SileroWeights] = None, *, frames_per_call: int = 512):
         if frames_per_call < 1:
             raise VadInputError(f"frames_per_call must be positive, got {frames_per_call}")
         self.weights = weights if weights is not None else load_weights()
