@@ -71,8 +71,11 @@ BATCH = 8
 
 # name -> (label, short description of how it decodes)
 SYSTEMS = {
-    "ours": ("whisper_t5x FlaxWhisperPipeline fp32", "batched 30 s windows cut at pauses, batch 8, stitched"),
+    "ours": ("whisper_t5x FlaxWhisperPipeline fp32", "long_form='chunked': batched 30 s windows, 5 s strides, batch 8, stitched"),
     "ours_bf16": ("whisper_t5x FlaxWhisperPipeline bf16", "as ours, bfloat16 compute and params"),
+    "ours_vad": ("whisper_t5x VAD rows fp32", "long_form='vad': Silero VAD (JAX) speech glued into rows of at most "
+                 "30 s, no overlap, batch 8"),
+    "ours_vad_bf16": ("whisper_t5x VAD rows bf16", "as ours_vad, bfloat16 compute and params"),
     "ours_sequential": ("whisper_t5x sequential fp32", "long_form='sequential': OpenAI's seek algorithm, one "
                         "file at a time (several files would share the batch)"),
     "openai_whisper": ("openai-whisper transcribe", "sequential 30 s windows, seek by timestamps"),
@@ -191,6 +194,25 @@ class Ours(System):
         return out["text"]
 
 
+class OursVad(System):
+    """long_form='vad': Silero VAD speech merged into rows of at most 30 s (no overlap), decoded once."""
+
+    def __init__(self, paths, dtype: str = "float32"):
+        import jax.numpy as jnp
+
+        from whisper_t5x import FlaxWhisperPipeline
+
+        self.pipe = FlaxWhisperPipeline("base", dtype=getattr(jnp, dtype), batch_size=BATCH, fallback=False)
+        self.decoding = (f"pipeline(long_form='vad'), rows {self.pipe.vad.strategy}, row timestamps "
+                         f"{self.pipe.vad.row_timestamps}, greedy, language en, fallback off, batch {BATCH}, {dtype}")
+
+    def transcribe(self, audio):
+        out = self.pipe(audio, task="transcribe", language="en", return_timestamps=False, batch_size=BATCH,
+                        progress=False, long_form="vad")
+        self.last_stats = getattr(self.pipe, "last_stats", None)
+        return out["text"]
+
+
 class OursSequential(System):
     def __init__(self, paths):
         from whisper_t5x import FlaxWhisperPipeline
@@ -270,6 +292,10 @@ def make_system(name: str, paths: Dict[str, str], timestamps: str) -> System:
         return Ours(paths, "bfloat16", timestamps)
     if name == "ours_sequential":
         return OursSequential(paths)
+    if name == "ours_vad":
+        return OursVad(paths)
+    if name == "ours_vad_bf16":
+        return OursVad(paths, "bfloat16")
     if name == "openai_whisper":
         return OpenAIWhisper(paths, timestamps)
     if name == "transformers":

@@ -17,7 +17,9 @@ The long-form modes differ only in the first and last step:
 
 * ``"chunked"``: overlapping 30 s windows, stitched (:mod:`whisper_t5x.longform.chunked`);
 * ``"sequential"``: openai-whisper's seek, conditioned on previous text
-  (:mod:`whisper_t5x.longform.sequential`); also what word timestamps use.
+  (:mod:`whisper_t5x.longform.sequential`); also what chunked word timestamps use;
+* ``"vad"``: Silero VAD speech merged into rows of at most 30 s, no overlap
+  (:mod:`whisper_t5x.longform.vad`): each second of speech is decoded once.
 
 Language: with ``language=None`` a multilingual checkpoint detects the language
 of every window separately (and transcribes each in its own language); a
@@ -42,6 +44,7 @@ from whisper_t5x.audio.constants import SAMPLE_RATE
 from whisper_t5x.longform import fallback as fb
 from whisper_t5x.longform.chunked import ChunkedSettings, transcribe_chunked
 from whisper_t5x.longform.decoder import Decoder, DecodeRequest
+from whisper_t5x.longform.vad import BATCHED_VAD, VadSettings
 from whisper_t5x.longform.windows import window_params
 from whisper_t5x.results import Transcription, as_pipeline_dict
 
@@ -50,7 +53,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 8
 PROGRESS_MIN_WINDOWS = 4  # a progress bar only for more windows than this
 SILENCE_PEAK = 1e-4  # windows quieter than this (-80 dBFS peak) are not decoded
-LONG_FORM_MODES = ("chunked", "sequential")
+LONG_FORM_MODES = ("chunked", "sequential", "vad")
 
 __all__ = ["FlaxWhisperPipeline", "FlaxWhisperPipline", "DEFAULT_BATCH_SIZE", "LONG_FORM_MODES"]
 
@@ -58,7 +61,7 @@ _GENERATE_KEYS = {
     "num_beams", "max_length", "max_new_tokens", "temperature", "prompt_ids", "length_penalty", "seed",
     "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold", "suppress_tokens",
     "begin_suppress_tokens", "task", "language", "return_timestamps",
-    "condition_on_previous_text", "hallucination_silence_threshold",
+    "condition_on_previous_text", "hallucination_silence_threshold", "vad_filter",
 }
 
 
@@ -76,7 +79,7 @@ class _Call:
 
     request: DecodeRequest
     prompt: Tuple[int, ...]
-    mode: str  # "chunked" | "sequential"
+    mode: str  # "chunked" | "sequential" | "vad"
     words: bool  # word timestamps
     segments: str  # chunked: "segments" or "windows"
     extra: Dict[str, Any]  # sequential-only options
@@ -139,6 +142,7 @@ class FlaxWhisperPipeline:
         decode_with_timestamps: bool = True,
         continue_early_stops: bool = True,
         cut_at_pauses: bool = False,
+        vad: VadSettings = BATCHED_VAD,
     ):
         from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
@@ -178,6 +182,7 @@ class FlaxWhisperPipeline:
         self.decode_with_timestamps = bool(decode_with_timestamps)
         self.continue_early_stops = bool(continue_early_stops)
         self.cut_at_pauses = bool(cut_at_pauses)
+        self.vad = vad
         self._host_params = params
         self.decoder = Decoder(self.model, params, self.batch_size, feature_backend)
         self.last_stats: Dict[str, Any] = {}
@@ -247,7 +252,7 @@ class FlaxWhisperPipeline:
         if isinstance(return_timestamps, str) and return_timestamps != "word":
             raise ValueError(f"return_timestamps must be True, False or 'word', got {return_timestamps!r}")
         words = return_timestamps == "word"
-        mode = "sequential" if words else long_form
+        mode = "sequential" if words and long_form == "chunked" else long_form
         timestamps = bool(return_timestamps) or self.decode_with_timestamps or mode == "sequential"
         prompt = gk.get("prompt_ids")
         prompt = () if prompt is None else tuple(int(t) for t in np.asarray(prompt).reshape(-1))
@@ -267,7 +272,8 @@ class FlaxWhisperPipeline:
             seed=int(gk.get("seed", 0)),
         )
         self.decoder.options(request)  # validates task / language / beams now, before any audio is read
-        extra = {k: gk[k] for k in ("condition_on_previous_text", "hallucination_silence_threshold") if k in gk}
+        extra = {k: gk[k] for k in ("condition_on_previous_text", "hallucination_silence_threshold", "vad_filter")
+                 if k in gk}
         return _Call(request, prompt, mode, words, "segments" if timestamps else "windows", extra)
 
     # ------------------------------------------------------------------ calls
@@ -292,11 +298,14 @@ class FlaxWhisperPipeline:
         Returns a :class:`~whisper_t5x.results.Transcription` per input.
 
         ``long_form``: ``"chunked"`` (default: windows of all inputs decoded
-        in parallel and stitched) or ``"sequential"`` (openai-whisper's seek:
+        in parallel and stitched), ``"sequential"`` (openai-whisper's seek:
         each window starts at the previous one's last complete timestamp and
-        is conditioned on its text; inputs share batches).
-        ``return_timestamps="word"``: segments carry ``words`` (decoded with
-        the sequential algorithm). Without timestamps (and with
+        is conditioned on its text; inputs share batches; ``generate_kwargs``
+        ``vad_filter=True`` runs it on the speech only) or ``"vad"`` (speech
+        found by Silero VAD, merged into rows of at most 30 s without overlap;
+        settings in the constructor's ``vad``).
+        ``return_timestamps="word"``: segments carry ``words`` (chunked:
+        decoded with the sequential algorithm). Without timestamps (and with
         ``decode_with_timestamps=False``) segments are one per window.
 
         ``generate_kwargs``: ``num_beams``, ``max_length`` (or
@@ -323,10 +332,11 @@ class FlaxWhisperPipeline:
         bar = _Progress(progress)
         try:
             if call.mode == "sequential":
-                from whisper_t5x.longform.sequential import SequentialOptions, run_sequential
+                results = self._sequential(items, call)
+            elif call.mode == "vad":
+                from whisper_t5x.longform.vad import transcribe_vad
 
-                options = SequentialOptions(word_timestamps=call.words, initial_prompt=call.prompt, **call.extra)
-                results = run_sequential(self.decoder, items, call.request, options)
+                results = transcribe_vad(self.decoder, items, call.request, self.vad, call.prompt, call.words, stats)
             else:
                 settings = ChunkedSettings(chunk, stride, batch_size, self.silence_threshold,
                                            self.cut_at_pauses and call.request.timestamps, self.continue_early_stops)
@@ -340,6 +350,22 @@ class FlaxWhisperPipeline:
         self.last_stats = dict(stats, seconds=time.perf_counter() - started)
         logger.debug("transcribed %d input(s) in %.2f s (%s)", len(items), self.last_stats["seconds"], stats)
         return results[0] if single else results
+
+    def _sequential(self, items: List[Any], call: _Call) -> List[Transcription]:
+        from whisper_t5x.longform.sequential import SequentialOptions, run_sequential
+
+        extra = dict(call.extra)
+        vad_filter = bool(extra.pop("vad_filter", False))
+        options = SequentialOptions(word_timestamps=call.words, initial_prompt=call.prompt, **extra)
+        if not vad_filter:
+            return run_sequential(self.decoder, items, call.request, options)
+        from whisper_t5x.audio.loading import load_audio
+        from whisper_t5x.longform.vad import speech_only, to_original
+
+        audio = [load_audio(x, SAMPLE_RATE) for x in items]
+        speech = [speech_only(a, self.vad) for a in audio]
+        results = run_sequential(self.decoder, [s for s, _ in speech], call.request, options)
+        return [to_original(r, row, a.shape[0] / SAMPLE_RATE) for r, (_, row), a in zip(results, speech, audio)]
 
     def __call__(
         self,

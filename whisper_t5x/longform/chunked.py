@@ -149,8 +149,9 @@ class WindowLoader:
                 try:
                     audio = load_audio(item, SAMPLE_RATE)
                 except AudioError as e:
-                    if len(self.items) > 1:
-                        raise type(e)(f"input {i}: {e}") from e
+                    if len(self.items) > 1:  # name the input, keep the error's type and attributes
+                        e.args = (f"input {i}: {e}",)
+                        e.input_index = i
                     raise
                 if self.keep_audio and audio.shape[0] > s.chunk:
                     self.audio[i] = audio

@@ -1,0 +1,277 @@
+"""VAD long-form transcription: decode only speech, each second of it once.
+
+segmenter  Silero VAD (:mod:`whisper_t5x.audio.vad`) -> speech segments -> rows of at most 30 s
+           (:mod:`whisper_t5x.longform.speech_rows`; ``glue``: speech back to back, silence removed, or
+           ``span``: contiguous stretches with their pauses), no overlap
+decoder    :class:`whisper_t5x.longform.decoder.Decoder`, rows of all inputs in full batches
+assembler  :func:`assemble`: rows in order on the input's own timeline
+
+Without timestamp tokens (``row_timestamps=False``, the default) Whisper
+transcribes a row whole (it tends to stop early at a timestamp and drop a
+row's last words otherwise) and each row is one segment spanning its speech;
+with them a row gives finer segments. Times map back through the row's pieces,
+so they are monotonic on the original audio. The language is detected per
+row. An input without speech is not decoded at all and gives empty text.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from whisper_t5x.audio.constants import N_SAMPLES, SAMPLE_RATE
+from whisper_t5x.audio.loading import AudioError, load_audio
+from whisper_t5x.longform.decoder import DecodedRow, Decoder, DecodeRequest
+from whisper_t5x.longform.segments import parse_row, text_tokens
+from whisper_t5x.longform.speech_rows import STRATEGIES, SpeechRow, speech_rows
+from whisper_t5x.results import Segment, Transcription, Word
+
+__all__ = ["VadSettings", "transcribe_vad", "assemble", "vad_speech", "BATCHED_VAD", "speech_only", "to_original"]
+
+
+@dataclasses.dataclass(frozen=True)
+class VadSettings:
+    """How speech is found and packed into rows."""
+
+    strategy: str = "glue"  # "glue" (faster-whisper) or "span" (WhisperX)
+    row_timestamps: bool = False  # decode timestamp tokens inside rows
+    threshold: float = 0.5
+    min_silence_duration_ms: int = 160
+    speech_pad_ms: int = 400
+    max_speech_duration_s: float = 30.0
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"VAD strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
+
+BATCHED_VAD = VadSettings()  # faster-whisper's batched-pipeline VAD options
+
+
+def vad_speech(audio: np.ndarray, settings: VadSettings) -> List[Dict[str, int]]:
+    """Speech segments ``[{"start", "end"}]`` (samples) of one input."""
+    from whisper_t5x.audio import vad
+
+    if audio.size == 0:
+        return []
+    return vad.speech_timestamps(audio, threshold=settings.threshold,
+                                 min_silence_duration_ms=settings.min_silence_duration_ms,
+                                 speech_pad_ms=settings.speech_pad_ms,
+                                 max_speech_duration_s=settings.max_speech_duration_s)
+
+
+@dataclasses.dataclass
+class _Input:
+    audio: Optional[np.ndarray]  # released once every row has been cut from it
+    rows: List[SpeechRow]
+    duration: float
+    decoded: Dict[int, DecodedRow] = dataclasses.field(default_factory=dict)
+    sliced: int = 0
+
+
+def _language(decoder: Decoder, token: int) -> Optional[str]:
+    if not decoder.config.is_multilingual:
+        return "en"
+    return decoder.tokenizer.id_to_code.get(int(token))
+
+
+def _row_segments(decoder: Decoder, row: SpeechRow, decoded: DecodedRow, timestamps: bool) -> List[Segment]:
+    """One row's segments on the original timeline."""
+    special = decoder.special
+    decode = decoder.tokenizer.decode
+    stats = dict(avg_logprob=decoded.avg_logprob, no_speech_prob=decoded.no_speech_prob,
+                 compression_ratio=decoded.compression_ratio, temperature=decoded.temperature)
+    row_end = row.num_samples / SAMPLE_RATE
+    if not timestamps:
+        tokens = tuple(text_tokens(decoded.tokens, special.eot))
+        if not tokens:
+            return []
+        return [Segment(row.start / SAMPLE_RATE, row.end / SAMPLE_RATE, decode(list(tokens)), tokens, **stats)]
+    out = []
+    for run in parse_row(decoded.tokens, special.eot, special.timestamp_begin).runs:
+        start = 0.0 if run.start is None else min(run.start, row_end)
+        end = row_end if run.end is None else min(max(run.end, start), row_end)
+        out.append(Segment(float(row.original_time(start)), float(row.original_time(end, is_end=True)),
+                           decode(list(run.tokens)), run.tokens, **stats))
+    return out
+
+
+def assemble(decoder: Decoder, rows: Sequence[SpeechRow], decoded: Sequence[DecodedRow], duration: float,
+             timestamps: bool, words: Optional[Sequence[Sequence[Word]]] = None) -> Transcription:
+    """One input's rows (in order) into a Transcription: times monotonic, clipped to the audio."""
+    segments: List[Segment] = []
+    languages: List[str] = []
+    for k, (row, res) in enumerate(zip(rows, decoded)):
+        found = _row_segments(decoder, row, res, timestamps)
+        if found and words is not None:
+            found = _with_words(found, words[k])
+        segments.extend(found)
+        if found:
+            lang = _language(decoder, res.language_token)
+            if lang:
+                languages.append(lang)
+    fixed, prev_end = [], 0.0
+    for s in segments:
+        start = min(max(s.start, prev_end), duration)
+        end = min(max(s.end, start), duration)
+        fixed.append(dataclasses.replace(s, start=round(start, 3), end=round(end, 3)))
+        prev_end = end
+    text = decoder.tokenizer.decode([t for s in fixed for t in s.tokens])
+    language = collections.Counter(languages).most_common(1)[0][0] if languages else None
+    if language is None and not decoder.config.is_multilingual:
+        language = "en"
+    return Transcription(text, tuple(fixed), language, float(duration))
+
+
+def _with_words(segments: List[Segment], words: Sequence[Word]) -> List[Segment]:
+    """Hand a row's words to its segments by time (a word goes to the segment its middle falls in)."""
+    out, k = [], 0
+    for n, s in enumerate(segments):
+        mine = []
+        while k < len(words) and (n == len(segments) - 1 or (words[k].start + words[k].end) / 2 < s.end):
+            mine.append(words[k])
+            k += 1
+        out.append(dataclasses.replace(s, words=tuple(mine)))
+    return out
+
+
+def _row_words(decoder: Decoder, rows: List[SpeechRow], feats: np.ndarray, decoded: List[DecodedRow],
+               request: DecodeRequest) -> List[List[Word]]:
+    """Word timings of decoded rows (cross-attention alignment), mapped to the original timeline."""
+    from whisper_t5x.longform import alignment as al
+
+    special = decoder.special
+    timings = al.find_alignment(
+        decoder.model, decoder.params, feats, [text_tokens(d.tokens, special.eot) for d in decoded],
+        num_frames=[min(r.num_samples, N_SAMPLES) // 160 for r in rows],
+        language_tokens=[d.language_token if decoder.config.is_multilingual else None for d in decoded],
+        task=request.task, programs=decoder.alignment_programs)
+    out = []
+    for row, timing in zip(rows, timings):
+        words = []
+        timing = list(timing)
+        al.merge_punctuations(timing)  # in place
+        for w in timing:
+            if not w.word:
+                continue
+            start = float(row.original_time(w.start))
+            end = max(start, float(row.original_time(w.end, is_end=True)))
+            words.append(Word(round(start, 3), round(end, 3), w.word, float(w.probability)))
+        out.append(words)
+    return out
+
+
+def _batches(items: Sequence[Any], settings: VadSettings, batch_size: int
+             ) -> Iterator[Tuple[Dict[int, _Input], List[Tuple[int, int]]]]:
+    """Load and VAD inputs one by one; yield (inputs so far, [(input, row index)] of one full batch)."""
+    inputs: Dict[int, _Input] = {}
+    pending: List[Tuple[int, int]] = []
+    for i, item in enumerate(items):
+        try:
+            audio = load_audio(item, SAMPLE_RATE)
+        except AudioError as e:
+            if len(items) > 1:
+                e.args = (f"input {i}: {e}",)
+            raise
+        rows = speech_rows(vad_speech(audio, settings), settings.strategy, input_index=i,
+                           num_samples=audio.shape[0])
+        inputs[i] = _Input(audio if rows else None, rows, audio.shape[0] / SAMPLE_RATE)
+        pending.extend((i, k) for k in range(len(rows)))
+        while len(pending) >= batch_size:
+            yield inputs, pending[:batch_size]
+            pending = pending[batch_size:]
+    yield inputs, pending
+
+
+def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeRequest,
+                   settings: VadSettings = BATCHED_VAD, prompt: Sequence[int] = (), words: bool = False,
+                   stats: Optional[Dict[str, int]] = None) -> List[Transcription]:
+    """Transcribe ``items``; one :class:`Transcription` each. Rows of all inputs share batches."""
+    from whisper_t5x.audio.features import log_mel_spectrogram_np, pad_or_trim
+
+    stats = stats if stats is not None else {}
+    for key in ("rows", "speech_seconds"):
+        stats.setdefault(key, 0)
+    request = dataclasses.replace(request, timestamps=settings.row_timestamps)
+    n_mels = decoder.config.num_mel_bins
+    on_device = decoder.feature_backend == "jax"
+    row_words: Dict[Tuple[int, int], List[Word]] = {}
+    inputs: Dict[int, _Input] = {}
+
+    def finish(batch, feats, pending) -> None:
+        results = pending.result()
+        for (i, k), res in zip(batch, results):
+            inputs[i].decoded[k] = res
+        if words:
+            mel = feats if not on_device else log_mel_spectrogram_np(list(feats), n_mels=n_mels)
+            found = _row_words(decoder, [inputs[i].rows[k] for i, k in batch], mel[:len(batch)], results, request)
+            for key, w in zip(batch, found):
+                row_words[key] = w
+
+    in_flight = None
+    for inputs, batch in _batches(items, settings, decoder.batch_size):
+        if not batch:
+            continue
+        clips = []
+        for i, k in batch:
+            inp = inputs[i]
+            clips.append(inp.rows[k].slice_audio(inp.audio))
+            inp.sliced += 1
+            if inp.sliced == len(inp.rows):
+                inp.audio = None  # bounded memory: only inputs with rows still to cut stay loaded
+        stats["rows"] += len(batch)
+        stats["speech_seconds"] += sum(c.size for c in clips) / SAMPLE_RATE
+        if on_device:
+            feats = np.stack([pad_or_trim(c, N_SAMPLES) for c in clips]).astype(np.float32)
+        else:
+            feats = log_mel_spectrogram_np(clips, n_mels=n_mels)
+        dispatched = (batch, feats, decoder.submit(feats, request, prompt))
+        if in_flight is not None:
+            finish(*in_flight)
+        in_flight = dispatched
+    if in_flight is not None:
+        finish(*in_flight)
+
+    out = []
+    for i in range(len(items)):
+        inp = inputs[i]
+        decoded = [inp.decoded[k] for k in range(len(inp.rows))]
+        w = [row_words.get((i, k), []) for k in range(len(inp.rows))] if words else None
+        out.append(assemble(decoder, inp.rows, decoded, inp.duration, request.timestamps, w))
+    return out
+
+
+# ---------------------------------------------------------------------- sequential with vad_filter
+def speech_only(audio: np.ndarray, settings: VadSettings) -> Tuple[np.ndarray, Optional[SpeechRow]]:
+    """The input's speech glued back to back (silence removed) and the row that maps it back.
+
+    faster-whisper's ``vad_filter=True`` for its sequential mode: the seek
+    algorithm then runs on speech only. No speech gives an empty array and None.
+    """
+    found = vad_speech(audio, settings)
+    if not found:
+        return np.zeros(0, np.float32), None
+    [row] = speech_rows(found, "glue", num_samples=audio.shape[0], max_samples=max(1, audio.shape[0]))
+    return row.slice_audio(audio), row
+
+
+def to_original(result: Transcription, row: Optional[SpeechRow], duration: float) -> Transcription:
+    """A Transcription of :func:`speech_only` audio with its times moved back onto the original audio."""
+    if row is None:
+        return Transcription(result.text, result.segments, result.language, float(duration))
+
+    def moved_word(w: Word) -> Word:
+        start = float(row.original_time(w.start))
+        return dataclasses.replace(w, start=round(start, 3),
+                                   end=round(max(start, float(row.original_time(w.end, is_end=True))), 3))
+
+    segments = []
+    for s in result.segments:
+        start = float(row.original_time(s.start))
+        end = max(start, float(row.original_time(s.end, is_end=True)))
+        words = None if s.words is None else tuple(moved_word(w) for w in s.words)
+        segments.append(dataclasses.replace(s, start=round(start, 3), end=round(min(end, duration), 3), words=words))
+    return Transcription(result.text, tuple(segments), result.language, float(duration))
