@@ -367,31 +367,19 @@ class FlaxWhisperPipeline:
         results = run_sequential(self.decoder, [s for s, _ in speech], call.request, options)
         return [to_original(r, row, a.shape[0] / SAMPLE_RATE) for r, (_, row), a in zip(results, speech, audio)]
 
-    def __call__(
-        self,
-        inputs: Any,
-        task: Optional[str] = None,
-        language: Union[None, str, int] = None,
-        return_timestamps: Union[bool, str] = False,
-        return_language: bool = False,
-        chunk_length_s: float = 30.0,
-        stride_length_s: Optional[float] = None,
-        batch_size: Optional[int] = None,
-        generate_kwargs: Optional[Dict[str, Any]] = None,
-        progress: Optional[bool] = None,
-        long_form: str = "chunked",
-    ) -> Union[Dict[str, Any], List[Dict[str, Any]]]:
+    def __call__(self, inputs: Any, *, return_language: bool = False, **options: Any
+                 ) -> Union[Dict[str, Any], List[Dict[str, Any]]]:
         """:meth:`transcribe`, returned as the seed's dictionary.
 
         ``{"text": str, "chunks": [{"timestamp": (start, end), "text": str}]}``
         plus ``"language"`` (a code such as ``"en"``) when ``return_language``.
         With ``return_timestamps=True`` chunks are timestamped segments with
         their decoding statistics; with ``"word"``, one chunk per word.
+        ``options`` are :meth:`transcribe`'s keyword arguments.
         """
-        results = self.transcribe(inputs, task=task, language=language, return_timestamps=return_timestamps,
-                                  chunk_length_s=chunk_length_s, stride_length_s=stride_length_s,
-                                  batch_size=batch_size, generate_kwargs=generate_kwargs, progress=progress,
-                                  long_form=long_form)
+        results = self.transcribe(inputs, **options)
+        return_timestamps = (options.get("generate_kwargs") or {}).get("return_timestamps",
+                                                                      options.get("return_timestamps", False))
 
         def view(r: Transcription) -> Dict[str, Any]:
             out = as_pipeline_dict(r, return_timestamps, return_language)
