@@ -20,8 +20,10 @@ import wave
 import numpy as np
 import pytest
 
-from whisper_t5x.app import file_job, inputs, launch
+from whisper_t5x.app import file_job, gin_config, inputs
+from whisper_t5x.app.config import DecodeSection, GroupingSection, PartitionSection, TranscribeConfig
 from whisper_t5x import main as cli
+from whisper_t5x.results import Segment, Transcription
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JFK = os.path.join(REPO, "samples", "jfk.flac")
@@ -48,17 +50,16 @@ class FakePipeline:
         self.init = dict(checkpoint=checkpoint, dtype=dtype, batch_size=batch_size, partitioner=partitioner)
         FakePipeline.instances.append(self)
 
-    def __call__(self, inputs, task="transcribe", language=None, return_timestamps=False, return_language=False,
-                 chunk_length_s=30.0, stride_length_s=None, batch_size=None, generate_kwargs=None, progress=None,
-                 long_form="chunked"):
+    def transcribe(self, inputs, task="transcribe", language=None, return_timestamps=False, chunk_length_s=30.0,
+                   stride_length_s=None, batch_size=None, generate_kwargs=None, progress=None, long_form="chunked"):
         FakePipeline.calls.append(dict(n=len(inputs), task=task, batch_size=batch_size, timestamps=return_timestamps,
-                                       long_form=long_form))
+                                       long_form=long_form, generate_kwargs=generate_kwargs))
         out = []
         for x in inputs:
             n = len(x["array"])
             text = f" {task} {n} samples batch {batch_size}"
-            chunks = [{"timestamp": (0.0, None), "text": text}] if return_timestamps else []
-            out.append({"text": text, "chunks": chunks, "language": language or "en"})
+            segments = (Segment(0.0, n / 16000, text),) if return_timestamps else ()
+            out.append(Transcription(text, segments, language or "en", n / 16000))
             log = os.environ.get("FAKE_PIPELINE_LOG")
             if log:
                 with open(log, "a") as f:
@@ -105,27 +106,27 @@ def run_main(args, capsys):
 # ------------------------------------------------------------------- units
 def test_rewrite_gin_args():
     argv = ["p", "transcribe", "--gin.A.b=1", "x", "--gin.MODEL", "'tiny.en'", "--", "--gin.C.d=2"]
-    assert launch.rewrite_gin_args(argv) == [
+    assert gin_config.rewrite_gin_args(argv) == [
         "p", "transcribe", "--gin_bindings=A.b = 1", "x", "--gin_bindings=MODEL = 'tiny.en'", "--", "--gin.C.d=2"]
-    with pytest.raises(launch.GinConfigError):
-        launch.rewrite_gin_args(["p", "--gin.A.b"])
+    with pytest.raises(gin_config.GinConfigError):
+        gin_config.rewrite_gin_args(["p", "--gin.A.b"])
 
 
 def test_discover_names_and_shards(audio_dir, tmp_path):
     odd = tmp_path / "take.1.RAW"
     odd.write_bytes(b"x")
-    files, errors = launch.discover_audio([audio_dir, odd, audio_dir / "c.wav", tmp_path / "nope"])
+    files, errors = inputs.discover_audio([audio_dir, odd, audio_dir / "c.wav", tmp_path / "nope"])
     rel = [os.path.relpath(f, tmp_path) for f in files]
     assert rel == ["in/a/x.wav", "in/b/x.wav", "in/bad.wav", "in/c.wav", "take.1.RAW"]  # txt ignored, c.wav once
     assert errors == [(str(tmp_path / "nope"), "no such file or directory")]
-    names = [i.name for i in launch.assign_output_names(files)]
+    names = [i.name for i in inputs.assign_output_names(files)]
     # a stem shared by several inputs gets a hash of each one's path; unique stems stay as they are
     ha, hb = (inputs.path_hash(str(audio_dir / d / "x.wav")) for d in "ab")
     assert names == [f"x-{ha}", f"x-{hb}", "bad", "c", "take.1"] and ha != hb and re.fullmatch("[0-9a-f]{8}", ha)
     same_dir = [str(tmp_path / "s.wav"), str(tmp_path / "s.mp3"), str(tmp_path / "t.wav")]
-    assert [i.name for i in launch.assign_output_names(same_dir)] == [
+    assert [i.name for i in inputs.assign_output_names(same_dir)] == [
         f"s-{inputs.path_hash(same_dir[1])}", f"s-{inputs.path_hash(same_dir[0])}", "t"]
-    shards = [launch.shard_for_process(list(range(7)), i, 3) for i in range(3)]
+    shards = [inputs.shard_for_process(list(range(7)), i, 3) for i in range(3)]
     assert shards == [[0, 3, 6], [1, 4], [2, 5]]
 
 
@@ -142,7 +143,7 @@ def test_help_and_usage_errors(capsys):
 
 def test_model_that_cannot_load(audio_dir, tmp_path, capsys):
     rc, _, err = run_main(["transcribe", audio_dir / "c.wav", "--model", "nope", "--output_dir", tmp_path,
-                           "--gin.TranscribeConfig.pipeline='tests.test_cli:broken_pipeline'"], capsys)
+                           "--gin.PartitionSection.pipeline='tests.test_cli:broken_pipeline'"], capsys)
     assert rc == 1 and "cannot set up model 'nope'" in err and "FileNotFoundError" in err
     rc, _, err = run_main(["transcribe", tmp_path / "empty_dir_missing", "--output_dir", tmp_path / "m"], capsys)
     assert rc == 1 and "no such file" in err
@@ -168,8 +169,8 @@ def test_gin_and_flags_resume_and_failures(audio_dir, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["transcribe", audio_dir, "--output_dir", out, "--output_format", "all", "--timestamps",
             "--gin_file", "runs/transcribe", "--gin_file", "hardware/cpu",
-            f"--gin.TranscribeConfig.pipeline={FAKE}", "--gin.TASK='translate'",
-            "--gin_bindings=TranscribeConfig.batch_size = 3", "--group_size", "2"]
+            f"--gin.PartitionSection.pipeline={FAKE}", "--gin.TASK='translate'",
+            "--gin_bindings=PartitionSection.batch_size = 3", "--group_size", "2"]
     rc, stdout, err = run_main(args, capsys)
     assert rc == 1  # bad.wav failed, the others were written
     assert "bad.wav" in err and "1 file(s) failed" in err
@@ -188,8 +189,8 @@ def test_gin_and_flags_resume_and_failures(audio_dir, tmp_path, capsys):
         assert doc["text"] == f"translate {samples} samples batch 3"
         assert doc["segments"][0]["end"] == pytest.approx(samples / 16000)  # open end -> duration
     config = (out / "config.gin").read_text()
-    assert "TranscribeConfig.batch_size = 3" in config and "TASK = 'translate'" in config
-    assert "TranscribeConfig.group_size = 2" in config and "PjitPartitioner.backend = 'cpu'" in config
+    assert "PartitionSection.batch_size = 3" in config and "TASK = 'translate'" in config
+    assert "GroupingSection.group_size = 2" in config and "PjitPartitioner.backend = 'cpu'" in config
     assert "# command: whisper-t5x transcribe" in config and "--gin.TASK=" in config  # header
 
     # resume: nothing left to do except the broken file, and no model is built
@@ -210,14 +211,15 @@ def test_gin_and_flags_resume_and_failures(audio_dir, tmp_path, capsys):
 
 def test_batch_failure_retries_files_one_by_one(audio_dir, tmp_path):
     class Picky(FakePipeline):
-        def __call__(self, inputs, **kw):
+        def transcribe(self, inputs, **kw):
             if any(len(x["array"]) == 12000 for x in inputs):
                 raise RuntimeError("cannot handle 0.75 s")
-            return super().__call__(inputs, **kw)
+            return super().transcribe(inputs, **kw)
 
     (audio_dir / "bad.wav").unlink()
-    launch.parse_gin([], [])
-    config = launch.make_config(output_dir=str(tmp_path / "o"), output_formats="txt", pipeline=Picky)
+    gin_config.parse_gin([], [])
+    config = gin_config.make(TranscribeConfig, output_dir=str(tmp_path / "o"), output_formats="txt",
+                             partition=PartitionSection(pipeline=Picky))
     report = file_job.run_transcribe(config, [audio_dir], process_index=0, process_count=1)
     assert len(report.done) == 2 and [os.path.basename(p) for p, _ in report.failed] == ["x.wav"]
     assert "cannot handle" in report.failed[0][1]
@@ -228,7 +230,7 @@ def test_batch_failure_retries_files_one_by_one(audio_dir, tmp_path):
 def test_benchmark_command(audio_dir, tmp_path, capsys):
     (audio_dir / "bad.wav").unlink()
     out = tmp_path / "bench"
-    rc, stdout, _ = run_main(["benchmark", audio_dir, "--output_dir", out, f"--gin.TranscribeConfig.pipeline={FAKE}"],
+    rc, stdout, _ = run_main(["benchmark", audio_dir, "--output_dir", out, f"--gin.PartitionSection.pipeline={FAKE}"],
                              capsys)
     assert rc == 0 and "3 file(s) transcribed" in stdout
     assert [c["n"] for c in FakePipeline.calls] == [3, 3]  # untimed warm-up, then the timed run
@@ -237,7 +239,7 @@ def test_benchmark_command(audio_dir, tmp_path, capsys):
     ha, hb = (inputs.path_hash(str(audio_dir / d / "x.wav")) for d in "ab")
     assert sorted(os.listdir(out)) == sorted(["benchmark.json", "c.json", "config.gin", "manifest.jsonl",
                                               f"x-{ha}.json", f"x-{hb}.json"])
-    rc, stdout, _ = run_main(["benchmark", audio_dir, "--output_dir", out, f"--gin.TranscribeConfig.pipeline={FAKE}"],
+    rc, stdout, _ = run_main(["benchmark", audio_dir, "--output_dir", out, f"--gin.PartitionSection.pipeline={FAKE}"],
                              capsys)
     assert rc == 0 and "3 file(s) transcribed, 0 skipped" in stdout  # benchmarks always redo
 
@@ -305,7 +307,7 @@ def test_two_processes_write_each_output_once(tmp_path):
         write_wav(src / f"f{i}.wav", 0.25 * (i + 1))
     out, log = tmp_path / "out", tmp_path / "calls.log"
     outs = _run_processes(2, ["transcribe", src, "--output_dir", out, "--output_format", "txt,json",
-                              f"--gin.TranscribeConfig.pipeline={FAKE}"], _env(FAKE_PIPELINE_LOG=str(log)), 120)
+                              f"--gin.PartitionSection.pipeline={FAKE}"], _env(FAKE_PIPELINE_LOG=str(log)), 120)
     lines = [line.split() for line in log.read_text().splitlines()]
     assert sorted(int(n) for _, n in lines) == [4000, 8000, 12000, 16000]  # each file transcribed once
     by_pid = {}
@@ -338,7 +340,7 @@ def test_end_to_end_tiny_en(tmp_path):
     _espeak(src / "speech.wav", "The quick brown fox jumps over the lazy dog.")
     (src / "corrupt.mp3").write_bytes(b"ID3\x03\x00garbage" * 50)
     cmd = [sys.executable, "-m", "whisper_t5x.main", "transcribe", str(src), "--model", "tiny.en", "--timestamps",
-           "--output_dir", str(out), "--output_format", "all", "--gin.TranscribeConfig.batch_size=2"]
+           "--output_dir", str(out), "--output_format", "all", "--gin.PartitionSection.batch_size=2"]
     p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 1, p.stdout + p.stderr[-4000:]
     assert "corrupt.mp3" in p.stderr and "2 file(s) transcribed, 0 skipped, 1 failed" in p.stdout
@@ -354,7 +356,7 @@ def test_end_to_end_tiny_en(tmp_path):
         rows = (out / f"{stem}.tsv").read_text().splitlines()
         assert rows[0] == "start\tend\ttext" and all(re.match(r"^\d+\t\d+\t.+$", r) for r in rows[1:])
         assert words in (out / f"{stem}.txt").read_text().lower()
-    assert "TranscribeConfig.batch_size = 2" in (out / "config.gin").read_text()
+    assert "PartitionSection.batch_size = 2" in (out / "config.gin").read_text()
     # resume: the two good files are skipped without loading the model
     p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "0 file(s) transcribed, 2 skipped, 1 failed" in p.stdout
@@ -377,12 +379,15 @@ def test_two_processes_tiny_en(tmp_path):
 
 
 def test_long_form_flag_reaches_the_pipeline_and_is_validated(audio_dir, tmp_path, capsys):
-    fake = "--gin.TranscribeConfig.pipeline='tests.test_cli:FakePipeline'"
+    fake = "--gin.PartitionSection.pipeline='tests.test_cli:FakePipeline'"
     rc, _, _ = run_main(["transcribe", audio_dir / "c.wav", "--output_dir", tmp_path / "o", fake,
                          "--long_form", "sequential"], capsys)
     assert rc == 0 and [c["long_form"] for c in FakePipeline.calls] == ["sequential"]
     with pytest.raises(ValueError, match="long_form"):
-        launch.TranscribeConfig(long_form="seek")
+        DecodeSection(long_form="seek")
+    rc, _, err = run_main(["transcribe", audio_dir / "c.wav", "--output_dir", tmp_path / "o", fake,
+                           "--long_form", "seek"], capsys)
+    assert rc == 2 and "DecodeSection.long_form" in err and "seek" in err
 
 
 # ------------------------------------------------------- issue 13: resume, discovery, Ctrl-C, errors
@@ -406,7 +411,7 @@ def test_resume_never_skips_a_new_input_whose_name_collides(tmp_path, capsys):
     src.mkdir()
     write_wav(src / "interview (1).wav", 0.5)
     write_wav(src / "interview_1.wav", 0.75)
-    args = ["transcribe", src, "--output_dir", out, f"--gin.TranscribeConfig.pipeline={FAKE}"]
+    args = ["transcribe", src, "--output_dir", out, f"--gin.PartitionSection.pipeline={FAKE}"]
     rc, stdout, _ = run_main(args, capsys)
     assert rc == 0 and "2 file(s) transcribed" in stdout
     write_wav(src / "interview 1.wav", 1.0)  # sanitises to the same stem as both others
@@ -423,7 +428,7 @@ def test_a_recorded_output_name_never_passes_to_another_input(tmp_path, capsys):
     (src / "a").mkdir(parents=True)
     (src / "b").mkdir()
     write_wav(src / "a" / "x.wav", 0.5)
-    args = ["transcribe", src, "--output_dir", out, f"--gin.TranscribeConfig.pipeline={FAKE}"]
+    args = ["transcribe", src, "--output_dir", out, f"--gin.PartitionSection.pipeline={FAKE}"]
     assert run_main(args, capsys)[0] == 0 and (out / "x.txt").exists()
     (src / "a" / "x.wav").unlink()
     write_wav(src / "b" / "x.wav", 0.75)  # same stem, another input: x.txt is not its transcript
@@ -446,14 +451,14 @@ def test_a_recorded_output_name_never_passes_to_another_input(tmp_path, capsys):
 
 def test_output_names_depend_on_the_input_alone(tmp_path):
     first = [str(tmp_path / "a" / "x.wav"), str(tmp_path / "b" / "x.wav"), str(tmp_path / "talk.wav")]
-    names = {i.path: i.name for i in launch.assign_output_names(first)}
+    names = {i.path: i.name for i in inputs.assign_output_names(first)}
     more = first + [str(tmp_path / "0" / "x.wav"), str(tmp_path / "c" / "x.flac"), str(tmp_path / "talk!.mp3")]
-    again = {i.path: i.name for i in launch.assign_output_names(more, claimed={n: p for p, n in names.items()})}
+    again = {i.path: i.name for i in inputs.assign_output_names(more, claimed={n: p for p, n in names.items()})}
     assert {p: again[p] for p in first} == names  # not shifted by the files added
     assert len(set(again.values())) == len(more)
     assert names[first[2]] == "talk" and again[more[5]].startswith("talk-")  # the recorded owner keeps "talk"
     # a name claimed by a source that is not in this run is never handed out
-    taken = launch.assign_output_names([str(tmp_path / "new" / "talk.wav")], claimed={"talk": first[2]})
+    taken = inputs.assign_output_names([str(tmp_path / "new" / "talk.wav")], claimed={"talk": first[2]})
     assert taken[0].name == "talk-2"  # a unique stem carries no hash: a counter steps around the claim
 
 
@@ -468,8 +473,8 @@ def test_symlink_loops_do_not_hang_discovery(tmp_path):
     write_wav(tmp_path / "outside" / "b.wav", 0.1)
     os.symlink(tmp_path / "outside", d / "link1")
     os.symlink(tmp_path / "outside", d / "link2")
-    code = ("import sys; from whisper_t5x.app import launch; "
-            "print('\\n'.join(launch.discover_audio(sys.argv[1:])[0]))")
+    code = ("import sys; from whisper_t5x.app import inputs; "
+            "print('\\n'.join(inputs.discover_audio(sys.argv[1:])[0]))")
     p = subprocess.run([sys.executable, "-c", code, str(d)], cwd=REPO, env=_env(), capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -481,12 +486,12 @@ class CtrlCPipeline(FakePipeline):
 
     batches = 0
 
-    def __call__(self, inputs, batch_size=None, **kw):
+    def transcribe(self, inputs, batch_size=None, **kw):
         for _ in range(0, len(inputs), batch_size):
             CtrlCPipeline.batches += 1
             if CtrlCPipeline.batches == 2:
                 raise KeyboardInterrupt
-        return super().__call__(inputs, batch_size=batch_size, **kw)
+        return super().transcribe(inputs, batch_size=batch_size, **kw)
 
 
 def test_ctrl_c_keeps_the_files_already_done(tmp_path, capsys):
@@ -496,7 +501,7 @@ def test_ctrl_c_keeps_the_files_already_done(tmp_path, capsys):
         write_wav(src / f"f{i}.wav", 1.0)
     CtrlCPipeline.batches = 0
     args = ["transcribe", src, "--output_dir", out, "--batch_size", "2",  # default group_size (16)
-            "--gin.TranscribeConfig.pipeline='tests.test_cli:CtrlCPipeline'"]
+            "--gin.PartitionSection.pipeline='tests.test_cli:CtrlCPipeline'"]
     rc, stdout, err = run_main(args, capsys)
     assert rc == 130 and "interrupted" in err and "2 file(s) transcribed" in stdout
     assert sorted(p.name for p in out.glob("*.txt")) == ["f0.txt", "f1.txt"]
@@ -507,8 +512,8 @@ def test_ctrl_c_keeps_the_files_already_done(tmp_path, capsys):
 
 
 def test_group_holds_one_batch_of_windows(tmp_path):
-    launch.parse_gin([], [])
-    config = launch.make_config(batch_size=4)
+    gin_config.parse_gin([], [])
+    config = gin_config.make(TranscribeConfig, partition=PartitionSection(batch_size=4))
     loaded = [file_job._Loaded(inputs.InputFile(str(i), str(i)), np.zeros(int(s * 16000), np.float32), s)
               for i, s in enumerate([10, 10, 70, 10, 100, 10, 10, 10, 10, 10])]
     groups = list(file_job._iter_groups(iter(loaded), config, lambda: 4))
@@ -522,12 +527,13 @@ def test_group_holds_one_batch_of_windows(tmp_path):
         write_wav(src / f"f{i}.wav", 1.0)
     for group_batches, calls in ((1, [2, 2, 1]), (2, [4, 1])):
         FakePipeline.calls.clear()
-        config = launch.make_config(batch_size=2, group_batches=group_batches, pipeline=FakePipeline,
-                                    output_dir=str(tmp_path / f"o{group_batches}"))
+        config = gin_config.make(TranscribeConfig, partition=PartitionSection(batch_size=2, pipeline=FakePipeline),
+                                 grouping=GroupingSection(group_batches=group_batches),
+                                 output_dir=str(tmp_path / f"o{group_batches}"))
         file_job.run_transcribe(config, [src])
         assert [c["n"] for c in FakePipeline.calls] == calls
     with pytest.raises(ValueError, match="group_batches"):
-        launch.TranscribeConfig(group_batches=0)
+        GroupingSection(group_batches=0)
 
 
 def test_serve_without_the_extra_is_a_one_line_hint(monkeypatch, capsys):
@@ -547,7 +553,7 @@ def test_unusable_output_dir_is_a_one_line_error(audio_dir, tmp_path, capsys):
     a_file.write_text("x")
     for out, why in ((a_file, "not a directory"), (a_file / "sub", "cannot create")):
         rc, stdout, err = run_main(["transcribe", audio_dir / "c.wav", "--output_dir", out,
-                                    f"--gin.TranscribeConfig.pipeline={FAKE}"], capsys)
+                                    f"--gin.PartitionSection.pipeline={FAKE}"], capsys)
         assert rc == 2 and why in err and str(out) in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not FakePipeline.instances
@@ -558,7 +564,7 @@ def test_outputs_follow_the_umask(audio_dir, tmp_path, capsys, umask, mode):
     old = os.umask(umask)
     try:
         rc, _, _ = run_main(["transcribe", audio_dir / "c.wav", "--output_dir", tmp_path / "o", "--output_format",
-                             "txt,json", f"--gin.TranscribeConfig.pipeline={FAKE}"], capsys)
+                             "txt,json", f"--gin.PartitionSection.pipeline={FAKE}"], capsys)
     finally:
         os.umask(old)
     assert rc == 0

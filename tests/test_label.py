@@ -24,7 +24,7 @@ datasets = pytest.importorskip("datasets")
 TRAIN = ["The cat sat on the mat.", "Open the door please.", "It is a sunny day.", "I like green apples."]
 VALIDATION = ["We walk to school.", "The river is cold."]
 N_ROWS = len(TRAIN) + len(VALIDATION) + 1  # + the corrupt row
-NO_FALLBACK = "--gin.LabelConfig.generate_kwargs={'temperature': 0.0}"
+NO_FALLBACK = "--gin.DecodeSection.temperature=0.0"
 
 
 def _write_split(path, texts, prefix, corrupt=False):
@@ -77,16 +77,18 @@ class FakePipeline:
             self.by_len[load_audio(synthesize_file(t)).shape[0]] = t
         self.calls = []
 
-    def __call__(self, inputs, **kw):
-        assert kw["return_timestamps"] is True and kw["return_language"] is True
+    def transcribe(self, inputs, **kw):
+        from whisper_t5x.results import Segment, Transcription
+
+        assert kw["return_timestamps"] is True
         self.calls.append(len(inputs))
         out = []
         for x in inputs:
             ref = self.by_len[x["array"].shape[0]]
             text = ref if len(ref) % 2 == 0 else "completely different words here"
             dur = x["array"].shape[0] / 16000
-            out.append({"text": " " + text, "language": "en", "chunks": [
-                {"timestamp": (0.0, None), "text": text, "avg_logprob": -0.25, "no_speech_prob": 0.01}]})
+            out.append(Transcription(" " + text, (Segment(0.0, dur, text, avg_logprob=-0.25, no_speech_prob=0.01),),
+                                     "en", dur))
         return out
 
 
@@ -155,19 +157,17 @@ def test_resume_skips_rows_already_written(speech_dataset, tmp_path):
 
 
 def test_hardware_preset_applies_to_label_config(speech_dataset):
-    from whisper_t5x.app import launch
+    from whisper_t5x.app import gin_config
     from whisper_t5x.app.label.config import make_label_config
 
-    import partitioning.gin_bindings  # noqa: F401
-
-    launch.parse_gin(["runs/label.gin", "hardware/gpu"], [], extra_bindings=[
+    gin_config.parse_gin(["runs/label.gin", "hardware/gpu"], [], extra_bindings=[
         "LabelConfig.dataset = 'x'", "LabelConfig.output_dir = 'y'"])
     cfg = make_label_config()
-    assert (cfg.dtype, cfg.batch_size, cfg.group_size) == ("bfloat16", 16, 64)
-    assert getattr(cfg.partitioner, "__name__", "") == "PjitPartitioner"
-    launch.parse_gin(["runs/label.gin", "hardware/gpu"], [], extra_bindings=[
-        "LabelConfig.dataset = 'x'", "LabelConfig.output_dir = 'y'", "LabelConfig.batch_size = 3"])
-    assert make_label_config().batch_size == 3  # an explicit LabelConfig binding wins
+    assert (cfg.model.dtype, cfg.partition.batch_size, cfg.grouping.group_size) == ("bfloat16", 16, 64)
+    assert getattr(cfg.partition.partitioner, "__name__", "") == "PjitPartitioner"
+    gin_config.parse_gin(["runs/label.gin", "hardware/gpu"], [], extra_bindings=[
+        "LabelConfig.dataset = 'x'", "LabelConfig.output_dir = 'y'", "PartitionSection.batch_size = 3"])
+    assert make_label_config().partition.batch_size == 3  # an explicit binding after the preset wins
 
 
 def test_named_errors(speech_dataset, tmp_path, capsys):
@@ -202,14 +202,17 @@ def test_duration_groups_sort_within_the_buffer():
 def test_transcript_fields_adapter():
     from whisper_t5x.app.label.job import transcript_fields
 
-    f = transcript_fields({"text": " a b ", "language": "en", "chunks": [
-        {"timestamp": (0.0, 1.0), "text": " a", "avg_logprob": -1.0, "no_speech_prob": 0.5},
-        {"timestamp": (1.0, None), "text": " b", "avg_logprob": -0.2, "no_speech_prob": 0.1}]}, 4.0)
+    from whisper_t5x.results import Segment, Transcription
+
+    f = transcript_fields(Transcription(" a b ", (
+        Segment(0.0, 1.0, " a", avg_logprob=-1.0, no_speech_prob=0.5),
+        Segment(1.0, 1.0, " "),  # no text: not a segment of the row
+        Segment(1.0, 4.0, " b", avg_logprob=-0.2, no_speech_prob=0.1)), "en", 4.0))
     assert f.text == "a b" and f.language == "en"
     assert f.segments == [{"start": 0.0, "end": 1.0, "text": "a"}, {"start": 1.0, "end": 4.0, "text": "b"}]
     assert f.avg_logprob == pytest.approx((-1.0 * 1 + -0.2 * 3) / 4)
     assert f.no_speech_prob == pytest.approx((0.5 + 0.1 * 3) / 4)
-    assert transcript_fields({"text": "", "chunks": []}, 1.0).avg_logprob is None
+    assert transcript_fields(Transcription("", (), None, 1.0)).avg_logprob is None
 
 
 # ------------------------------------------------------------ 2 processes, tiny.en

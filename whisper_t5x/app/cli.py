@@ -10,18 +10,21 @@ Commands::
   whisper-t5x benchmark PATHS... [flags]    # transcribe with configs/runs/benchmark.gin first
   whisper-t5x serve [serving flags]         # handed to whisper_t5x.app.serving.main(argv)
 
-Every transcription setting is a field of ``TranscribeConfig`` (see
-``whisper_t5x/app/launch.py``) and can come from gin files (``--gin_file``, applied
-in order), gin bindings (``--gin_bindings='TranscribeConfig.batch_size = 8'``
-or ``--gin.TranscribeConfig.batch_size=8``, applied after the files in command
-line order) and the convenience flags below (applied last). The operative
-configuration is written to ``<output_dir>/config.gin``.
+Every transcription setting is a field of ``TranscribeConfig`` or of one of
+the sections it composes (``ModelSection``, ``PartitionSection``,
+``DecodeSection``, ``GroupingSection``: ``whisper_t5x/app/config.py``) and can
+come from gin files (``--gin_file``, applied in order), gin bindings
+(``--gin_bindings='PartitionSection.batch_size = 8'`` or
+``--gin.PartitionSection.batch_size=8``, applied after the files in command
+line order) and the convenience flags below (applied last, each the binding
+of one section field). The operative configuration is written to
+``<output_dir>/config.gin``.
 
 Examples::
 
   whisper-t5x transcribe samples/ --model tiny.en --output_format all --timestamps
   whisper-t5x transcribe talks/ --gin_file runs/transcribe --gin_file hardware/gpu \\
-      --gin.TranscribeConfig.batch_size=32 --output_dir out
+      --gin.PartitionSection.batch_size=32 --output_dir out
   # the same command on each of N hosts:
   whisper-t5x transcribe /data --coordinator_address=10.0.0.1:1234 --num_processes=N --process_id=I
 
@@ -43,25 +46,27 @@ from typing import List, Optional, Sequence
 
 from absl import flags
 
-from whisper_t5x.app import file_job, launch
+from whisper_t5x.app import build, distributed, file_job, gin_config
+from whisper_t5x.app.config import DTYPES, TranscribeConfig
+from whisper_t5x.text.tokenizer import TASKS
 
 FLAGS = flags.FLAGS
 COMMANDS = ("transcribe", "benchmark", "serve")
 SERVE_MODULES = ("fastapi", "uvicorn", "gradio")  # what the [serve] extra installs
 SERVE_HINT = "pip install 'whisper_t5x[serve]' (or pip install -e '.[serve]' in a checkout)"
 
-# Convenience flags -> TranscribeConfig fields (None: not given, gin decides).
+# Convenience flags -> section / TranscribeConfig fields (None: not given, gin decides).
 flags.DEFINE_string("model", None, "Model name (base, tiny.en) or checkpoint path. Default: base.")
-flags.DEFINE_enum("task", None, list(launch.TASKS), "transcribe, or translate to English. Default: transcribe.")
+flags.DEFINE_enum("task", None, list(TASKS), "transcribe, or translate to English. Default: transcribe.")
 flags.DEFINE_string("language", None, "Source language code (en, de, ...). Default: detected.")
 flags.DEFINE_bool("timestamps", None, "Segment timestamps (srt/vtt/tsv cues). Default: off.")
 flags.DEFINE_bool("word_timestamps", None, "Word-level timestamps (one cue per word; sequential "
                   "long-form decoding). Default: off.")
-flags.DEFINE_enum("long_form", None, ["chunked", "sequential"], "chunked: batched windows, stitched; "
-                  "sequential: OpenAI's algorithm (each window conditioned on the previous text). "
-                  "Default: chunked.")
+flags.DEFINE_string("long_form", None, "chunked: batched windows, stitched; sequential: OpenAI's "
+                    "algorithm (each window conditioned on the previous text); any mode of the pipeline's "
+                    "LONG_FORM_MODES. Default: chunked.")
 flags.DEFINE_integer("batch_size", None, "Windows per forward pass. Default: the pipeline's.", lower_bound=1)
-flags.DEFINE_enum("dtype", None, list(launch.DTYPES), "Compute dtype. Default: float32.")
+flags.DEFINE_enum("dtype", None, list(DTYPES), "Compute dtype. Default: float32.")
 flags.DEFINE_float("chunk_length_s", None, "Long-form window length in seconds. Default: 30.")
 flags.DEFINE_string("output_dir", None, "Output directory. Default: the working directory.")
 flags.DEFINE_string("output_format", None, "txt, srt, vtt, json, tsv, a comma list, or all. Default: txt.")
@@ -77,26 +82,26 @@ flags.DEFINE_list("gin_search_paths", [], "Extra directories searched for gin fi
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host runs).")
-flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+flags.DEFINE_enum("distributed", "auto", list(distributed.MODES),
                   "jax.distributed.initialize: auto (when a coordinator is given or on a multi-host "
                   "TPU slice), on (always; auto-detects what is not given), off.")
 flags.DEFINE_integer("initialization_timeout", None, "Seconds to wait for all processes to join.")
 flags.DEFINE_bool("quiet", False, "Only warnings and the summary.")
 
 _FLAG_TO_FIELD = {
-    "model": "model",
-    "task": "task",
-    "language": "language",
-    "timestamps": "return_timestamps",
-    "word_timestamps": "word_timestamps",
-    "long_form": "long_form",
-    "batch_size": "batch_size",
-    "dtype": "dtype",
-    "chunk_length_s": "chunk_length_s",
-    "output_dir": "output_dir",
-    "output_format": "output_formats",
-    "overwrite": "overwrite",
-    "group_size": "group_size",
+    "model": "ModelSection.name",
+    "task": "DecodeSection.task",
+    "language": "DecodeSection.language",
+    "timestamps": "DecodeSection.timestamps",
+    "word_timestamps": "DecodeSection.word_timestamps",
+    "long_form": "DecodeSection.long_form",
+    "batch_size": "PartitionSection.batch_size",
+    "dtype": "ModelSection.dtype",
+    "chunk_length_s": "DecodeSection.chunk_length_s",
+    "output_dir": "TranscribeConfig.output_dir",
+    "output_format": "TranscribeConfig.output_formats",
+    "overwrite": "TranscribeConfig.overwrite",
+    "group_size": "GroupingSection.group_size",
 }
 
 USAGE = """usage: whisper-t5x {transcribe,benchmark} PATHS... [flags]
@@ -168,7 +173,7 @@ def _explicit_bindings() -> List[str]:
     out = []
     for flag, field in _FLAG_TO_FIELD.items():
         if FLAGS[flag].present and FLAGS[flag].value is not None:
-            out.append(launch.flag_binding(field, FLAGS[flag].value))
+            out.append(gin_config.flag_binding(field, FLAGS[flag].value))
     return out
 
 
@@ -189,10 +194,10 @@ def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
         print(_help(), end="")
         return 0 if len(argv) >= 2 else 2
     try:
-        argv = launch.rewrite_gin_args(argv)
+        argv = gin_config.rewrite_gin_args(argv)
         FLAGS.unparse_flags()
         rest = FLAGS(argv)
-    except (flags.Error, launch.GinConfigError) as e:
+    except (flags.Error, gin_config.GinConfigError) as e:
         return _error(f"{e}\n(see whisper-t5x --help)")
     command, paths = (rest[1], rest[2:]) if len(rest) > 1 else (None, [])
     if command not in COMMANDS:
@@ -205,12 +210,13 @@ def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
     if command == "benchmark":
         gin_files.insert(0, "runs/benchmark.gin")
     try:
-        resolved = launch.parse_gin(gin_files, FLAGS.gin_bindings, FLAGS.gin_search_paths, _explicit_bindings())
-    except launch.GinConfigError as e:
+        resolved = gin_config.parse_gin(gin_files, FLAGS.gin_bindings, FLAGS.gin_search_paths,
+                                        _explicit_bindings())
+    except gin_config.GinConfigError as e:
         return _error(f"invalid gin configuration: {e}")
 
     try:
-        index, count = launch.initialize_distributed(
+        index, count = distributed.initialize_distributed(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed,
             FLAGS.initialization_timeout,
         )
@@ -218,8 +224,8 @@ def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
         return _error(f"jax.distributed.initialize failed: {type(e).__name__}: {e}", 1)
 
     try:
-        config = launch.make_config()
-    except launch.GinConfigError as e:
+        config = gin_config.make(TranscribeConfig)
+    except gin_config.GinConfigError as e:
         return _error(f"invalid configuration: {e}")
 
     header = "\n".join([
@@ -232,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
     try:
         report = file_job.run_transcribe(config, paths, pipeline=pipeline, process_index=index,
                                          process_count=count, config_header=header)
-    except launch.GinConfigError as e:
+    except gin_config.GinConfigError as e:
         return _error(f"invalid configuration: {e}")
     except file_job.OutputDirError as e:
         return _error(str(e))
@@ -240,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
         print(e.report.summary(), flush=True)
         file_job.print_failures(e.report)
         return _error("interrupted: the outputs written so far are kept; run the same command again to resume", 130)
-    except RuntimeError as e:
+    except (RuntimeError, build.PipelineBuildError) as e:
         return _error(str(e), 1)
     if report.planned == 0 and not report.failed and index == 0 and count == 1:
         return _error("no audio files found in " + ", ".join(paths))

@@ -9,7 +9,7 @@ A group is what one pipeline call decodes together: short files share
 batches, so grouping them keeps the device busy. A group is closed before it
 would exceed ``group_batches`` batches of windows (``batch_size`` windows
 each; a longer file goes alone), ``group_size`` files or
-``group_max_audio_s``. With the default ``group_batches = 1`` all files of a
+``group_max_audio_s`` (:class:`~whisper_t5x.app.config.GroupingSection`). With the default ``group_batches = 1`` all files of a
 group are decoded in the same batch and so finish together: writing after
 the call writes each file as soon as it is done, and an interrupted run
 (Ctrl-C) loses at most the batch in flight; rerunning the command resumes.
@@ -26,12 +26,15 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from whisper_t5x.app import build
 from whisper_t5x.app import inputs as inputs_lib
-from whisper_t5x.app import launch
 from whisper_t5x.app import writers as outputs_lib
+from whisper_t5x.app.config import TranscribeConfig
+from whisper_t5x.app.gin_config import CONFIG_FILENAME, write_config
 from whisper_t5x.audio.constants import SAMPLE_RATE
+from whisper_t5x.results import Transcription
 
 logger = logging.getLogger("whisper_t5x.app.file_job")
 
@@ -136,21 +139,22 @@ def _iter_loaded(items: Sequence[inputs_lib.InputFile], workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def window_count(num_samples: int, config: launch.TranscribeConfig) -> int:
+def window_count(num_samples: int, config: TranscribeConfig) -> int:
     """How many windows the chunked long-form algorithm decodes for ``num_samples`` samples."""
     from whisper_t5x.longform.windows import split_windows, window_params
 
-    chunk, stride = window_params(config.chunk_length_s, config.stride_length_s, SAMPLE_RATE)
+    chunk, stride = window_params(config.decode.chunk_length_s, config.decode.stride_length_s, SAMPLE_RATE)
     return len(split_windows(num_samples, chunk, stride))
 
 
-def _iter_groups(loaded: Iterator[_Loaded], config: launch.TranscribeConfig,
+def _iter_groups(loaded: Iterator[_Loaded], config: TranscribeConfig,
                  window_budget: Callable[[], Optional[int]]) -> Iterator[List[_Loaded]]:
     """``loaded`` cut into groups (see the module docstring for the rules).
 
     ``window_budget()``: windows one pipeline call should hold (the batch
     size), or ``None`` for no window limit; asked when a file arrives.
     """
+    limits = config.grouping
     group: List[_Loaded] = []
     group_s, group_windows = 0.0, 0
     for x in loaded:
@@ -162,7 +166,7 @@ def _iter_groups(loaded: Iterator[_Loaded], config: launch.TranscribeConfig,
         group.append(x)
         group_s += x.duration
         group_windows += windows
-        if (len(group) >= config.group_size or group_s >= config.group_max_audio_s
+        if (len(group) >= limits.group_size or group_s >= limits.group_max_audio_s
                 or (budget is not None and group_windows >= budget)):
             yield group
             group, group_s, group_windows = [], 0.0, 0
@@ -171,28 +175,21 @@ def _iter_groups(loaded: Iterator[_Loaded], config: launch.TranscribeConfig,
 
 
 # ================================================================ transcribe
-def _call_pipeline(pipe, loaded: Sequence[_Loaded], config: launch.TranscribeConfig) -> List[Mapping[str, Any]]:
+def _call_pipeline(pipe, loaded: Sequence[_Loaded], config: TranscribeConfig) -> List[Transcription]:
     inputs = [{"array": x.audio, "sampling_rate": SAMPLE_RATE} for x in loaded]
-    kwargs: Dict[str, Any] = dict(
-        task=config.task,
-        language=config.language,
-        return_timestamps="word" if config.word_timestamps else bool(config.return_timestamps),
-        return_language=True,
-        chunk_length_s=float(config.chunk_length_s),
-        stride_length_s=config.stride_length_s,
-        batch_size=config.batch_size,
-        generate_kwargs=dict(config.generate_kwargs) if config.generate_kwargs else None,
-    )
-    if config.long_form != "chunked":  # custom pipelines need not know the argument
-        kwargs["long_form"] = config.long_form
+    kwargs = config.decode.transcribe_kwargs()
+    kwargs["batch_size"] = config.partition.batch_size
     if config.progress is not None:
         kwargs["progress"] = config.progress
-    results = pipe(inputs, **kwargs)
-    if isinstance(results, Mapping):
+    results = pipe.transcribe(inputs, **kwargs)
+    if isinstance(results, Transcription):
         results = [results]
     results = list(results)
     if len(results) != len(inputs):
         raise RuntimeError(f"pipeline returned {len(results)} results for {len(inputs)} inputs")
+    bad = [type(r).__name__ for r in results if not isinstance(r, Transcription)]
+    if bad:
+        raise TypeError(f"pipeline.transcribe returned {bad[0]}, not a Transcription")
     return results
 
 
@@ -212,7 +209,7 @@ def prepare_output_dir(path: str) -> None:
 
 
 def run_transcribe(
-    config: launch.TranscribeConfig,
+    config: TranscribeConfig,
     paths: Sequence[str],
     *,
     pipeline: Any = None,
@@ -258,23 +255,19 @@ def run_transcribe(
         nonlocal pipe, config_written
         if pipe is None:
             t = time.perf_counter()
-            try:
-                pipe = launch.build_pipeline(config, process_count)
-            except Exception as e:  # noqa: BLE001 - unknown model, bad partitioner/batch size, ...
-                raise launch.PipelineBuildError(
-                    f"cannot set up model {config.model!r}: {type(e).__name__}: {e}") from e
+            pipe = build.load_pipeline(config, process_count)
             report.load_model_s += time.perf_counter() - t
         if write_gin_config and process_index == 0 and not config_written:
-            launch.write_config(os.path.join(out_dir, launch.CONFIG_FILENAME), config_header or "")
+            write_config(os.path.join(out_dir, CONFIG_FILENAME), config_header or "")
             config_written = True
         return pipe
 
     def window_budget() -> Optional[int]:
-        batch = config.batch_size or getattr(ensure_pipeline(), "batch_size", None)
-        return None if batch is None else int(batch) * int(config.group_batches)
+        batch = config.partition.batch_size or getattr(ensure_pipeline(), "batch_size", None)
+        return None if batch is None else int(batch) * config.grouping.group_batches
 
     warmed = not config.warmup
-    loaded = _iter_loaded(todo, config.load_workers, report.failed)
+    loaded = _iter_loaded(todo, config.grouping.load_workers, report.failed)
     groups = _iter_groups(loaded, config, window_budget)
     try:
         for group in groups:
@@ -295,7 +288,7 @@ def run_transcribe(
         groups.close()
         loaded.close()
     if write_gin_config and process_index == 0 and not config_written:
-        launch.write_config(os.path.join(out_dir, launch.CONFIG_FILENAME), config_header or "")
+        write_config(os.path.join(out_dir, CONFIG_FILENAME), config_header or "")
     report.wall_s = time.perf_counter() - t0 - report.warmup_s
     if config.benchmark_file:
         name = config.benchmark_file
@@ -308,7 +301,7 @@ def run_transcribe(
     return report
 
 
-def _transcribe_group(pipe, group: Sequence[_Loaded], config: launch.TranscribeConfig, report: RunReport,
+def _transcribe_group(pipe, group: Sequence[_Loaded], config: TranscribeConfig, report: RunReport,
                       manifest: Optional[inputs_lib.Manifest]) -> None:
     """One pipeline call for the group, then each file's outputs (``manifest=None``: warm-up, nothing
     written). If the call fails, each file alone, so one bad input costs only itself."""
@@ -329,7 +322,7 @@ def _transcribe_group(pipe, group: Sequence[_Loaded], config: launch.TranscribeC
         if manifest is not None:
             try:
                 manifest.record(x.item)  # claim the name first: outputs never exist without an owner
-                outputs_lib.write_outputs(result, config.output_dir, x.item.name, config.output_formats, x.duration)
+                outputs_lib.write_outputs(result, config.output_dir, x.item.name, config.output_formats)
             except Exception as e:  # noqa: BLE001 - e.g. disk full, odd result
                 report.failed.append((x.item.path, f"writing outputs failed: {type(e).__name__}: {e}"))
                 continue

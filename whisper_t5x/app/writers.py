@@ -1,21 +1,22 @@
-"""Subtitle and transcript writers for pipeline results.
+"""Subtitle and transcript writers for typed results.
 
-Every writer is a pure function from a pipeline result dict
-(``{"text": str, "chunks": [{"timestamp": (start, end), "text": str}],
-"language": ...}``) to a string; :func:`write_outputs` puts them on disk.
+Every writer is a pure function from a :class:`~whisper_t5x.results.Transcription`
+to a string; :func:`write_outputs` puts them on disk.
 
 Formats (:data:`FORMATS`):
 
-* ``txt``  -- one line per timestamped segment, or the whole text on one line;
+* ``txt``  -- one line per segment, or the whole text on one line when there are none;
 * ``srt``  -- numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``;
 * ``vtt``  -- ``WEBVTT`` header, ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues;
-* ``json`` -- ``{"text", "language", "duration", "segments": [{"id", "start", "end", "text"}]}``;
+* ``json`` -- ``{"text", "language", "duration", "segments": [...]}``, each segment
+  ``{"id", "start", "end", "text", "tokens", "avg_logprob", "no_speech_prob",
+  "compression_ratio", "temperature"}`` plus ``"words"`` when word timestamps were decoded;
 * ``tsv``  -- header ``start<TAB>end<TAB>text``, times in integer milliseconds.
 
-Segments are normalised by :func:`segments_from_result`: a chunk whose end is
-``None`` (the pipeline's last, open chunk) ends at the audio duration; a
-result without timestamps becomes one segment spanning the whole file.
-No gin, no JAX: safe to import anywhere.
+Cues come from :func:`cues`: times are clipped to ``[0, duration]``, a missing
+start takes the previous end, a missing end the next start (the duration for the last),
+segments without text are dropped, and a transcription with text but no
+segments is one cue over the whole file. No gin, no JAX: safe to import anywhere.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ import math
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+from whisper_t5x.results import STATISTICS, Segment, Transcription
 
 __all__ = [
     "FORMATS",
-    "Segment",
+    "Cue",
+    "cues",
     "format_timestamp",
-    "segments_from_result",
     "to_txt",
     "to_srt",
     "to_vtt",
@@ -46,10 +49,13 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Segment:
+class Cue:
+    """A segment as written: times made safe to print, text stripped."""
+
     start: float
     end: float
     text: str
+    segment: Optional[Segment] = None  # None for the whole-file cue of a transcription without segments
 
 
 def _num(x: Any) -> Optional[float]:
@@ -73,116 +79,107 @@ def format_timestamp(seconds: float, decimal_marker: str = ".", always_include_h
     return f"{head}{minutes:02d}:{secs:02d}{decimal_marker}{ms:03d}"
 
 
-def _result_text(result: Mapping[str, Any]) -> str:
-    text = result.get("text")
-    if text is None:
-        text = "".join(str(c.get("text") or "") for c in (result.get("chunks") or []))
-    return str(text).strip()
-
-
-def segments_from_result(result: Mapping[str, Any], duration: Optional[float] = None) -> List[Segment]:
-    """Timestamped segments of ``result``; see the module docstring for the rules.
-
-    Starts that are missing take the previous segment's end (0 for the first);
-    ends that are missing take the next segment's start, or ``duration`` for
-    the last (falling back to the start). Ends never precede starts. Empty
-    chunks are dropped. Without any usable timestamp, one segment
-    ``(0, duration or 0)`` holds the whole text (none if the text is empty).
-    """
-    duration = _num(duration)
-    chunks = list(result.get("chunks") or [])
-    raw = []
-    for c in chunks:
-        ts = c.get("timestamp") if isinstance(c, Mapping) else None
-        if ts is None and isinstance(c, Mapping) and ("start" in c or "end" in c):
-            ts = (c.get("start"), c.get("end"))
-        start, end = (None, None) if ts is None else (tuple(ts) + (None, None))[:2]
-        text = str((c.get("text") if isinstance(c, Mapping) else "") or "").strip()
-        raw.append((_num(start), _num(end), text))
-    if not any(s is not None or e is not None for s, e, _ in raw):
-        text = _result_text(result)
-        return [Segment(0.0, duration or 0.0, text)] if text else []
-    segs: List[Segment] = []
+def cues(result: Transcription) -> List[Cue]:
+    """The cues of ``result``; see the module docstring for the rules."""
+    duration = _num(result.duration)
+    segments = list(result.segments)
+    if not segments:
+        text = result.text.strip()
+        return [Cue(0.0, duration or 0.0, text)] if text else []
+    out: List[Cue] = []
     prev_end = 0.0
-    for i, (start, end, text) in enumerate(raw):
-        if start is None:
-            start = prev_end
+    for i, seg in enumerate(segments):
+        start = _num(seg.start)
+        start = prev_end if start is None else max(start, 0.0)
+        end = _num(seg.end)
         if end is None:
-            nxt = next((s for s, _, _ in raw[i + 1:] if s is not None), None)
+            nxt = next((_num(s.start) for s in segments[i + 1:] if _num(s.start) is not None), None)
             end = nxt if nxt is not None else (duration if duration is not None else start)
+        if duration is not None:
+            start, end = min(start, duration), min(end, duration)
         end = max(end, start)
         prev_end = end
+        text = seg.text.strip()
         if text:
-            segs.append(Segment(start, end, text))
-    return segs
+            out.append(Cue(start, end, text, seg))
+    return out
+
+
+# ------------------------------------------------------ seed dicts (temporary)
+def _typed(result: Any, duration: Optional[float] = None) -> Transcription:
+    """``result`` as a Transcription; a seed dict (``{"text", "chunks"}``) is converted.
+
+    Only the server still hands writers seed dicts; this bridge goes when it
+    reads typed results.
+    """
+    if isinstance(result, Transcription):
+        return result
+    chunks = [c for c in (result.get("chunks") or []) if isinstance(c, dict)]
+    spans = [(tuple(c.get("timestamp") or (None, None)) + (None, None))[:2] for c in chunks]
+    segments: tuple = ()
+    if any(s is not None or e is not None for s, e in spans):
+        segments = tuple(Segment(s, e, str(c.get("text") or "")) for (s, e), c in zip(spans, chunks))
+    text = result.get("text")
+    if text is None:
+        text = "".join(str(c.get("text") or "") for c in chunks)
+    return Transcription(str(text), segments, result.get("language"), duration)
+
+
+def segments_from_result(result: Any, duration: Optional[float] = None) -> List[Cue]:
+    """:func:`cues` of a seed dict (the server's, until it reads typed results)."""
+    return cues(_typed(result, duration))
 
 
 # ---------------------------------------------------------------- writers
-def to_txt(result: Mapping[str, Any], duration: Optional[float] = None) -> str:
-    chunks = result.get("chunks") or []
-    has_ts = any((c.get("timestamp") or (None, None))[0] is not None for c in chunks if isinstance(c, Mapping))
-    if has_ts:
-        lines = [s.text for s in segments_from_result(result, duration)]
-    else:
-        text = _result_text(result)
-        lines = [text] if text else []
-    return "".join(line + "\n" for line in lines)
+def to_txt(result: Transcription) -> str:
+    return "".join(c.text + "\n" for c in cues(result))
 
 
-def to_srt(result: Mapping[str, Any], duration: Optional[float] = None) -> str:
-    cues = []
-    for i, s in enumerate(segments_from_result(result, duration), start=1):
-        cues.append(
-            f"{i}\n{format_timestamp(s.start, ',')} --> {format_timestamp(s.end, ',')}\n{s.text}\n"
-        )
-    return "\n".join(cues)
+def to_srt(result: Transcription, duration: Optional[float] = None) -> str:
+    result = _typed(result, duration)
+    return "\n".join(f"{i}\n{format_timestamp(c.start, ',')} --> {format_timestamp(c.end, ',')}\n{c.text}\n"
+                     for i, c in enumerate(cues(result), start=1))
 
 
-def to_vtt(result: Mapping[str, Any], duration: Optional[float] = None) -> str:
+def to_vtt(result: Transcription, duration: Optional[float] = None) -> str:
+    result = _typed(result, duration)
     out = ["WEBVTT\n"]
-    for s in segments_from_result(result, duration):
-        out.append(f"{format_timestamp(s.start)} --> {format_timestamp(s.end)}\n{s.text}\n")
+    for c in cues(result):
+        out.append(f"{format_timestamp(c.start)} --> {format_timestamp(c.end)}\n{c.text}\n")
     return "\n".join(out)
 
 
-def _jsonable(x: Any) -> Any:
-    if x is None or isinstance(x, (str, bool, int, float)):
-        return x
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "item"):  # numpy / jax scalars
-        try:
-            return x.item()
-        except Exception:  # noqa: BLE001
-            pass
-    return str(x)
+def _segment_doc(i: int, c: Cue) -> Dict[str, Any]:
+    doc: Dict[str, Any] = {"id": i, "start": round(c.start, 3), "end": round(c.end, 3), "text": c.text}
+    seg = c.segment
+    if seg is not None:
+        doc["tokens"] = [int(t) for t in seg.tokens]
+        doc.update({k: _num(getattr(seg, k)) for k in STATISTICS})
+        if seg.words is not None:
+            doc["words"] = [{"start": round(float(w.start), 3), "end": round(float(w.end), 3), "word": w.word,
+                             "probability": _num(w.probability)} for w in seg.words]
+    return doc
 
 
-def to_json(result: Mapping[str, Any], duration: Optional[float] = None) -> str:
-    segs = segments_from_result(result, duration)
+def to_json(result: Transcription) -> str:
     doc = {
-        "text": _result_text(result),
-        "language": _jsonable(result.get("language")),
-        "duration": _num(duration),
-        "segments": [
-            {"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
-            for i, s in enumerate(segs)
-        ],
+        "text": result.text.strip(),
+        "language": result.language,
+        "duration": _num(result.duration),
+        "segments": [_segment_doc(i, c) for i, c in enumerate(cues(result))],
     }
     return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
 
 
-def to_tsv(result: Mapping[str, Any], duration: Optional[float] = None) -> str:
+def to_tsv(result: Transcription) -> str:
     rows = ["start\tend\ttext"]
-    for s in segments_from_result(result, duration):
-        text = " ".join(s.text.replace("\t", " ").split())
-        rows.append(f"{int(round(s.start * 1000))}\t{int(round(s.end * 1000))}\t{text}")
+    for c in cues(result):
+        text = " ".join(c.text.replace("\t", " ").split())
+        rows.append(f"{int(round(c.start * 1000))}\t{int(round(c.end * 1000))}\t{text}")
     return "\n".join(rows) + "\n"
 
 
-FORMATS: Dict[str, Callable[[Mapping[str, Any], Optional[float]], str]] = {
+FORMATS: Dict[str, Callable[[Transcription], str]] = {
     "txt": to_txt,
     "srt": to_srt,
     "vtt": to_vtt,
@@ -210,10 +207,12 @@ def parse_formats(spec: Any) -> List[str]:
     return out
 
 
-def render(result: Mapping[str, Any], fmt: str, duration: Optional[float] = None) -> str:
+def render(result: Transcription, fmt: str) -> str:
+    if not isinstance(result, Transcription):
+        raise TypeError(f"writers take a Transcription, got {type(result).__name__}")
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
-    return FORMATS[fmt](result, duration)
+    return FORMATS[fmt](result)
 
 
 def output_paths(output_dir: str, name: str, formats: Iterable[str]) -> Dict[str, str]:
@@ -252,17 +251,11 @@ def _atomic_write(path: str, text: str) -> None:
         raise
 
 
-def write_outputs(
-    result: Mapping[str, Any],
-    output_dir: str,
-    name: str,
-    formats: Sequence[str],
-    duration: Optional[float] = None,
-) -> Dict[str, str]:
+def write_outputs(result: Transcription, output_dir: str, name: str, formats: Sequence[str]) -> Dict[str, str]:
     """Render ``result`` in each format to ``<output_dir>/<name>.<fmt>``; returns the paths."""
     os.makedirs(output_dir, exist_ok=True)
     paths = output_paths(output_dir, name, formats)
-    rendered = {fmt: render(result, fmt, duration) for fmt in formats}  # all or nothing on errors
+    rendered = {fmt: render(result, fmt) for fmt in formats}  # all or nothing on errors
     for fmt, path in paths.items():
         _atomic_write(path, rendered[fmt])
     return paths

@@ -1,7 +1,7 @@
 """``whisper-t5x label`` command line: flags, gin, processes, the run, the summary.
 
-Flags given on the command line win over gin (they become ``LabelConfig``
-bindings applied last); ``configs/runs/label.gin`` is parsed before any
+Flags given on the command line win over gin (they become bindings of
+``LabelConfig`` or section fields, applied last); ``configs/runs/label.gin`` is parsed before any
 ``--gin_file``. argparse, not absl: the transcribe command's absl flags
 (``--model``, ``--output_dir``...) live in the global absl registry.
 """
@@ -16,18 +16,26 @@ import sys
 import time
 from typing import Any, List, Optional, Sequence
 
-from whisper_t5x.app import launch
+from whisper_t5x.app import build, distributed, gin_config
+from whisper_t5x.app.config import DTYPES
+from whisper_t5x.text.tokenizer import TASKS
 
 logger = logging.getLogger("whisper_t5x.app.label")
 
 RUN_GIN = "runs/label.gin"
 
-# flag -> LabelConfig field (flags whose value is None were not given)
-FLAG_FIELDS = (
-    "dataset", "dataset_config", "split", "output_dir", "audio_column", "id_column", "text_column",
-    "streaming", "wer_threshold", "model", "language", "task", "batch_size", "dtype", "group_size",
-    "max_rows", "part_rows",
-)
+# flag -> the field it binds (flags whose value is None were not given)
+FLAG_FIELDS = {
+    **{f: f"LabelConfig.{f}" for f in ("dataset", "dataset_config", "split", "output_dir", "audio_column",
+                                        "id_column", "text_column", "streaming", "wer_threshold", "max_rows",
+                                        "part_rows")},
+    "model": "ModelSection.name",
+    "dtype": "ModelSection.dtype",
+    "language": "DecodeSection.language",
+    "task": "DecodeSection.task",
+    "batch_size": "PartitionSection.batch_size",
+    "group_size": "GroupingSection.group_size",
+}
 
 
 def build_parser(prog: str = "whisper-t5x label") -> argparse.ArgumentParser:
@@ -46,9 +54,9 @@ def build_parser(prog: str = "whisper-t5x label") -> argparse.ArgumentParser:
     a("--wer_threshold", type=float, help="keep = wer <= this (default 0.1)")
     a("--model", help="model name or checkpoint (default base)")
     a("--language", help="source language (default: detect)")
-    a("--task", choices=list(launch.TASKS), help="transcribe or translate")
+    a("--task", choices=list(TASKS), help="transcribe or translate")
     a("--batch_size", type=int, help="windows per forward pass")
-    a("--dtype", choices=list(launch.DTYPES), help="compute dtype")
+    a("--dtype", choices=list(DTYPES), help="compute dtype")
     a("--group_size", type=int, help="rows per pipeline call")
     a("--max_rows", type=int, help="label at most this many new rows per process")
     a("--part_rows", type=int, help="rows per Parquet part file")
@@ -58,7 +66,7 @@ def build_parser(prog: str = "whisper-t5x label") -> argparse.ArgumentParser:
     a("--coordinator_address", help="host:port of process 0 (multi-host)")
     a("--num_processes", type=int, help="number of processes (multi-host)")
     a("--process_id", type=int, help="this process's index (multi-host)")
-    a("--distributed", choices=["auto", "on", "off"], default="auto", help="jax.distributed.initialize policy")
+    a("--distributed", choices=list(distributed.MODES), default="auto", help="jax.distributed.initialize policy")
     a("--initialization_timeout", type=int, help="seconds to wait for every process to join")
     a("--quiet", action="store_true", help="warnings and the summary only")
     return p
@@ -103,22 +111,22 @@ def main(argv: Optional[Sequence[str]] = None, pipeline: Any = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     original = list(argv)
     try:
-        args = build_parser().parse_args(launch.rewrite_gin_args(argv[1:]))
-    except launch.GinConfigError as e:
+        args = build_parser().parse_args(gin_config.rewrite_gin_args(argv[1:]))
+    except gin_config.GinConfigError as e:
         return _error(str(e))
     _setup_logging(args.quiet)
-    explicit = [launch.flag_binding(f, getattr(args, f), "LabelConfig")
-                for f in FLAG_FIELDS if getattr(args, f) is not None]
+    explicit = [gin_config.flag_binding(target, getattr(args, f))
+                for f, target in FLAG_FIELDS.items() if getattr(args, f) is not None]
     try:
-        import partitioning.gin_bindings  # noqa: F401 - presets bind @partitioning.PjitPartitioner
-        resolved = launch.parse_gin([RUN_GIN] + list(args.gin_file), args.gin_bindings,
-                                    args.gin_search_paths, explicit)
+        resolved = gin_config.parse_gin([RUN_GIN] + list(args.gin_file), args.gin_bindings,
+                                        args.gin_search_paths, explicit)
         config = config_lib.make_label_config()
-    except launch.GinConfigError as e:
+    except gin_config.GinConfigError as e:
         return _error(f"invalid configuration: {e}")
     try:
-        index, count = launch.initialize_distributed(args.coordinator_address, args.num_processes,
-                                                     args.process_id, args.distributed, args.initialization_timeout)
+        index, count = distributed.initialize_distributed(args.coordinator_address, args.num_processes,
+                                                          args.process_id, args.distributed,
+                                                          args.initialization_timeout)
     except Exception as e:  # noqa: BLE001
         return _error(f"jax.distributed.initialize failed: {type(e).__name__}: {e}", 1)
     header = "\n".join([
@@ -132,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None, pipeline: Any = None) -> int:
     try:
         report = job.run_label(config, pipeline=pipeline, process_index=index, process_count=count,
                                config_header=header)
-    except (job.source.SourceError, launch.PipelineBuildError) as e:
+    except (job.source.SourceError, build.PipelineBuildError) as e:
         return _error(str(e), 1)
     d = report.as_dict()
     print(f"[process {index}/{count}] {d['rows']} row(s) labelled ({d['failed']} with an error), "

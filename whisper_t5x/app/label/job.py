@@ -6,7 +6,7 @@ audio ahead of the model and groups rows of similar duration
 one output row per input row to Parquet parts (:mod:`.sink`). A row whose
 audio cannot be decoded, or whose transcription fails alone, is written with
 its ``error``. :func:`transcript_fields` is the one place that reads the
-pipeline's result. Process 0 writes ``config.gin`` and, once every process
+pipeline's typed result. Process 0 writes ``config.gin`` and, once every process
 is done, ``summary.json``; each process writes ``summary.process<I>.json``.
 """
 
@@ -19,12 +19,14 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from whisper_t5x.app import launch
+from whisper_t5x.app import build
+from whisper_t5x.app.gin_config import CONFIG_FILENAME, write_config
 from whisper_t5x.app.label import batching, sink, source
 from whisper_t5x.app.label.config import LabelConfig
 from whisper_t5x.audio.constants import SAMPLE_RATE
+from whisper_t5x.results import Segment, Transcription
 from whisper_t5x.text.normalize import word_error_rate
 
 logger = logging.getLogger("whisper_t5x.app.label")
@@ -42,34 +44,26 @@ class TranscriptFields:
     no_speech_prob: Optional[float]
 
 
-def _weighted(chunks: Sequence[Mapping[str, Any]], key: str, weights: Sequence[float]) -> Optional[float]:
-    vals = [(float(c[key]), w) for c, w in zip(chunks, weights) if c.get(key) is not None]
+def _weighted(segments: Sequence[Segment], key: str) -> Optional[float]:
+    """Mean of a segment statistic weighted by segment duration (``None`` when no segment has it)."""
+    vals = [(float(getattr(s, key)), max(s.end - s.start, 1e-3)) for s in segments if getattr(s, key) is not None]
     total = sum(w for _, w in vals)
     return sum(v * w for v, w in vals) / total if vals and total > 0 else None
 
 
-def transcript_fields(result: Mapping[str, Any], duration: float) -> TranscriptFields:
-    """The pipeline's ``{"text", "chunks", "language"}`` as output fields.
+def transcript_fields(result: Transcription) -> TranscriptFields:
+    """A :class:`~whisper_t5x.results.Transcription` as output fields.
 
-    Row statistics are the segments' ``avg_logprob`` / ``no_speech_prob``
-    weighted by segment duration (``None`` when the pipeline gives none). The
-    only function that knows the result's shape: switch it to the typed
-    ``Transcription`` when the pipeline returns one.
+    Segments without text are left out; the row's ``avg_logprob`` /
+    ``no_speech_prob`` are its segments' weighted by segment duration.
     """
-    segments, weights = [], []
-    for c in result.get("chunks") or []:
-        start, end = (tuple(c.get("timestamp") or (None, None)) + (None, None))[:2]
-        start = 0.0 if start is None else float(start)
-        end = duration if end is None else float(end)
-        segments.append({"start": start, "end": end, "text": str(c.get("text", "")).strip()})
-        weights.append(max(end - start, 1e-3))
-    chunks = result.get("chunks") or []
+    segments = [s for s in result.segments if s.text.strip()]
     return TranscriptFields(
-        text=str(result.get("text", "")).strip(),
-        language=result.get("language"),
-        segments=segments,
-        avg_logprob=_weighted(chunks, "avg_logprob", weights),
-        no_speech_prob=_weighted(chunks, "no_speech_prob", weights),
+        text=result.text.strip(),
+        language=result.language,
+        segments=[{"start": float(s.start), "end": float(s.end), "text": s.text.strip()} for s in segments],
+        avg_logprob=_weighted(segments, "avg_logprob"),
+        no_speech_prob=_weighted(segments, "no_speech_prob"),
     )
 
 
@@ -160,22 +154,18 @@ def _source_rows(config: LabelConfig, index: int, count: int, report: LabelRepor
             yield row
 
 
-def _call(pipe, rows: Sequence[batching.DecodedRow], config: LabelConfig) -> List[Mapping[str, Any]]:
+def _call(pipe, rows: Sequence[batching.DecodedRow], config: LabelConfig) -> List[Transcription]:
     inputs = [{"array": r.audio, "sampling_rate": SAMPLE_RATE} for r in rows]
-    results = pipe(
-        inputs, task=config.task, language=config.language, return_timestamps=True, return_language=True,
-        chunk_length_s=float(config.chunk_length_s), stride_length_s=config.stride_length_s,
-        batch_size=config.batch_size, progress=config.progress,
-        generate_kwargs=dict(config.generate_kwargs) if config.generate_kwargs else None,
-    )
-    results = [results] if isinstance(results, Mapping) else list(results)
+    kwargs = config.decode.transcribe_kwargs(timestamps=True)  # the segments column is timed
+    results = pipe.transcribe(inputs, batch_size=config.partition.batch_size, progress=config.progress, **kwargs)
+    results = [results] if isinstance(results, Transcription) else list(results)
     if len(results) != len(rows):
         raise RuntimeError(f"pipeline returned {len(results)} results for {len(rows)} inputs")
     return results
 
 
 def _transcribe(pipe, rows: Sequence[batching.DecodedRow], config: LabelConfig) -> List[Any]:
-    """A result (mapping) or an error message per row; a failed group is retried row by row."""
+    """A Transcription or an error message per row; a failed group is retried row by row."""
     try:
         return list(_call(pipe, rows, config))
     except Exception as e:  # noqa: BLE001
@@ -188,7 +178,7 @@ def _transcribe(pipe, rows: Sequence[batching.DecodedRow], config: LabelConfig) 
 
 
 def output_row(row: batching.DecodedRow, result: Any, config: LabelConfig) -> Dict[str, Any]:
-    """One Parquet row: ``result`` is the pipeline's mapping, an error message, or ``None`` (empty audio)."""
+    """One Parquet row: ``result`` is a Transcription, an error message, or ``None`` (empty audio)."""
     src = row.row
     duration = row.duration
     out: Dict[str, Any] = dict(split=src.split, id=src.id, text=None, language=None, duration=duration,
@@ -196,13 +186,13 @@ def output_row(row: batching.DecodedRow, result: Any, config: LabelConfig) -> Di
     if row.error is None and isinstance(result, str):
         out["error"] = result
     elif row.error is None:
-        fields = transcript_fields(result or {"text": "", "chunks": []}, duration or 0.0)
+        fields = transcript_fields(result or Transcription("", (), None, duration or 0.0))
         out.update(text=fields.text, language=fields.language, segments=fields.segments,
                    avg_logprob=fields.avg_logprob, no_speech_prob=fields.no_speech_prob)
     if config.text_column:
         wer = None
         if out["error"] is None and src.reference is not None:
-            wer = word_error_rate(src.reference, out["text"], out["language"] or config.language or "en")
+            wer = word_error_rate(src.reference, out["text"], out["language"] or config.decode.language or "en")
         out.update(reference=src.reference, wer=wer,
                    keep=wer is not None and wer <= float(config.wer_threshold))
     return out
@@ -224,21 +214,18 @@ def run_label(config: LabelConfig, *, pipeline: Any = None, process_index: int =
         nonlocal pipe
         if pipe is None:
             t = time.perf_counter()
-            try:
-                pipe = launch.build_pipeline(config, process_count)
-            except Exception as e:  # noqa: BLE001
-                raise launch.PipelineBuildError(
-                    f"cannot set up model {config.model!r}: {type(e).__name__}: {e}") from e
+            pipe = build.load_pipeline(config, process_count)
             report.load_model_s += time.perf_counter() - t
             if process_index == 0:
-                launch.write_config(os.path.join(out_dir, launch.CONFIG_FILENAME), config_header)
+                write_config(os.path.join(out_dir, CONFIG_FILENAME), config_header)
         return pipe
 
     if process_index == 0:
-        launch.write_config(os.path.join(out_dir, launch.CONFIG_FILENAME), config_header)
-    rows = batching.decode_rows(_source_rows(config, process_index, process_count, report), config.load_workers)
+        write_config(os.path.join(out_dir, CONFIG_FILENAME), config_header)
+    rows = batching.decode_rows(_source_rows(config, process_index, process_count, report),
+                                config.grouping.load_workers)
     try:
-        for group in batching.duration_groups(rows, config.group_size, config.buffer_size):
+        for group in batching.duration_groups(rows, config.grouping.group_size, config.buffer_size):
             audible = [r for r in group if r.error is None and r.audio.shape[0] > 0]
             results = dict(zip(map(id, audible), _transcribe(ensure_pipeline(), audible, config))) if audible else {}
             for r in group:

@@ -1,0 +1,245 @@
+"""Run configuration as composed sections: each setting is declared once, every job shares it.
+
+A *section* is a frozen dataclass and a gin configurable, holding one concern:
+
+* :class:`ModelSection` -- which checkpoint, in which dtype, how long a decode may run;
+* :class:`PartitionSection` -- the partitioner, the pipeline class, the batch size;
+* :class:`DecodeSection` -- task, language, timestamps, long-form mode and
+  windowing, temperature fallback and its thresholds, extra ``generate`` options;
+* :class:`GroupingSection` -- how inputs reach the pipeline: inputs per call and
+  how far audio decoding runs ahead.
+
+A *job config* composes the sections it needs and adds its own fields:
+:class:`TranscribeConfig` (the file job) and ``LabelConfig``
+(:mod:`whisper_t5x.app.label.config`).
+Sections are built through gin when a job config is made, so one binding
+(``PartitionSection.batch_size = 32`` in ``configs/hardware/tpu_v4_8.gin``)
+configures the transcribe run, the labelling run and the server alike, and
+command-line flags become bindings of section fields (``--batch_size`` ->
+``PartitionSection.batch_size``). Every check of a value lives with its field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Optional
+
+import gin
+
+from whisper_t5x.app import writers
+from whisper_t5x.app.gin_config import check_required
+from whisper_t5x.longform.fallback import FallbackConfig
+from whisper_t5x.text.tokenizer import TASKS
+
+__all__ = [
+    "DTYPES", "DEFAULT_PIPELINE", "ModelSection", "PartitionSection", "DecodeSection", "GroupingSection",
+    "TranscribeConfig", "positive_int",
+]
+
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_PIPELINE = "whisper_t5x.pipeline:FlaxWhisperPipeline"
+_FALLBACK = FallbackConfig()
+_FALLBACK_KEYS = ("temperature", "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold")
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an int >= 1, or ``ValueError`` naming ``name`` (the one home of such checks)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# ==================================================================== sections
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The model.
+
+    Attributes:
+      name: named model (``base``, ``tiny.en``) or a checkpoint path / hub id.
+      dtype: compute dtype, ``float32`` / ``bfloat16`` / ``float16``.
+      max_length: decoder token limit per window (``None``: the model's).
+    """
+
+    name: str = "base"
+    dtype: str = "float32"
+    max_length: Optional[int] = None
+
+    def __post_init__(self):
+        check_required(self)
+        if str(self.dtype) not in DTYPES:
+            raise ValueError(f"ModelSection.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.max_length is not None:
+            positive_int(self.max_length, "ModelSection.max_length")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PartitionSection:
+    """Devices and batching: what runs the model, how many rows at once.
+
+    Attributes:
+      partitioner: ``None`` (single device, or data parallel over this
+        process's devices under multi-host), a partitioner, or a factory such
+        as ``@partitioning.PjitPartitioner`` (no parentheses), called with
+        ``devices=<this process's devices>`` under multi-host.
+      pipeline: ``"module:Class"`` (or a callable) building the pipeline.
+      batch_size: rows (windows) per forward pass, over all local devices; a
+        multiple of the data-parallel size (checked when the pipeline is built,
+        :func:`whisper_t5x.app.build.check_batch_size`). ``None``: the
+        pipeline's default (the server's: 8).
+    """
+
+    partitioner: Any = None
+    pipeline: Any = DEFAULT_PIPELINE
+    batch_size: Optional[int] = None
+
+    def __post_init__(self):
+        check_required(self)
+        if self.batch_size is not None:
+            positive_int(self.batch_size, "PartitionSection.batch_size")
+        if not (callable(self.pipeline) or isinstance(self.pipeline, str)):
+            raise ValueError(f"PartitionSection.pipeline must be 'module:Class' or a callable, got {self.pipeline!r}")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DecodeSection:
+    """How audio is decoded into text (the arguments of ``FlaxWhisperPipeline.transcribe``).
+
+    Attributes:
+      task: ``transcribe`` or ``translate`` (to English).
+      language: source language code (``en``, ``de``...); ``None`` detects it.
+      timestamps: decode segment timestamps (timed srt/vtt/tsv cues).
+      word_timestamps: word-level timestamps (decoded with the sequential algorithm).
+      long_form: a mode of the pipeline's ``LONG_FORM_MODES`` (``chunked``:
+        batched windows, stitched; ``sequential``: openai-whisper's seek; ...).
+      chunk_length_s, stride_length_s: windowing of the chunked mode.
+      temperature: the fallback schedule (a sequence), or one temperature (no fallback).
+      compression_ratio_threshold, logprob_threshold, no_speech_threshold:
+        when a decode is retried at the next temperature, or judged silent
+        (``None`` disables a test); defaults are openai-whisper's.
+      generate_kwargs: further options of ``transcribe(generate_kwargs=...)``
+        (``num_beams``, ``prompt_ids``...), applied over the fields above.
+    """
+
+    task: str = "transcribe"
+    language: Optional[str] = None
+    timestamps: bool = False
+    word_timestamps: bool = False
+    long_form: str = "chunked"
+    chunk_length_s: float = 30.0
+    stride_length_s: Optional[float] = None
+    temperature: Any = _FALLBACK.temperatures
+    compression_ratio_threshold: Optional[float] = _FALLBACK.compression_ratio_threshold
+    logprob_threshold: Optional[float] = _FALLBACK.logprob_threshold
+    no_speech_threshold: Optional[float] = _FALLBACK.no_speech_threshold
+    generate_kwargs: Optional[Dict[str, Any]] = None
+
+    def __post_init__(self):
+        from whisper_t5x.pipeline import LONG_FORM_MODES
+
+        check_required(self)
+        if self.task not in TASKS:
+            raise ValueError(f"DecodeSection.task must be one of {TASKS}, got {self.task!r}")
+        if self.long_form not in LONG_FORM_MODES:
+            raise ValueError(f"DecodeSection.long_form must be one of {LONG_FORM_MODES}, got {self.long_form!r}")
+        if not (isinstance(self.chunk_length_s, (int, float)) and math.isfinite(self.chunk_length_s)
+                and self.chunk_length_s > 0):
+            raise ValueError(f"DecodeSection.chunk_length_s must be > 0, got {self.chunk_length_s!r}")
+        if self.generate_kwargs is not None and not isinstance(self.generate_kwargs, dict):
+            raise ValueError(f"DecodeSection.generate_kwargs must be a dict, got {self.generate_kwargs!r}")
+        temps = self.temperature if isinstance(self.temperature, (list, tuple)) else (self.temperature,)
+        FallbackConfig(temperatures=tuple(temps))  # same rules as the pipeline's
+        if isinstance(self.temperature, list):
+            object.__setattr__(self, "temperature", tuple(self.temperature))
+
+    @property
+    def return_timestamps(self) -> Any:
+        """The pipeline's ``return_timestamps``: ``"word"``, ``True`` or ``False``."""
+        return "word" if self.word_timestamps else bool(self.timestamps)
+
+    def decoding_options(self) -> Dict[str, Any]:
+        """The fallback fields, then :attr:`generate_kwargs` over them (``generate_kwargs=`` of a call)."""
+        out: Dict[str, Any] = {k: getattr(self, k) for k in _FALLBACK_KEYS}
+        out.update(self.generate_kwargs or {})
+        return out
+
+    def transcribe_kwargs(self, **overrides: Any) -> Dict[str, Any]:
+        """Keyword arguments of ``pipe.transcribe(inputs, ...)``; ``overrides`` replace fields first.
+
+        ``long_form`` is passed only when it is not the default, so custom
+        pipelines need not know the argument.
+        """
+        section = dataclasses.replace(self, **overrides) if overrides else self
+        kwargs: Dict[str, Any] = dict(
+            task=section.task, language=section.language, return_timestamps=section.return_timestamps,
+            chunk_length_s=float(section.chunk_length_s), stride_length_s=section.stride_length_s,
+            generate_kwargs=section.decoding_options(),
+        )
+        if section.long_form != "chunked":
+            kwargs["long_form"] = section.long_form
+        return kwargs
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class GroupingSection:
+    """How inputs reach the pipeline (the file job and the labelling job).
+
+    Attributes:
+      group_size: at most this many inputs per pipeline call (bounds memory).
+      group_batches: a call also holds at most this many batches of windows
+        (``batch_size`` each); 1: every input of a call is decoded in the same
+        batch, so each is written as soon as it is done and Ctrl-C loses at most
+        the batch in flight (see :mod:`whisper_t5x.app.file_job`).
+      group_max_audio_s: also close a group once it holds this much audio.
+      load_workers: threads decoding audio (ffmpeg) ahead of the model.
+    """
+
+    group_size: int = 16
+    group_batches: int = 1
+    group_max_audio_s: float = 4 * 3600.0
+    load_workers: int = 2
+
+    def __post_init__(self):
+        check_required(self)
+        for name in ("group_size", "group_batches", "load_workers"):
+            positive_int(getattr(self, name), f"GroupingSection.{name}")
+        if not float(self.group_max_audio_s) > 0:
+            raise ValueError(f"GroupingSection.group_max_audio_s must be > 0, got {self.group_max_audio_s!r}")
+
+
+# ================================================================ job configs
+@gin.configurable
+@dataclasses.dataclass
+class TranscribeConfig:
+    """One ``whisper-t5x transcribe`` / ``benchmark`` run: the sections plus the file job's own fields.
+
+    Attributes:
+      model, partition, decode, grouping: the shared sections (bound as
+        ``ModelSection.name = 'tiny.en'`` etc.).
+      output_dir: where ``<name>.<fmt>`` files and ``config.gin`` go.
+      output_formats: ``"txt"``, ``"srt,vtt"``, ``"all"`` or a list of names.
+      overwrite: redo files whose outputs all exist (default: skip them; the
+        manifest in ``output_dir`` says which input each output belongs to).
+      warmup: run the first group once, untimed, before the timed run (benchmarks).
+      benchmark_file: if set, metrics JSON written there (relative to output_dir).
+      progress: passed to the pipeline (``None``: its default).
+    """
+
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    partition: PartitionSection = dataclasses.field(default_factory=PartitionSection)
+    decode: DecodeSection = dataclasses.field(default_factory=DecodeSection)
+    grouping: GroupingSection = dataclasses.field(default_factory=GroupingSection)
+    output_dir: str = "."
+    output_formats: Any = "txt"
+    overwrite: bool = False
+    warmup: bool = False
+    benchmark_file: Optional[str] = None
+    progress: Optional[bool] = None
+
+    def __post_init__(self):
+        check_required(self)
+        self.output_formats = writers.parse_formats(self.output_formats)
