@@ -46,7 +46,7 @@ from typing import List, Optional, Sequence
 
 from absl import flags
 
-from whisper_t5x.app import build, distributed, file_job, gin_config
+from whisper_t5x.app import build, distributed, file_job, gin_config, logs
 from whisper_t5x.app.config import DTYPES, TranscribeConfig
 from whisper_t5x.text.tokenizer import TASKS
 
@@ -115,17 +115,6 @@ Transcribe audio files and directories with Whisper (JAX), writing
 def _error(msg: str, code: int = 2) -> int:
     print(f"whisper-t5x: error: {msg}", file=sys.stderr)
     return code
-
-
-def _setup_logging(quiet: bool) -> None:
-    log = logging.getLogger("whisper_t5x")
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not any(getattr(h, "_whisper_t5x", False) for h in log.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
-        h._whisper_t5x = True  # type: ignore[attr-defined]
-        log.addHandler(h)
-        log.propagate = False
 
 
 def _help() -> str:
@@ -204,7 +193,7 @@ def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
         return _error(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
     if not paths:
         return _error(f"'{command}' needs at least one audio file or directory")
-    _setup_logging(FLAGS.quiet)
+    logs.setup_logging(logging.WARNING if FLAGS.quiet else logging.INFO)
 
     gin_files = list(FLAGS.gin_file)
     if command == "benchmark":

@@ -14,9 +14,9 @@ import logging
 import shlex
 import sys
 import time
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from whisper_t5x.app import build, distributed, gin_config
+from whisper_t5x.app import build, distributed, gin_config, logs
 from whisper_t5x.app.config import DTYPES
 from whisper_t5x.text.tokenizer import TASKS
 
@@ -77,17 +77,6 @@ def _error(msg: str, code: int = 2) -> int:
     return code
 
 
-def _setup_logging(quiet: bool) -> None:
-    log = logging.getLogger("whisper_t5x")
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not any(getattr(h, "_whisper_t5x", False) for h in log.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
-        h._whisper_t5x = True  # type: ignore[attr-defined]
-        log.addHandler(h)
-        log.propagate = False
-
-
 def _barrier(name: str) -> bool:
     """Waits for every process (``jax.distributed``); False if that failed."""
     try:
@@ -114,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None, pipeline: Any = None) -> int:
         args = build_parser().parse_args(gin_config.rewrite_gin_args(argv[1:]))
     except gin_config.GinConfigError as e:
         return _error(str(e))
-    _setup_logging(args.quiet)
+    logs.setup_logging(logging.WARNING if args.quiet else logging.INFO)
     explicit = [gin_config.flag_binding(target, getattr(args, f))
                 for f, target in FLAG_FIELDS.items() if getattr(args, f) is not None]
     try:
