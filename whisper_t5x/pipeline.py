@@ -53,7 +53,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 8
 PROGRESS_MIN_WINDOWS = 4  # a progress bar only for more windows than this
 SILENCE_PEAK = 1e-4  # windows quieter than this (-80 dBFS peak) are not decoded
-LONG_FORM_MODES = ("chunked", "sequential", "vad")
+LONG_FORM_MODES = ("auto", "chunked", "sequential", "vad")
+AUTO_VAD_ABOVE_S = 30.0  # long_form="auto": inputs longer than one window are decoded as VAD rows
 
 __all__ = ["FlaxWhisperPipeline", "FlaxWhisperPipline", "DEFAULT_BATCH_SIZE", "LONG_FORM_MODES"]
 
@@ -252,7 +253,7 @@ class FlaxWhisperPipeline:
         if isinstance(return_timestamps, str) and return_timestamps != "word":
             raise ValueError(f"return_timestamps must be True, False or 'word', got {return_timestamps!r}")
         words = return_timestamps == "word"
-        mode = "sequential" if words and long_form == "chunked" else long_form
+        mode = "sequential" if words and long_form == "chunked" else long_form  # auto: decided per input
         timestamps = bool(return_timestamps) or self.decode_with_timestamps or mode == "sequential"
         prompt = gk.get("prompt_ids")
         prompt = () if prompt is None else tuple(int(t) for t in np.asarray(prompt).reshape(-1))
@@ -330,18 +331,13 @@ class FlaxWhisperPipeline:
         started = time.perf_counter()
         stats: Dict[str, Any] = {}
         bar = _Progress(progress)
+        settings = ChunkedSettings(chunk, stride, batch_size, self.silence_threshold,
+                                   self.cut_at_pauses and call.request.timestamps, self.continue_early_stops)
         try:
-            if call.mode == "sequential":
-                results = self._sequential(items, call)
-            elif call.mode == "vad":
-                from whisper_t5x.longform.vad import transcribe_vad
-
-                results = transcribe_vad(self.decoder, items, call.request, self.vad, call.prompt, call.words, stats)
+            if call.mode == "auto":
+                results = self._auto(items, call, settings, bar, stats)
             else:
-                settings = ChunkedSettings(chunk, stride, batch_size, self.silence_threshold,
-                                           self.cut_at_pauses and call.request.timestamps, self.continue_early_stops)
-                results = transcribe_chunked(self.decoder, items, call.request, settings, call.prompt,
-                                             call.segments, bar, stats)
+                results = self._run(call.mode, items, call, settings, bar, stats)
         finally:
             bar.close()
             self.decoder.batch_size = self.batch_size
@@ -350,6 +346,40 @@ class FlaxWhisperPipeline:
         self.last_stats = dict(stats, seconds=time.perf_counter() - started)
         logger.debug("transcribed %d input(s) in %.2f s (%s)", len(items), self.last_stats["seconds"], stats)
         return results[0] if single else results
+
+    def _run(self, mode: str, items: List[Any], call: _Call, settings: ChunkedSettings, bar: "_Progress",
+             stats: Dict[str, Any]) -> List[Transcription]:
+        """One long-form algorithm over ``items``: segmenter, the Decoder, assembler."""
+        if mode == "sequential":
+            return self._sequential(items, call)
+        if mode == "vad":
+            from whisper_t5x.longform.vad import transcribe_vad
+
+            return transcribe_vad(self.decoder, items, call.request, self.vad, call.prompt, call.words, stats)
+        return transcribe_chunked(self.decoder, items, call.request, settings, call.prompt, call.segments, bar,
+                                  stats)
+
+    def _auto(self, items: List[Any], call: _Call, settings: ChunkedSettings, bar: "_Progress",
+              stats: Dict[str, Any]) -> List[Transcription]:
+        """VAD rows for inputs over 30 s, one chunked window (sequential for words) for the rest."""
+        from whisper_t5x.audio.loading import AudioError, load_audio
+
+        audio = []
+        for i, x in enumerate(items):
+            try:
+                audio.append(load_audio(x, SAMPLE_RATE))
+            except AudioError as e:
+                if len(items) > 1:
+                    e.args = (f"input {i}: {e}",)
+                raise
+        long = [i for i, a in enumerate(audio) if a.shape[0] > AUTO_VAD_ABOVE_S * SAMPLE_RATE]
+        short = [i for i in range(len(items)) if i not in set(long)]
+        results: List[Optional[Transcription]] = [None] * len(items)
+        for mode, group in (("vad", long), ("sequential" if call.words else "chunked", short)):
+            if group:
+                for i, r in zip(group, self._run(mode, [audio[i] for i in group], call, settings, bar, stats)):
+                    results[i] = r
+        return results  # type: ignore[return-value]
 
     def _sequential(self, items: List[Any], call: _Call) -> List[Transcription]:
         from whisper_t5x.longform.sequential import SequentialOptions, run_sequential
