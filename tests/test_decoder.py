@@ -146,3 +146,18 @@ def test_padding_buckets(count, batch, expected):
     dec.decode(_rows(range(count)), DecodeRequest(task=None, timestamps=False,
                                                   fallback=fb.FallbackConfig(temperatures=(0.0,))))
     assert len(dec.calls[0]["ids"]) == expected
+
+
+def test_accelerator_hint(monkeypatch):
+    """A GPU or TPU machine with a CPU-only jaxlib is told how to install the right JAX (issue [1/4] 15)."""
+    import os
+
+    from whisper_t5x import pipeline
+
+    monkeypatch.setattr(os.path, "exists", lambda p: p == "/dev/nvidia0")
+    assert 'jax[cuda13]' in pipeline.accelerator_hint("cpu")
+    assert pipeline.accelerator_hint("gpu") is None
+    monkeypatch.setattr(os.path, "exists", lambda p: p == "/dev/accel0")
+    assert 'jax[tpu]' in pipeline.accelerator_hint("cpu")
+    monkeypatch.setattr(os.path, "exists", lambda p: False)
+    assert pipeline.accelerator_hint("cpu") is None

@@ -66,6 +66,25 @@ _GENERATE_KEYS = {
 }
 
 
+# Device files an accelerator exposes, and the JAX build that drives it.
+_ACCELERATOR_HINTS = (("/dev/nvidia0", "an NVIDIA GPU", 'pip install -U "jax[cuda13]"'),
+                      ("/dev/accel0", "a TPU", 'pip install -U "jax[tpu]"'),
+                      ("/dev/vfio/0", "a TPU", 'pip install -U "jax[tpu]"'))
+
+
+def accelerator_hint(backend: Optional[str] = None) -> Optional[str]:
+    """A warning when this machine has an accelerator but JAX runs on the CPU (a CPU-only jaxlib), else None."""
+    backend = jax.default_backend() if backend is None else backend
+    if backend != "cpu":
+        return None
+    for path, what, command in _ACCELERATOR_HINTS:
+        if os.path.exists(path):
+            return (f"this machine has {what} ({path}) but JAX runs on the CPU: install the matching JAX build "
+                    f"({command}, then `pip install -e .` again) and check with "
+                    f"`python -c 'import jax; print(jax.devices())'`")
+    return None
+
+
 def _is_single(inputs: Any) -> bool:
     if isinstance(inputs, (list, tuple)):
         # A flat list of numbers is one waveform, not a list of inputs.
@@ -147,6 +166,9 @@ class FlaxWhisperPipeline:
     ):
         from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
+        hint = accelerator_hint()
+        if hint:
+            logger.warning(hint)
         if compile_cache is not False:
             _compile_cache_module().enable_compile_cache(
                 None if compile_cache is True else compile_cache, enabled=True if compile_cache is not True else None
