@@ -35,7 +35,7 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def ours(model_name: str, batch: int, cache_lengths, steps: int, repeats: int, dtype: str):
+def ours(model_name: str, batch: int, cache_lengths, steps: int, repeats: int, dtype: str, variants=("float32",)):
     import jax
     import jax.numpy as jnp
 
@@ -58,17 +58,68 @@ def ours(model_name: str, batch: int, cache_lengths, steps: int, repeats: int, d
             {"params": p}, jnp.full((batch, 1), sot, jnp.int32), cache=init_cache(cfg, batch, n, module.dtype),
             cache_index=0, encoder_hidden=h, method=WhisperModule.decode))
         out = first(params, hidden)
+        for variant in variants:
+            # variant: dtype of the vocabulary projection ("float32": the parameter as it is)
+            vocab = None if variant == dtype else jnp.dtype(variant)
 
-        def loop(p, cache, cross_kv):
-            def body(i, c):
-                o = module.apply({"params": p}, jnp.full((batch, 1), 220, jnp.int32), cache=c, cache_index=i + 1,
-                                 cross_kv=cross_kv, method=WhisperModule.decode)
-                return o.cache
-            return jax.lax.fori_loop(0, steps, body, cache)
+            def loop(p, cache, cross_kv, vocab=vocab):
+                table = None if vocab is None else p["decoder"]["embed_tokens"]["embedding"].astype(vocab)
+                extra = {} if table is None else {"output_embedding": table}
 
-        run = jax.jit(loop)
-        seconds = _median_time(lambda: jax.block_until_ready(run(params, out.cache, out.cross_kv)), repeats)
-        rows[f"step_ms_cache_{length}"] = seconds / steps * 1000
+                def body(i, c):
+                    o = module.apply({"params": p}, jnp.full((batch, 1), 220, jnp.int32), cache=c, cache_index=i + 1,
+                                     cross_kv=cross_kv, method=WhisperModule.decode, **extra)
+                    return o.cache
+                return jax.lax.fori_loop(0, steps, body, cache)
+
+            run = jax.jit(loop)
+            seconds = _median_time(lambda: jax.block_until_ready(run(params, out.cache, out.cross_kv)), repeats)
+            suffix = "" if vocab is None else f"_vocab_{variant}"
+            rows[f"step_ms_cache_{length}{suffix}"] = seconds / steps * 1000
+    return rows
+
+
+def compile_times(model_name: str, batch: int, spans_options) -> dict:
+    """Cold compile seconds of the whole generate program (persistent cache off) per decoding configuration.
+
+    ``spans_options``: cache stages to try (``()``: one stage over the full cache; the default ``(160,)``).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from whisper_t5x.decoding import generate as decoding
+    from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    model, params = FlaxWhisperForConditionalGeneration.from_pretrained(model_name, _do_init=False)
+    feats = jax.ShapeDtypeStruct((batch, model.config.num_mel_bins, 3000), jnp.float32)
+    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    configs = {
+        "greedy": dict(language="en", task="transcribe"),
+        "greedy_timestamps": dict(language="en", task="transcribe", return_timestamps=True),
+        "sampling": dict(language="en", task="transcribe", sample=True),
+        "beam5": dict(language="en", task="transcribe", num_beams=5),
+    }
+    rows = {}
+    original = decoding.CACHE_SPANS
+    try:
+        for spans in spans_options:
+            decoding.CACHE_SPANS = tuple(spans)
+            for name, kw in configs.items():
+                if name == "beam5" and tuple(spans) != tuple(original):
+                    continue  # beam search runs on the full cache: no stages
+                options = model.decode_options(**kw)
+                fn = jax.jit(lambda p, f, options=options: decoding.generate(model.module, p, f, options))
+                t = time.perf_counter()
+                lowered = fn.lower(shapes, feats)
+                t_lower = time.perf_counter() - t
+                t = time.perf_counter()
+                lowered.compile()
+                label = f"{name}_spans_{'-'.join(map(str, spans)) or 'none'}"
+                rows[label] = {"trace_lower_s": t_lower, "compile_s": time.perf_counter() - t,
+                               "while_loops": lowered.as_text().count("stablehlo.while")}
+    finally:
+        decoding.CACHE_SPANS = original
     return rows
 
 
@@ -107,12 +158,21 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--ct2", action="store_true", help="also time CTranslate2 on the same batch (base only)")
+    ap.add_argument("--vocab_dtypes", nargs="+", default=["float32", "bfloat16"],
+                    help="vocabulary-projection dtypes to time the step with")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time cold compiles of generate (persistent cache off), with and without stages")
+    ap.add_argument("--only_compile", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    results = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "loadavg_before": os.getloadavg()[0],
-               "ours": ours(args.model, args.batch, args.cache_lengths, args.steps, args.repeats, args.dtype)}
-    if args.ct2:
+    results = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "loadavg_before": os.getloadavg()[0]}
+    if not args.only_compile:
+        results["ours"] = ours(args.model, args.batch, args.cache_lengths, args.steps, args.repeats, args.dtype,
+                               args.vocab_dtypes)
+    if args.ct2 and not args.only_compile:
         results["ctranslate2"] = ctranslate2_engine(args.batch, args.steps, args.repeats)
+    if args.compile or args.only_compile:
+        results["compile"] = compile_times(args.model, args.batch, [(160,), ()])
     results["loadavg_after"] = os.getloadavg()[0]
     print(f"{args.model}, batch {args.batch}, {args.dtype}, load {results['loadavg_before']:.1f} -> "
           f"{results['loadavg_after']:.1f}\n")
@@ -120,6 +180,9 @@ def main(argv=None) -> int:
     for engine in ("ours", "ctranslate2"):
         for k, v in results.get(engine, {}).items():
             print(f"| {engine} | {k} | {v:.3f} |")
+    for k, v in results.get("compile", {}).items():
+        print(f"| compile | {k} | {v['compile_s']:.2f} s (trace+lower {v['trace_lower_s']:.2f} s, "
+              f"{v['while_loops']} while loops) |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

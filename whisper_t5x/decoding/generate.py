@@ -63,7 +63,13 @@ class DecodeOptions:
     suppress_tokens: Tuple[int, ...] = ()
     begin_suppress_tokens: Tuple[int, ...] = ()
     max_initial_timestamp_index: Optional[int] = 50
-    sample: bool = False  # True: sample with ``temperature`` instead of argmax
+    # Whether the caller samples (temperature > 0). The program decides from the traced temperature
+    # either way, so callers may key compiled programs on ``dataclasses.replace(options, sample=False)``
+    # and share one program between greedy decoding and temperature fallback.
+    sample: bool = False
+    # dtype of the vocabulary projection in decoding steps ("bfloat16": the step reads half the bytes
+    # of the token table); None: the model's compute dtype. Not used at <|startoftranscript|>.
+    vocab_dtype: Optional[str] = None
 
 
 class GenerateOutput(NamedTuple):
@@ -103,7 +109,15 @@ def logit_rules_for(options: DecodeOptions, special: SpecialTokens) -> LogitRule
     )
 
 
-def decoder_step(module: WhisperModule, params: Any, cross_kv: Any, context: int) -> StepFn:
+def vocab_table(params: Any, options: DecodeOptions) -> Optional[Array]:
+    """The token table cast to ``options.vocab_dtype`` once per call (None: use the parameter)."""
+    if options.vocab_dtype is None:
+        return None
+    return jnp.asarray(params["decoder"]["embed_tokens"]["embedding"]).astype(jnp.dtype(options.vocab_dtype))
+
+
+def decoder_step(module: WhisperModule, params: Any, cross_kv: Any, context: int,
+                 output_embedding: Optional[Array] = None) -> StepFn:
     """The Whisper decoder as a :class:`~whisper_t5x.decoding.step.StepFn`.
 
     Sequence index ``position`` is decoder position ``context + position``
@@ -111,11 +125,12 @@ def decoder_step(module: WhisperModule, params: Any, cross_kv: Any, context: int
     the cache is the self-attention :class:`~whisper_t5x.model.whisper.KVCache`.
     """
     variables = {"params": params}
+    extra = {} if output_embedding is None else {"output_embedding": output_embedding}
 
     def step(tokens, cache, position):
         out = module.apply(
             variables, tokens, cache=cache, cache_index=context + position, cross_kv=cross_kv,
-            method=WhisperModule.decode,
+            method=WhisperModule.decode, **extra,
         )
         return out.logits[:, -1], out.cache
 
@@ -203,7 +218,8 @@ def start(module: WhisperModule, params: Any, input_features: Array, options: De
             [row_language if tok == -1 else jnp.full((rows,), tok, jnp.int32) for tok in prefix], axis=1
         )
         seq = seq.at[:, 1:1 + len(prefix)].set(forced)
-        logits, cache = decoder_step(module, params, cross_kv, context)(forced, cache, 1)
+        step = decoder_step(module, params, cross_kv, context, vocab_table(params, options))
+        logits, cache = step(forced, cache, 1)
     return Start(seq, cache, cross_kv, logits, context, 1 + len(prefix), no_speech_prob, language, language_prob)
 
 
@@ -257,9 +273,9 @@ def generate(
     # reads the whole cache, and most windows end long before max_length.
     stages = [CacheStage(span - context, functools.partial(grow_cache, length=span)) for span in spans]
     out = greedy_search(
-        decoder_step(module, params, begin.cross_kv, context), begin.seq, begin.logits, begin.cache,
+        decoder_step(module, params, begin.cross_kv, context, vocab_table(params, options)), begin.seq, begin.logits, begin.cache,
         begin.sample_begin, logit_rules_for(options, special),
-        sample=options.sample, temperature=temperature, rng=rng, stages=stages,
+        sample=None, temperature=temperature, rng=rng, stages=stages,
     )
     return _output(out, begin)
 
@@ -277,7 +293,7 @@ def beam_generate(
     length_penalty = 1.0 if options.length_penalty is None else float(options.length_penalty)
     begin = start(module, params, input_features, options, prompt_ids, beams=k)
     result = beam_search(
-        decoder_step(module, params, begin.cross_kv, begin.context), begin.seq, begin.logits, begin.cache,
+        decoder_step(module, params, begin.cross_kv, begin.context, vocab_table(params, options)), begin.seq, begin.logits, begin.cache,
         begin.sample_begin, logit_rules_for(options, config.special_tokens), k, length_penalty,
         reorder=reorder_cache(config),
     )

@@ -51,7 +51,7 @@ def greedy_search(
     sample_begin: int,
     rules: LogitRules,
     *,
-    sample: bool = False,
+    sample: Optional[bool] = False,
     temperature: Any = 0.0,
     rng: Optional[Array] = None,
     stages: Optional[Sequence[CacheStage]] = None,
@@ -61,7 +61,9 @@ def greedy_search(
     ``seq`` holds the forced prefix before ``sample_begin`` (later entries are
     overwritten); ``logits`` (rows, vocab) are the step's logits for index
     ``sample_begin`` and ``cache`` the step's cache after the prefix.
-    ``stages`` default to one stage up to ``max_length``.
+    ``stages`` default to one stage up to ``max_length``. ``sample``: draw at
+    ``temperature`` (True) or take the argmax (False); None decides from the
+    traced ``temperature`` (> 0 samples), so one compiled program serves both.
     """
     rows, max_length = seq.shape
     eot = rules.eot
@@ -71,11 +73,17 @@ def greedy_search(
     if stages is None:
         stages = (CacheStage(max_length),)
 
-    def choose(logits, key):
-        if not sample:
-            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    def argmax(logits, key):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def draw(logits, key):
         scaled = logits / jnp.maximum(temperature, 1e-6)
         return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+
+    def choose(logits, key):
+        if sample is None:
+            return jax.lax.cond(temperature > 0, draw, argmax, logits, key)
+        return draw(logits, key) if sample else argmax(logits, key)
 
     def body(s: _State) -> _State:
         logits = rules.apply(s.logits, s.history)

@@ -130,12 +130,16 @@ class Embed(nn.Module):
     def table(self) -> Array:
         return self.embedding.astype(self.dtype)
 
-    def attend(self, x: Array) -> Array:
-        """Logits against the table, accumulated and returned in float32."""
-        return jnp.einsum(
-            "...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
-            preferred_element_type=jnp.float32,
-        )
+    def attend(self, x: Array, table: Optional[Array] = None) -> Array:
+        """Logits against the table, accumulated and returned in float32.
+
+        ``table``: a copy of the table to use instead (e.g. the same values in
+        bfloat16, so that a decoding step reads half the bytes); the product
+        then runs in its dtype.
+        """
+        if table is None:
+            table = self.embedding.astype(self.dtype)
+        return jnp.einsum("...d,vd->...v", x.astype(table.dtype), table, preferred_element_type=jnp.float32)
 
 
 def _query_chunk(q_len: int, target: int = 256) -> int:

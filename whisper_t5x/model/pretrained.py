@@ -9,6 +9,7 @@ static configuration with ``jax.jit`` and work unchanged inside a user's own
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
@@ -273,6 +274,7 @@ class FlaxWhisperForConditionalGeneration:
         sample: bool = False,
         suppress_tokens: Optional[Sequence[int]] = None,
         begin_suppress_tokens: Optional[Sequence[int]] = None,
+        vocab_dtype: Optional[str] = None,
     ) -> decoding.DecodeOptions:
         """Validate user-facing arguments into static :class:`DecodeOptions`."""
         cfg = self.config
@@ -308,6 +310,7 @@ class FlaxWhisperForConditionalGeneration:
             suppress_tokens=tuple(sorted(set(int(t) for t in suppress_tokens))),
             begin_suppress_tokens=tuple(int(t) for t in begin_suppress_tokens),
             sample=bool(sample),
+            vocab_dtype=None if vocab_dtype is None else jnp.dtype(vocab_dtype).name,
         )
 
     def default_suppress_tokens(self) -> tuple:
@@ -319,6 +322,8 @@ class FlaxWhisperForConditionalGeneration:
         return tuple(sorted(ids))
 
     def _generate_fn(self, options: decoding.DecodeOptions):
+        # Greedy and sampling share a program (generate decides from the traced temperature).
+        options = dataclasses.replace(options, sample=False)
         cache = self._generate_cache
         if options not in cache:
 
@@ -343,6 +348,7 @@ class FlaxWhisperForConditionalGeneration:
         rng: Any = None,
         suppress_tokens: Optional[Sequence[int]] = None,
         begin_suppress_tokens: Optional[Sequence[int]] = None,
+        vocab_dtype: Optional[str] = None,
         **unused: Any,
     ) -> decoding.GenerateOutput:
         """Decode log-mel windows; see :mod:`whisper_t5x.decoding.generate` for the rules."""
@@ -358,6 +364,7 @@ class FlaxWhisperForConditionalGeneration:
             sample=isinstance(temperature, jax.core.Tracer) or float(temperature) > 0.0,
             suppress_tokens=suppress_tokens,
             begin_suppress_tokens=begin_suppress_tokens,
+            vocab_dtype=vocab_dtype,
         )
         if rng is None:
             rng = jax.random.PRNGKey(0)

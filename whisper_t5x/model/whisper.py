@@ -238,7 +238,10 @@ class TextDecoder(nn.Module):
         positions: Optional[Array] = None,
         cache_mask: Optional[Array] = None,
         token_mask: Optional[Array] = None,
+        output_embedding: Optional[Array] = None,
     ) -> DecoderOutput:
+        """``output_embedding``: the token table to project onto the vocabulary with, when it should
+        differ from ``embed_tokens`` in dtype (see :meth:`Embed.attend`)."""
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch, new_len = input_ids.shape
@@ -275,7 +278,7 @@ class TextDecoder(nn.Module):
         layers = _layers(DecoderBlock, cfg.decoder_layers, 3, cfg, self.dtype, self.param_dtype)
         x, out = layers(x, per_layer, encoder_hidden, cache_bias, new_bias)
         x = LayerNorm(cfg.layer_norm_eps, name="layer_norm", **kw)(x)
-        logits = constrain(tokens.attend(x), (A.BATCH, A.LENGTH, A.VOCAB))
+        logits = constrain(tokens.attend(x, output_embedding), (A.BATCH, A.LENGTH, A.VOCAB))
 
         per_layer_axes = lambda names: (A.LAYERS,) + names if cfg.scan_layers else names  # noqa: E731
         constrain_all = lambda value, names: _map_layers(  # noqa: E731
