@@ -155,3 +155,27 @@ def test_rows_longer_than_the_first_cache_stages_match_transformers():
                           begin_suppress_tokens=[220, eot], language="en", task="transcribe").numpy()
     assert ours.shape == (2, new) and (ours != eot).all()
     np.testing.assert_array_equal(ours, ref[:, -new:])
+
+
+def test_greedy_and_sampling_share_one_compiled_program():
+    model, params = H.flax_twin("multilingual-80")
+    features = H.random_features(2, 80)
+    model._generate_cache.clear()
+    kw = dict(params=params, language="en", max_length=16)
+    greedy = model.generate(features, **kw)
+    sampled = model.generate(features, temperature=1.0, rng=jax.random.PRNGKey(1), **kw)
+    assert len(model._generate_cache) == 1
+    assert not np.array_equal(np.asarray(greedy.sequences), np.asarray(sampled.sequences))
+
+
+def test_bf16_vocabulary_projection_stays_close_to_float32():
+    model, params = H.flax_twin("multilingual-80")
+    features = H.random_features(2, 80)
+    kw = dict(params=params, language="en", max_length=16)
+    ref = model.generate(features, **kw)
+    half = model.generate(features, vocab_dtype="bfloat16", **kw)
+    assert model.decode_options(vocab_dtype="bfloat16").vocab_dtype == "bfloat16"
+    # Same tokens on this model; log-probabilities move by the bf16 rounding of the table only.
+    np.testing.assert_array_equal(np.asarray(half.sequences), np.asarray(ref.sequences))
+    np.testing.assert_allclose(np.asarray(half.avg_logprob), np.asarray(ref.avg_logprob), atol=0.02)
+    assert not np.array_equal(np.asarray(half.avg_logprob), np.asarray(ref.avg_logprob))  # bf16 was used
