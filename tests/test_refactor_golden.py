@@ -26,8 +26,8 @@ def pipe():
 
 def _texts(pipe, audio):
     return {
-        "chunked": pipe(audio)["text"],
-        "chunked_ts": pipe(audio, return_timestamps=True)["text"],
+        "chunked": pipe(audio, long_form="chunked")["text"],
+        "chunked_ts": pipe(audio, return_timestamps=True, long_form="chunked")["text"],
         "sequential": pipe(audio, long_form="sequential")["text"],
     }
 

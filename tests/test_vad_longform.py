@@ -90,3 +90,19 @@ def test_bad_settings():
 
     with pytest.raises(ValueError, match="strategy"):
         VadSettings(strategy="overlap")
+
+
+def test_auto_is_the_default_and_picks_by_length(pipe):
+    """Inputs over 30 s: VAD rows (chunked when segment timestamps are asked); shorter: one window."""
+    from whisper_t5x.audio.loading import load_audio
+
+    jfk = load_audio(JFK)
+    long = np.concatenate([jfk, np.zeros(SR * 25, np.float32), jfk])
+    pipe.transcribe(long)
+    assert pipe.last_stats["rows"] == 1 and "windows" not in pipe.last_stats  # silence removed, one row
+    pipe.transcribe(long, return_timestamps=True)
+    assert pipe.last_stats["windows"] >= 2  # chunked windows for sentence-level segments
+    pipe.transcribe(jfk)
+    assert pipe.last_stats["windows"] == 1 and "rows" not in pipe.last_stats
+    with pytest.raises(ValueError, match="long_form"):
+        pipe.transcribe(jfk, long_form="overlap")

@@ -101,6 +101,7 @@ class _Call:
     prompt: Tuple[int, ...]
     mode: str  # "chunked" | "sequential" | "vad"
     words: bool  # word timestamps
+    segment_timestamps: bool  # return_timestamps=True: sentence-level segment times asked for
     segments: str  # chunked: "segments" or "windows"
     extra: Dict[str, Any]  # sequential-only options
 
@@ -297,7 +298,8 @@ class FlaxWhisperPipeline:
         self.decoder.options(request)  # validates task / language / beams now, before any audio is read
         extra = {k: gk[k] for k in ("condition_on_previous_text", "hallucination_silence_threshold", "vad_filter")
                  if k in gk}
-        return _Call(request, prompt, mode, words, "segments" if timestamps else "windows", extra)
+        return _Call(request, prompt, mode, words, return_timestamps is True, "segments" if timestamps else "windows",
+                     extra)
 
     # ------------------------------------------------------------------ calls
     def transcribe(
@@ -311,7 +313,7 @@ class FlaxWhisperPipeline:
         batch_size: Optional[int] = None,
         generate_kwargs: Optional[Dict[str, Any]] = None,
         progress: Optional[bool] = None,
-        long_form: str = "chunked",
+        long_form: str = "auto",
     ) -> Union[Transcription, List[Transcription]]:
         """Transcribe (or translate, ``task="translate"``) one input or a list of inputs.
 
@@ -320,8 +322,11 @@ class FlaxWhisperPipeline:
         of these (their rows share batches; the result is then a list).
         Returns a :class:`~whisper_t5x.results.Transcription` per input.
 
-        ``long_form``: ``"chunked"`` (default: windows of all inputs decoded
-        in parallel and stitched), ``"sequential"`` (openai-whisper's seek:
+        ``long_form``: ``"auto"`` (default: ``"vad"`` for inputs over 30 s
+        unless segment timestamps are asked, where ``"chunked"`` is used,
+        and one chunked window for shorter ones; chosen by
+        ``benchmarks/vad_options.py``), ``"chunked"`` (windows of all inputs
+        decoded in parallel and stitched), ``"sequential"`` (openai-whisper's seek:
         each window starts at the previous one's last complete timestamp and
         is conditioned on its text; inputs share batches; ``generate_kwargs``
         ``vad_filter=True`` runs it on the speech only) or ``"vad"`` (speech
@@ -383,7 +388,11 @@ class FlaxWhisperPipeline:
 
     def _auto(self, items: List[Any], call: _Call, settings: ChunkedSettings, bar: "_Progress",
               stats: Dict[str, Any]) -> List[Transcription]:
-        """VAD rows for inputs over 30 s, one chunked window (sequential for words) for the rest."""
+        """VAD rows for inputs over 30 s, one chunked window (sequential for words) for the rest.
+
+        VAD rows are decoded without timestamp tokens (which lose words at row ends), so a row is one
+        segment; when segment timestamps are asked for, long inputs are decoded chunked instead.
+        """
         from whisper_t5x.audio.loading import AudioError, load_audio
 
         audio = []
@@ -395,6 +404,8 @@ class FlaxWhisperPipeline:
                     e.args = (f"input {i}: {e}",)
                 raise
         long = [i for i, a in enumerate(audio) if a.shape[0] > AUTO_VAD_ABOVE_S * SAMPLE_RATE]
+        if call.segment_timestamps and not self.vad.row_timestamps:
+            long = []
         short = [i for i in range(len(items)) if i not in set(long)]
         results: List[Optional[Transcription]] = [None] * len(items)
         for mode, group in (("vad", long), ("sequential" if call.words else "chunked", short)):
