@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import logging
 import os
+import queue
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import wave
@@ -31,7 +36,7 @@ pytest.importorskip("httpx")
 
 import httpx  # noqa: E402
 
-from tests._server_helpers import REPO, ServerProcess  # noqa: E402
+from tests._server_helpers import REPO, InProcessServer, ServerProcess, get_json  # noqa: E402
 from whisper_t5x.app.serving.batcher import Batcher, DecodeOptions, QueueFull  # noqa: E402
 from whisper_t5x.app.serving.service import Service, ServingSettings  # noqa: E402
 
@@ -250,6 +255,49 @@ def test_batcher_queue_limit_and_cancelled_requests():
         b.stop()
 
 
+def test_batcher_cancelled_requests_free_their_queue_slots():
+    gate = threading.Event()
+    pipe = FakePipeline(gate=gate)
+    b = Batcher(pipe, max_batch_size=1, max_delay_s=0.0, max_queue=2)
+    try:
+        first = b.submit(np.zeros(1, np.float32), DecodeOptions())
+        deadline = time.monotonic() + 5
+        while not pipe.calls and time.monotonic() < deadline:  # the worker is busy with `first`
+            time.sleep(0.01)
+        gave_up = [b.submit(np.zeros(2 + i, np.float32), DecodeOptions()) for i in range(2)]
+        assert all(f.cancel() for f in gave_up)  # their callers timed out / disconnected
+        assert b.queue_length == 0
+        # While the worker is still busy, new requests get the freed slots (no spurious QueueFull).
+        fresh = [b.submit(np.zeros(7 + i, np.float32), DecodeOptions()) for i in range(2)]
+        with pytest.raises(QueueFull):
+            b.submit(np.zeros(9, np.float32), DecodeOptions())
+        gate.set()
+        assert [f.result(5)["text"] for f in [first] + fresh] == [" n=1", " n=7", " n=8"]
+        assert pipe.calls == [1, 1, 1] and b.stats["dropped"] == 2
+    finally:
+        gate.set()
+        b.stop()
+
+
+def test_warmup_compiles_plain_and_word_timestamp_programs_per_bucket():
+    pipe = FakePipeline()
+    service = Service(ServingSettings(model="fake", ui=False, warmup=True, max_batch_size=4), pipeline=pipe)
+    service.start(background=False)
+    try:
+        assert service.ready
+        warm = [(n, kw["return_timestamps"]) for n, kw in zip(pipe.calls, pipe.kwargs)]
+        # FakePipeline decodes with timestamp tokens anyway: one plain program per bucket, plus the word path.
+        assert warm == [(1, False), (2, False), (4, False), (1, "word"), (2, "word"), (4, "word")]
+    finally:
+        service.stop()
+    pipe = FakePipeline()
+    service = Service(ServingSettings(model="fake", ui=False, warmup=True, warmup_timestamps=False,
+                                      max_batch_size=2), pipeline=pipe)
+    service.start(background=False)
+    service.stop()
+    assert [kw["return_timestamps"] for kw in pipe.kwargs] == [False, False]
+
+
 # ============================================================== API against a fake pipeline
 @pytest.fixture()
 def fake_app():
@@ -258,8 +306,8 @@ def fake_app():
     from whisper_t5x.app.serving import create_app
 
     def make(**overrides):
-        settings = ServingSettings(model="fake", ui=False, warmup=False, max_upload_mb=0.5, max_audio_s=5.0,
-                                   max_batch_delay_ms=1.0, **overrides)
+        values = dict(model="fake", ui=False, warmup=False, max_upload_mb=0.5, max_audio_s=5.0, max_batch_delay_ms=1.0)
+        settings = ServingSettings(**{**values, **overrides})
         pipe = FakePipeline()
         service = Service(settings, pipeline=pipe)
         client = TestClient(create_app(service))
@@ -295,7 +343,9 @@ def test_api_errors_and_limits_fake_pipeline(fake_app):
     r = _post(client, one_s)
     assert r.status_code == 200 and r.json() == {"text": "n=16000"}
     _assert_error(_post(client, b""), 400, "empty_file", "file")
-    _assert_error(_post(client, b"this is not audio at all" * 10), 400, "invalid_audio", "file")
+    r = _post(client, b"this is not audio at all" * 10)
+    _assert_error(r, 400, "invalid_audio", "file")
+    assert not re.search(r"(^|[\s'\"])/", r.json()["error"]["message"]), r.text  # no server path (temp copy)
     _assert_error(_post(client, wav_bytes(np.zeros(16000 * 6, np.float32))), 400, "audio_too_long")
     _assert_error(_post(client, b"RIFF" + os.urandom(600 * 1024)), 413, "file_too_large")
     _assert_error(_post(client, one_s, response_format="xml"), 400, param="response_format")
@@ -318,6 +368,47 @@ def test_api_errors_and_limits_fake_pipeline(fake_app):
     assert kw["generate_kwargs"]["temperature"] == pytest.approx(0.4)
     assert list(kw["generate_kwargs"]["prompt_ids"]) == [ord(c) for c in " Hallo."]
     assert _post(client, one_s).status_code == 200  # errors left the server healthy
+
+
+def _rss_mb(field: str = "VmRSS") -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(field)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs") or shutil.which("ffmpeg") is None,
+                    reason="needs Linux /proc and ffmpeg")
+def test_hours_of_audio_in_a_small_upload_are_refused_before_decoding(fake_app, tmp_path):
+    """A 1 h FLAC of silence (about 0.6 MB) against a 5 s limit: 400 without decoding the hour.
+
+    Two files: one whose container declares its duration, one streamed (no
+    duration in its header: only a capped decode can tell). Decoded whole,
+    one hour is 230 MB of float32 in this process; the peak and the retained
+    growth stay far below that.
+    """
+    client, service, pipe = fake_app(max_upload_mb=25)
+    files = {"declared": tmp_path / "hour.flac", "streamed": tmp_path / "hour_stream.flac"}
+    src = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "3600", "-c:a", "flac"]
+    subprocess.run(src + [str(files["declared"])], check=True)
+    with open(files["streamed"], "wb") as out:
+        subprocess.run(src + ["-f", "flac", "-"], check=True, stdout=out)
+    uploads = {k: p.read_bytes() for k, p in files.items()}
+    _post(client, wav_bytes(np.full(1600, 0.1, np.float32)))  # warm the request path first
+    for name, data in uploads.items():
+        before = _rss_mb()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak (VmHWM) to the current RSS
+        t = time.monotonic()
+        r = _post(client, data)
+        elapsed = time.monotonic() - t
+        _assert_error(r, 400, "audio_too_long", "file")
+        assert "limit is 5 s" in r.json()["error"]["message"]
+        peak, after = _rss_mb("VmHWM") - before, _rss_mb() - before
+        assert peak < 100 and after < 30, (name, peak, after)
+        assert elapsed < 15, (name, elapsed)
+    assert pipe.calls == [1]  # only the warm-up request reached the model
 
 
 def test_verbose_json_words_and_segment_statistics_fake_pipeline(fake_app):
@@ -382,6 +473,126 @@ def test_settings_from_flags_and_gin(monkeypatch):
     assert settings_from_args([]).api_key == "from-env"
     with pytest.raises(GinConfigError):
         settings_from_args(["--gin.Nope.x=1"])
+
+
+def test_port_out_of_range_is_rejected(monkeypatch, capsys):
+    from whisper_t5x.app.launch import GinConfigError
+    from whisper_t5x.app.serving.server import main, settings_from_args
+
+    for bad in (["--port", "99999"], ["--port", "-1"], ["--port", "65536"], ["--gin.PORT=70000"]):
+        with pytest.raises(GinConfigError, match="65535"):
+            settings_from_args(bad)
+    assert settings_from_args(["--port", "65535"]).port == 65535
+    assert settings_from_args(["--port", "0"]).port == 0
+    assert main(["whisper-t5x serve", "--port", "99999"]) == 2
+    assert "port must be 1-65535" in capsys.readouterr().err
+
+
+def test_port_zero_serves_on_the_printed_port():
+    cmd = [sys.executable, "-m", "whisper_t5x.app.serving", "--model", "tiny.en", "--no_ui", "--no_warmup",
+           "--host", "127.0.0.1", "--port", "0"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    try:
+        seen, port = [], None
+        deadline = time.monotonic() + 120
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            port = int(m.group(1)) if m else None
+        assert port and port != 0, "".join(seen)
+        status, body = None, None
+        while status is None and time.monotonic() < deadline:
+            status, body = get_json(f"http://127.0.0.1:{port}/health", timeout=5)
+            time.sleep(0.2)
+        assert status in (200, 503) and body["model"] == "tiny.en", (status, body)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _raw_multipart(port: int, data: bytes, send_all: bool = True) -> socket.socket:
+    """A transcription request over a raw socket (left open; the caller closes it to "disconnect")."""
+    boundary = "testboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head.encode() + (body if send_all else body[:len(body) // 2]))
+    return sock
+
+
+def test_disconnected_clients_are_dropped_quietly_and_free_their_slots(caplog):
+    from whisper_t5x.app.serving import create_app
+
+    caplog.set_level(logging.DEBUG, logger="whisper_t5x")
+    gate = threading.Event()
+    pipe = FakePipeline(gate=gate)
+    service = Service(ServingSettings(model="fake", ui=False, warmup=False, max_batch_size=1, max_batch_delay_ms=0,
+                                      max_queue=1), pipeline=pipe)
+    audio = {n: wav_bytes(np.full(n, 0.1, np.float32)) for n in (1600, 3200, 4800)}
+    try:
+        with InProcessServer(create_app(service)) as srv, concurrent.futures.ThreadPoolExecutor(2) as ex:
+            assert service.wait_ready(10)
+            first = ex.submit(httpx.post, srv.url + "/v1/audio/transcriptions",
+                              files={"file": ("a.wav", audio[1600])}, timeout=30)
+            deadline = time.monotonic() + 10
+            while not pipe.calls and time.monotonic() < deadline:  # the worker is busy with `first`
+                time.sleep(0.01)
+            gone = _raw_multipart(srv.port, audio[3200])  # queued behind it, then its client leaves
+            while service.batcher.queue_length == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert service.batcher.queue_length == 1
+            gone.close()
+            half = _raw_multipart(srv.port, audio[3200], send_all=False)  # leaves in the middle of its upload
+            time.sleep(0.2)
+            half.close()
+            while service.batcher.queue_length and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert service.batcher.queue_length == 0
+            # The single queue slot is free again while the worker is still busy.
+            fresh = ex.submit(httpx.post, srv.url + "/v1/audio/transcriptions",
+                              files={"file": ("a.wav", audio[4800])}, timeout=30)
+            while service.batcher.queue_length == 0 and not fresh.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            gate.set()
+            assert first.result(30).json() == {"text": "n=1600"}
+            assert fresh.result(30).json() == {"text": "n=4800"}
+        assert pipe.calls == [1, 1]  # the abandoned request was never decoded
+    finally:
+        gate.set()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "client disconnected" in caplog.text
+
+
+def test_seed_gradio_call_without_a_key_fake_pipeline():
+    """The seed's documented call, unchanged, on a server without --api_key (and /predict, /transcribe)."""
+    pytest.importorskip("gradio")
+    from gradio_client import Client, handle_file
+
+    from whisper_t5x.app.serving import create_app
+
+    service = Service(ServingSettings(model="fake", warmup=False, max_batch_delay_ms=1.0), pipeline=FakePipeline())
+    with InProcessServer(create_app(service)) as srv:
+        assert service.wait_ready(10)
+        client = Client(srv.url + "/", verbose=False)
+        names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+        assert {"/predict", "/predict_1", "/transcribe", "/transcribe_file", "/transcribe_microphone"} <= names
+        path = os.path.join(REPO, "samples", "jfk.flac")
+        text, runtime = client.predict(handle_file(path), "transcribe", False, api_name="/predict_1")
+        assert text == "n=176000" and isinstance(runtime, (int, float)) and runtime >= 0
+        assert client.predict(handle_file(path), "transcribe", False, api_name="/predict")[0] == "n=176000"
+        assert client.predict(handle_file(path), "transcribe", False, api_name="/transcribe")[0] == "n=176000"
+        config = httpx.get(srv.url + "/config", timeout=10).json()
+        assert config["analytics_enabled"] is False
 
 
 # ============================================================== the real server (tiny.en)
@@ -471,7 +682,7 @@ def test_word_timestamps(server):
 def test_gradio_client(server):
     from gradio_client import Client, handle_file
 
-    client = Client(server.url + "/", verbose=False)
+    client = Client(server.url + "/", auth=("tester", API_KEY), verbose=False)  # the server has --api_key
     text, runtime = client.predict(handle_file(JFK), "transcribe", False, api_name="/transcribe")
     assert recall(JFK_TEXT, text) > 0.9
     assert isinstance(runtime, (int, float)) and 0 < runtime < 240
@@ -548,6 +759,11 @@ def test_browser_ui_transcribes_an_upload(server, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(120_000)
             page.goto(server.url + "/", wait_until="domcontentloaded")
+            # The server has --api_key: Gradio's login form (any user name, the key as password).
+            page.locator("input[type=password]").wait_for()
+            page.locator("input[type=text]").first.fill("tester")
+            page.locator("input[type=password]").fill(API_KEY)
+            page.get_by_role("button", name=re.compile("login", re.I)).click()
             page.get_by_role("tab", name="Audio file").click()
             page.locator("#file-audio input[type=file]").set_input_files(JFK)
             page.locator("#file-audio audio, #file-audio [data-testid='waveform-Audio file']").first.wait_for(
