@@ -62,9 +62,9 @@ flags.DEFINE_string("language", None, "Source language code (en, de, ...). Defau
 flags.DEFINE_bool("timestamps", None, "Segment timestamps (srt/vtt/tsv cues). Default: off.")
 flags.DEFINE_bool("word_timestamps", None, "Word-level timestamps (one cue per word; sequential "
                   "long-form decoding). Default: off.")
-flags.DEFINE_string("long_form", None, "chunked: batched windows, stitched; sequential: OpenAI's "
-                    "algorithm (each window conditioned on the previous text); any mode of the pipeline's "
-                    "LONG_FORM_MODES. Default: chunked.")
+flags.DEFINE_string("long_form", None, "A mode of the pipeline's LONG_FORM_MODES, e.g. chunked (batched "
+                    "windows, stitched), sequential (OpenAI's algorithm, each window conditioned on the "
+                    "previous text), vad (speech rows). Default: the pipeline's.")
 flags.DEFINE_integer("batch_size", None, "Windows per forward pass. Default: the pipeline's.", lower_bound=1)
 flags.DEFINE_enum("dtype", None, list(DTYPES), "Compute dtype. Default: float32.")
 flags.DEFINE_float("chunk_length_s", None, "Long-form window length in seconds. Default: 30.")

@@ -114,7 +114,8 @@ class DecodeSection:
       timestamps: decode segment timestamps (timed srt/vtt/tsv cues).
       word_timestamps: word-level timestamps (decoded with the sequential algorithm).
       long_form: a mode of the pipeline's ``LONG_FORM_MODES`` (``chunked``:
-        batched windows, stitched; ``sequential``: openai-whisper's seek; ...).
+        batched windows, stitched; ``sequential``: openai-whisper's seek;
+        ``vad``: speech rows...); ``None``: the pipeline's default.
       chunk_length_s, stride_length_s: windowing of the chunked mode.
       temperature: the fallback schedule (a sequence), or one temperature (no fallback).
       compression_ratio_threshold, logprob_threshold, no_speech_threshold:
@@ -128,7 +129,7 @@ class DecodeSection:
     language: Optional[str] = None
     timestamps: bool = False
     word_timestamps: bool = False
-    long_form: str = "chunked"
+    long_form: Optional[str] = None
     chunk_length_s: float = 30.0
     stride_length_s: Optional[float] = None
     temperature: Any = _FALLBACK.temperatures
@@ -143,7 +144,7 @@ class DecodeSection:
         check_required(self)
         if self.task not in TASKS:
             raise ValueError(f"DecodeSection.task must be one of {TASKS}, got {self.task!r}")
-        if self.long_form not in LONG_FORM_MODES:
+        if self.long_form is not None and self.long_form not in LONG_FORM_MODES:
             raise ValueError(f"DecodeSection.long_form must be one of {LONG_FORM_MODES}, got {self.long_form!r}")
         if not (isinstance(self.chunk_length_s, (int, float)) and math.isfinite(self.chunk_length_s)
                 and self.chunk_length_s > 0):
@@ -169,8 +170,8 @@ class DecodeSection:
     def transcribe_kwargs(self, **overrides: Any) -> Dict[str, Any]:
         """Keyword arguments of ``pipe.transcribe(inputs, ...)``; ``overrides`` replace fields first.
 
-        ``long_form`` is passed only when it is not the default, so custom
-        pipelines need not know the argument.
+        ``long_form`` is passed only when set, so the pipeline's default
+        applies otherwise and custom pipelines need not know the argument.
         """
         section = dataclasses.replace(self, **overrides) if overrides else self
         kwargs: Dict[str, Any] = dict(
@@ -178,7 +179,7 @@ class DecodeSection:
             chunk_length_s=float(section.chunk_length_s), stride_length_s=section.stride_length_s,
             generate_kwargs=section.decoding_options(),
         )
-        if section.long_form != "chunked":
+        if section.long_form is not None:
             kwargs["long_form"] = section.long_form
         return kwargs
 
