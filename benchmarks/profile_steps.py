@@ -53,13 +53,16 @@ def ours(model_name: str, batch: int, cache_lengths, steps: int, repeats: int, d
     hidden = encode(params, feats)
     rows = {"encoder_s_per_window": _median_time(lambda: encode(params, feats).block_until_ready(), repeats) / batch}
     sot = cfg.special_tokens.sot
+    # Every (cache length, variant) is compiled first, then all are timed round-robin, so that the
+    # load of a shared machine falls on all of them alike; the median per variant is reported.
+    runs = {}
     for length in cache_lengths:
         first = jax.jit(lambda p, h, n=length: module.apply(
             {"params": p}, jnp.full((batch, 1), sot, jnp.int32), cache=init_cache(cfg, batch, n, module.dtype),
             cache_index=0, encoder_hidden=h, method=WhisperModule.decode))
         out = first(params, hidden)
         for variant in variants:
-            # variant: dtype of the vocabulary projection ("float32": the parameter as it is)
+            # variant: dtype of the vocabulary projection (the compute dtype: the parameter as it is)
             vocab = None if variant == dtype else jnp.dtype(variant)
 
             def loop(p, cache, cross_kv, vocab=vocab):
@@ -73,9 +76,17 @@ def ours(model_name: str, batch: int, cache_lengths, steps: int, repeats: int, d
                 return jax.lax.fori_loop(0, steps, body, cache)
 
             run = jax.jit(loop)
-            seconds = _median_time(lambda: jax.block_until_ready(run(params, out.cache, out.cross_kv)), repeats)
+            call = (lambda run=run, out=out: jax.block_until_ready(run(params, out.cache, out.cross_kv)))
+            call()
             suffix = "" if vocab is None else f"_vocab_{variant}"
-            rows[f"step_ms_cache_{length}{suffix}"] = seconds / steps * 1000
+            runs[f"step_ms_cache_{length}{suffix}"] = (call, [])
+    for _ in range(repeats):
+        for call, times in runs.values():
+            t = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t)
+    for name, (_, times) in runs.items():
+        rows[name] = statistics.median(times) / steps * 1000
     return rows
 
 
@@ -116,11 +127,67 @@ def compile_times(model_name: str, batch: int, spans_options) -> dict:
                 t = time.perf_counter()
                 lowered.compile()
                 label = f"{name}_spans_{'-'.join(map(str, spans)) or 'none'}"
+                text = lowered.as_text()
                 rows[label] = {"trace_lower_s": t_lower, "compile_s": time.perf_counter() - t,
-                               "while_loops": lowered.as_text().count("stablehlo.while")}
+                               "while_loops": text.count("stablehlo.while"),
+                               "host_callbacks": text.count("callback")}  # per-step host work: none expected
     finally:
         decoding.CACHE_SPANS = original
+    from whisper_t5x.model.whisper import WhisperModule
+
+    encode = jax.jit(lambda p, f: model.module.apply({"params": p}, f, method=WhisperModule.encode))
+    t = time.perf_counter()
+    lowered = encode.lower(shapes, feats)
+    t_lower = time.perf_counter() - t
+    t = time.perf_counter()
+    lowered.compile()
+    rows["encoder_only"] = {"trace_lower_s": t_lower, "compile_s": time.perf_counter() - t,
+                            "while_loops": lowered.as_text().count("stablehlo.while")}
     return rows
+
+
+def micro(repeats: int, steps: int = 20) -> dict:
+    """The two largest reads of a ``base`` batch-8 step in isolation, f32 vs bf16 (ms per step).
+
+    Cross-attention of one token over six layers of (8, 8, 1500, 64) keys/values, and the
+    (8, 512) x (51865, 512) vocabulary projection.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    b, h, s, d, layers = 8, 8, 1500, 64, 6
+    rs = np.random.RandomState(0)
+    q = jnp.asarray(rs.randn(b, 1, h, d).astype(np.float32))
+    ks = [jnp.asarray(rs.randn(b, h, s, d).astype(np.float32)) for _ in range(layers)]
+    vs = [jnp.asarray(rs.randn(b, h, s, d).astype(np.float32)) for _ in range(layers)]
+
+    def cross(q, k, v):
+        sc = jnp.einsum("bthd,bhsd->bhts", q.astype(k.dtype), k, preferred_element_type=jnp.float32)
+        p = jax.nn.softmax(sc, -1)
+        return jnp.einsum("bhts,bhsd->bthd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+
+    def time_cross(ks, vs):
+        def body(i, x):
+            for k, v in zip(ks, vs):
+                x = x + cross(x, k, v) * 1e-3
+            return x
+        f = jax.jit(lambda q, ks, vs: jax.lax.fori_loop(0, steps, body, q))
+        return _median_time(lambda: f(q, ks, vs).block_until_ready(), repeats) / steps * 1000
+
+    table = jnp.asarray(rs.randn(51865, 512).astype(np.float32))
+    x = jnp.asarray(rs.randn(b, 512).astype(np.float32))
+
+    def time_vocab(e):
+        def body(i, c):
+            y = x + c[:, :512] * 1e-6
+            return c + jnp.einsum("bd,vd->bv", y.astype(e.dtype), e, preferred_element_type=jnp.float32) * 1e-6
+        f = jax.jit(lambda e: jax.lax.fori_loop(0, steps, body, jnp.zeros((b, 51865), jnp.float32)))
+        return _median_time(lambda: f(e).block_until_ready(), repeats) / steps * 1000
+
+    bf = jnp.bfloat16
+    return {"cross_attention_f32_ms": time_cross(ks, vs),
+            "cross_attention_bf16_kv_ms": time_cross([k.astype(bf) for k in ks], [v.astype(bf) for v in vs]),
+            "vocab_projection_f32_ms": time_vocab(table), "vocab_projection_bf16_ms": time_vocab(table.astype(bf))}
 
 
 def ctranslate2_engine(batch: int, steps: int, repeats: int):
@@ -163,9 +230,13 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true",
                     help="also time cold compiles of generate (persistent cache off), with and without stages")
     ap.add_argument("--only_compile", action="store_true")
+    ap.add_argument("--micro", action="store_true", help="only the isolated cross-attention / vocabulary timings")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     results = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "loadavg_before": os.getloadavg()[0]}
+    if args.micro:
+        print(json.dumps(micro(args.repeats), indent=1))
+        return 0
     if not args.only_compile:
         results["ours"] = ours(args.model, args.batch, args.cache_lengths, args.steps, args.repeats, args.dtype,
                                args.vocab_dtypes)
