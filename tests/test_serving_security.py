@@ -63,7 +63,7 @@ def _joined(events) -> str:
 
 
 def test_keyless_gradio_calls_and_uploads_are_refused(server):
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
 
     # Refused before any call: the client cannot even read the app's config.
     with pytest.raises(Exception, match="(?i)login|auth|401"):  # noqa: B017

@@ -6,7 +6,8 @@ see :mod:`whisper_t5x.app.serving.server` for the flags. Pieces:
 * :mod:`.batcher` -- cross-request batching of decoded audio;
 * :mod:`.service` -- model loading, warm-up, limits, validation;
 * :mod:`.api` -- ``/v1/audio/transcriptions``, ``/v1/audio/translations``, ``/health``;
-* :mod:`.ui` -- the Gradio Blocks app (and the ``/transcribe`` client endpoint);
+* :mod:`.ui` -- the Gradio Blocks app, its client endpoints (``/predict_1``, ``/predict``,
+  ``/transcribe``) and its protections (login with the API key, uploads only);
 * :mod:`.server` -- the FastAPI app and ``main(argv)``.
 """
 

@@ -241,7 +241,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
             _check_api_key(service, request)
         except ServiceError as e:
             return error_response(e)
-        return {"object": "list", "data": [{"id": service.settings.model, "object": "model", "owned_by": "whisper_t5x"}]}
+        model = {"id": service.settings.model, "object": "model", "owned_by": "whisper_t5x"}
+        return {"object": "list", "data": [model]}
 
     async def handle(request: Request, task: str) -> Response:
         try:

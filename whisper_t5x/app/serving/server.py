@@ -11,7 +11,11 @@ always parsed first when present, then any ``--gin_file`` and
 ``--gin.NAME=VALUE`` / ``--gin_bindings``), then from the flags below.
 Serving limits (upload size, audio duration, timeout, API key) are flags,
 or ``ServeConfig`` fields of the same name when it has them.
-The API key may also come from ``$WHISPER_T5X_API_KEY``.
+The API key may also come from ``$WHISPER_T5X_API_KEY``; with one, the REST
+API wants ``Authorization: Bearer KEY`` and the Gradio UI and API a login
+(any user name, the key as password; see :mod:`.ui`). At start-up the server
+prints ``whisper-t5x serve: listening on http://HOST:PORT`` (the port chosen
+when ``--port 0``).
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model name or checkpoint path (default: ServeConfig.model, 'base')")
     p.add_argument("--host", help="listen address (default: ServeConfig.host, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="listen port (default: ServeConfig.port, 8000; 0 picks a free one)")
+    p.add_argument("--port", type=int, help="listen port, 1-65535 (default: ServeConfig.port, 8000; 0 picks a free "
+                   "one, printed at start-up)")
     p.add_argument("--batch_size", type=int, help="rows per compiled batch (ServeConfig.max_batch_size)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
     p.add_argument("--max_batch_delay_ms", type=float, help="how long a request waits for others to batch with")
@@ -81,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_upload_mb", type=float, help="largest accepted upload (default 25)")
     p.add_argument("--max_audio_s", type=float, help="longest accepted audio in seconds (default 3600)")
     p.add_argument("--request_timeout_s", type=float, help="per-request timeout (default 600)")
-    p.add_argument("--api_key", help=f"require 'Authorization: Bearer KEY' on /v1/* (or ${API_KEY_ENV})")
+    p.add_argument("--api_key", help=f"require the key (or ${API_KEY_ENV}): 'Authorization: Bearer KEY' on /v1/*, "
+                   "and a login (any user name, the key as password) for the Gradio UI and API")
     p.add_argument("--no_warmup", action="store_true", help="report ready without compiling first")
     p.add_argument("--no_warmup_timestamps", action="store_true", help="do not pre-compile timestamp decoding")
     p.add_argument("--no_ui", action="store_true", help="serve the REST API only")

@@ -64,7 +64,8 @@ class ServingSettings:
       max_upload_mb: largest accepted upload.
       max_audio_s: longest accepted audio (after decoding).
       request_timeout_s: a request not answered by then gets 504.
-      api_key: if set, the REST API requires ``Authorization: Bearer <api_key>``.
+      api_key: if set, the REST API requires ``Authorization: Bearer <api_key>`` and the
+        Gradio UI and API a login with it as the password (:mod:`.ui`).
       warmup: compile the common programs before reporting ready.
       warmup_timestamps: also compile the timestamp and word-timestamp programs.
       ui: mount the Gradio UI at ``/``.

@@ -181,7 +181,8 @@ def mount_ui(app: Any, service: Service) -> Callable[[], None]:
             return bool(username) and hmac.compare_digest(str(password).encode(), key.encode())
 
     gr.mount_gradio_app(app, demo, path="/", max_file_size=service.settings.max_upload_bytes, footer_links=["api"],
-                        auth=auth, auth_message=LOGIN_MESSAGE if key else None, show_error=False)
+                        auth=auth, auth_message=LOGIN_MESSAGE if key else None, show_error=False,
+                        mcp_server=False)
     demo.has_launched = True
     demo.is_running = True
 
