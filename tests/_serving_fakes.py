@@ -10,7 +10,18 @@ import wave
 import numpy as np
 import pytest
 
-from whisper_t5x.app.serving.service import Service, ServingSettings
+from whisper_t5x.app.config import ModelSection, PartitionSection, ServeConfig
+from whisper_t5x.app.serving.service import Service
+from whisper_t5x.results import Segment, Transcription, Word
+
+
+def serve_settings(model: str = "fake", max_batch_size=None, **fields) -> ServeConfig:
+    """A ServeConfig with ``model`` and ``max_batch_size`` in their sections, the rest at their defaults."""
+    import gin
+
+    gin.clear_config()  # nothing bound by an earlier test
+    return ServeConfig(model=ModelSection(name=model), partition=PartitionSection(batch_size=max_batch_size),
+                       **fields)
 
 
 def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
@@ -51,8 +62,8 @@ class FakePipeline:
         self.delay = delay
         self.gate = gate
 
-    def __call__(self, inputs, task=None, language=None, return_timestamps=False, return_language=False,
-                 chunk_length_s=30.0, batch_size=None, generate_kwargs=None, **_):
+    def transcribe(self, inputs, task=None, language=None, return_timestamps=False, chunk_length_s=30.0,
+                   batch_size=None, generate_kwargs=None, **_):
         self.calls.append(len(inputs))
         self.kwargs.append(dict(task=task, language=language, generate_kwargs=generate_kwargs))
         if self.gate is not None:
@@ -66,14 +77,14 @@ class FakePipeline:
                 raise ValueError("poisoned input")
             n = a.shape[0]
             d = n / 16000
-            seg = {"timestamp": (0.0, d), "text": f" n={n}"}
-            if return_timestamps == "word":  # as whisper_t5x.longform.sequential.pipeline_word_timestamps
-                out.append({"text": f" n={n}", "chunks": [{"timestamp": (0.0, d / 2), "text": " n="},
-                                                          {"timestamp": (d / 2, d), "text": f" {n}"}],
-                            "segments": [seg], "language": "en"})
-            else:  # as FlaxWhisperPipeline with timestamps: segment chunks with their window's statistics
-                seg.update(avg_logprob=-0.25, no_speech_prob=0.125, compression_ratio=1.5, temperature=0.0)
-                out.append({"text": f" n={n}", "chunks": [seg], "language": "en"})
+            tokens = tuple(ord(c) for c in f" n={n}")
+            if return_timestamps == "word":  # segments carry their words
+                words = (Word(0.0, d / 2, " n=", 0.9), Word(d / 2, d, f" {n}", 0.8))
+                seg = Segment(0.0, d, f" n={n}", tokens=tokens, words=words)
+            else:  # each segment with its tokens and its window's statistics
+                seg = Segment(0.0, d, f" n={n}", tokens=tokens, avg_logprob=-0.25, no_speech_prob=0.125,
+                              compression_ratio=1.5, temperature=0.0)
+            out.append(Transcription(f" n={n}", (seg,), "en", d))
         return out
 
 
@@ -85,7 +96,7 @@ def fake_app():
 
     def make(**overrides):
         values = dict(model="fake", ui=False, warmup=False, max_upload_mb=0.5, max_audio_s=5.0, max_batch_delay_ms=1.0)
-        settings = ServingSettings(**{**values, **overrides})
+        settings = serve_settings(**{**values, **overrides})
         pipe = FakePipeline()
         service = Service(settings, pipeline=pipe)
         client = TestClient(create_app(service))

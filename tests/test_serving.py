@@ -34,9 +34,9 @@ pytest.importorskip("httpx")
 import httpx  # noqa: E402
 
 from tests._server_helpers import REPO, ServerProcess  # noqa: E402
-from tests._serving_fakes import FakePipeline, assert_error, fake_app, post_audio, wav_bytes  # noqa: E402,F401,F811
+from tests._serving_fakes import FakePipeline, assert_error, fake_app, post_audio, serve_settings, wav_bytes  # noqa: E402,F401,F811,E501
 from whisper_t5x.app.serving.batcher import Batcher, DecodeOptions, QueueFull  # noqa: E402
-from whisper_t5x.app.serving.service import Service, ServingSettings  # noqa: E402
+from whisper_t5x.app.serving.service import Service  # noqa: E402
 
 JFK = os.path.join(REPO, "samples", "jfk.flac")
 JFK_TEXT = "And so my fellow Americans ask not what your country can do for you ask what you can do for your country"
@@ -71,12 +71,12 @@ def test_batcher_groups_concurrent_requests_and_keeps_them_apart():
     try:
         opts = DecodeOptions()
         futs = [b.submit(np.zeros(1000 + i, np.float32), opts) for i in range(5)]
-        assert [f.result(5)["text"] for f in futs] == [f" n={1000 + i}" for i in range(5)]
+        assert [f.result(5).text for f in futs] == [f" n={1000 + i}" for i in range(5)]
         assert pipe.calls == [5]
         # Different options are never mixed in one call.
         f1 = b.submit(np.zeros(10, np.float32), DecodeOptions(task="transcribe"))
         f2 = b.submit(np.zeros(11, np.float32), DecodeOptions(task="translate"))
-        assert (f1.result(5)["text"], f2.result(5)["text"]) == (" n=10", " n=11")
+        assert (f1.result(5).text, f2.result(5).text) == (" n=10", " n=11")
         assert pipe.calls[1:] == [1, 1]
         assert {k["task"] for k in pipe.kwargs[1:]} == {"transcribe", "translate"}
     finally:
@@ -101,7 +101,7 @@ def test_batcher_trims_short_groups_to_a_bucket():
     b = Batcher(pipe, max_batch_size=8, max_delay_s=0.3, trim_to_bucket=True)
     try:
         futs = [b.submit(np.zeros(100 + i, np.float32), DecodeOptions()) for i in range(7)]
-        assert [f.result(5)["text"] for f in futs] == [f" n={100 + i}" for i in range(7)]
+        assert [f.result(5).text for f in futs] == [f" n={100 + i}" for i in range(7)]
         assert pipe.calls == [4, 2, 1]  # no padding rows; arrival order kept
     finally:
         b.stop()
@@ -113,7 +113,7 @@ def test_batcher_waits_only_for_announced_requests():
     opts = DecodeOptions()
     try:
         t = time.monotonic()
-        assert b.submit(np.zeros(10, np.float32), opts).result(5)["text"] == " n=10"
+        assert b.submit(np.zeros(10, np.float32), opts).result(5).text == " n=10"
         assert time.monotonic() - t < 1.5  # alone: not held back for the 3 s delay
         # A request still on its way (being received/decoded): the group waits for it.
         release = threading.Event()
@@ -133,7 +133,7 @@ def test_batcher_waits_only_for_announced_requests():
             time.sleep(0.3)
             assert not first.done()
             release.set()
-            assert (first.result(5)["text"], later.result(5).result(5)["text"]) == (" n=11", " n=12")
+            assert (first.result(5).text, later.result(5).result(5).text) == (" n=11", " n=12")
             assert pipe.calls[-1] == 2
             # One that fails before it is submitted ends the wait too.
             release.clear()
@@ -143,7 +143,7 @@ def test_batcher_waits_only_for_announced_requests():
             first = b.submit(np.zeros(14, np.float32), opts)
             t = time.monotonic()
             release.set()
-            assert first.result(5)["text"] == " n=14" and time.monotonic() - t < 1.5
+            assert first.result(5).text == " n=14" and time.monotonic() - t < 1.5
             with pytest.raises(ValueError):
                 failing.result(5)
     finally:
@@ -157,12 +157,12 @@ def test_batcher_failure_costs_only_the_failing_request():
     try:
         bad = np.full(100, 0.5, np.float32)
         futs = [b.submit(x, DecodeOptions()) for x in (np.zeros(7, np.float32), bad, np.zeros(9, np.float32))]
-        assert futs[0].result(5)["text"] == " n=7"
-        assert futs[2].result(5)["text"] == " n=9"
+        assert futs[0].result(5).text == " n=7"
+        assert futs[2].result(5).text == " n=9"
         with pytest.raises(ValueError, match="poisoned"):
             futs[1].result(5)
         assert pipe.calls == [3, 1, 1, 1]
-        assert b.submit(np.zeros(3, np.float32), DecodeOptions()).result(5)["text"] == " n=3"  # still serving
+        assert b.submit(np.zeros(3, np.float32), DecodeOptions()).result(5).text == " n=3"  # still serving
     finally:
         b.stop()
 
@@ -181,8 +181,8 @@ def test_batcher_queue_limit_and_cancelled_requests():
             b.submit(np.zeros(9, np.float32), DecodeOptions())
         assert waiting[0].cancel()  # the caller gave up: never decoded
         gate.set()
-        assert first.result(5)["text"] == " n=1"
-        assert waiting[1].result(5)["text"] == " n=3"
+        assert first.result(5).text == " n=1"
+        assert waiting[1].result(5).text == " n=3"
         assert pipe.calls == [1, 1]
     finally:
         gate.set()
@@ -206,7 +206,7 @@ def test_batcher_cancelled_requests_free_their_queue_slots():
         with pytest.raises(QueueFull):
             b.submit(np.zeros(9, np.float32), DecodeOptions())
         gate.set()
-        assert [f.result(5)["text"] for f in [first] + fresh] == [" n=1", " n=7", " n=8"]
+        assert [f.result(5).text for f in [first] + fresh] == [" n=1", " n=7", " n=8"]
         assert pipe.calls == [1, 1, 1] and b.stats["dropped"] == 2
     finally:
         gate.set()
@@ -215,7 +215,7 @@ def test_batcher_cancelled_requests_free_their_queue_slots():
 
 def test_warmup_compiles_plain_and_word_timestamp_programs_per_bucket():
     pipe = FakePipeline()
-    service = Service(ServingSettings(model="fake", ui=False, warmup=True, max_batch_size=4), pipeline=pipe)
+    service = Service(serve_settings(model="fake", ui=False, warmup=True, max_batch_size=4), pipeline=pipe)
     service.start(background=False)
     try:
         assert service.ready
@@ -225,7 +225,7 @@ def test_warmup_compiles_plain_and_word_timestamp_programs_per_bucket():
     finally:
         service.stop()
     pipe = FakePipeline()
-    service = Service(ServingSettings(model="fake", ui=False, warmup=True, warmup_timestamps=False,
+    service = Service(serve_settings(model="fake", ui=False, warmup=True, warmup_timestamps=False,
                                       max_batch_size=2), pipeline=pipe)
     service.start(background=False)
     service.stop()
@@ -276,6 +276,7 @@ def test_verbose_json_words_and_segment_statistics_fake_pipeline(fake_app):
     (seg,) = v["segments"]
     assert (seg["avg_logprob"], seg["no_speech_prob"], seg["compression_ratio"], seg["temperature"]) == (
         -0.25, 0.125, 1.5, 0.0)
+    assert seg["tokens"] == [ord(c) for c in " n=16000"]  # the segment's own tokens, not re-encoded text
     r = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", one_s, "audio/wav")},
                     data={"response_format": "verbose_json", "timestamp_granularities[]": ["word", "segment"]})
     assert r.status_code == 200, r.text
@@ -305,7 +306,7 @@ def test_health_not_ready_until_started():
 
     from whisper_t5x.app.serving import create_app
 
-    service = Service(ServingSettings(model="fake", ui=False, warmup=False), pipeline=FakePipeline())
+    service = Service(serve_settings(model="fake", ui=False, warmup=False), pipeline=FakePipeline())
     with TestClient(create_app(service, start=False)) as client:
         r = client.get("/health")
         assert r.status_code == 503 and r.json()["status"] == "starting"
@@ -315,13 +316,13 @@ def test_health_not_ready_until_started():
 
 
 def test_settings_from_flags_and_gin(monkeypatch):
-    from whisper_t5x.app.launch import GinConfigError
+    from whisper_t5x.app.gin_config import GinConfigError
     from whisper_t5x.app.serving.server import settings_from_args
 
     monkeypatch.delenv("WHISPER_T5X_API_KEY", raising=False)
-    s = settings_from_args(["--gin.ServeConfig.max_batch_size=16", "--gin.PORT=9001", "--model", "tiny.en",
+    s = settings_from_args(["--gin.PartitionSection.batch_size=16", "--gin.PORT=9001", "--model", "tiny.en",
                             "--max_upload_mb", "3", "--no_ui"])
-    assert (s.model, s.port, s.max_batch_size, s.max_upload_mb, s.ui, s.api_key) == ("tiny.en", 9001, 16, 3.0,
+    assert (s.model.name, s.port, s.max_batch_size, s.max_upload_mb, s.ui, s.api_key) == ("tiny.en", 9001, 16, 3.0,
                                                                                        False, None)
     assert settings_from_args(["--batch_size", "2", "--port", "7860"]).max_batch_size == 2
     monkeypatch.setenv("WHISPER_T5X_API_KEY", "from-env")

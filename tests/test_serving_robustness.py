@@ -30,8 +30,8 @@ pytest.importorskip("httpx")
 import httpx  # noqa: E402
 
 from tests._server_helpers import REPO, InProcessServer, get_json  # noqa: E402
-from tests._serving_fakes import FakePipeline, assert_error, fake_app, post_audio, wav_bytes  # noqa: E402,F401,F811
-from whisper_t5x.app.serving.service import Service, ServingSettings  # noqa: E402
+from tests._serving_fakes import FakePipeline, assert_error, fake_app, post_audio, serve_settings, wav_bytes  # noqa: E402,F401,F811,E501
+from whisper_t5x.app.serving.service import Service  # noqa: E402
 
 
 def _rss_mb(field: str = "VmRSS") -> float:
@@ -76,7 +76,7 @@ def test_hours_of_audio_in_a_small_upload_are_refused_before_decoding(fake_app, 
 
 
 def test_port_out_of_range_is_rejected(monkeypatch, capsys):
-    from whisper_t5x.app.launch import GinConfigError
+    from whisper_t5x.app.gin_config import GinConfigError
     from whisper_t5x.app.serving.server import main, settings_from_args
 
     for bad in (["--port", "99999"], ["--port", "-1"], ["--port", "65536"], ["--gin.PORT=70000"]):
@@ -136,7 +136,7 @@ def test_disconnected_clients_are_dropped_quietly_and_free_their_slots(caplog):
     caplog.set_level(logging.DEBUG, logger="whisper_t5x")
     gate = threading.Event()
     pipe = FakePipeline(gate=gate)
-    service = Service(ServingSettings(model="fake", ui=False, warmup=False, max_batch_size=1, max_batch_delay_ms=0,
+    service = Service(serve_settings(model="fake", ui=False, warmup=False, max_batch_size=1, max_batch_delay_ms=0,
                                       max_queue=1), pipeline=pipe)
     audio = {n: wav_bytes(np.full(n, 0.1, np.float32)) for n in (1600, 3200, 4800)}
     try:
@@ -180,7 +180,7 @@ def test_seed_gradio_call_without_a_key_fake_pipeline():
 
     from whisper_t5x.app.serving import create_app
 
-    service = Service(ServingSettings(model="fake", warmup=False, max_batch_delay_ms=1.0), pipeline=FakePipeline())
+    service = Service(serve_settings(model="fake", warmup=False, max_batch_delay_ms=1.0), pipeline=FakePipeline())
     with InProcessServer(create_app(service)) as srv:
         assert service.wait_ready(10)
         client = Client(srv.url + "/", verbose=False)

@@ -10,8 +10,8 @@ A *section* is a frozen dataclass and a gin configurable, holding one concern:
   how far audio decoding runs ahead.
 
 A *job config* composes the sections it needs and adds its own fields:
-:class:`TranscribeConfig` (the file job) and ``LabelConfig``
-(:mod:`whisper_t5x.app.label.config`).
+:class:`TranscribeConfig` (the file job), ``LabelConfig``
+(:mod:`whisper_t5x.app.label.config`) and :class:`ServeConfig` (the server).
 Sections are built through gin when a job config is made, so one binding
 (``PartitionSection.batch_size = 32`` in ``configs/hardware/tpu_v4_8.gin``)
 configures the transcribe run, the labelling run and the server alike, and
@@ -34,7 +34,7 @@ from whisper_t5x.text.tokenizer import TASKS
 
 __all__ = [
     "DTYPES", "DEFAULT_PIPELINE", "ModelSection", "PartitionSection", "DecodeSection", "GroupingSection",
-    "TranscribeConfig", "positive_int",
+    "TranscribeConfig", "ServeConfig", "SERVE_BATCH_SIZE", "positive_int",
 ]
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -244,3 +244,66 @@ class TranscribeConfig:
     def __post_init__(self):
         check_required(self)
         self.output_formats = writers.parse_formats(self.output_formats)
+
+
+SERVE_BATCH_SIZE = 8
+
+
+@gin.configurable
+@dataclasses.dataclass
+class ServeConfig:
+    """The transcription endpoint (``whisper-t5x serve``, ``configs/runs/serve.gin``).
+
+    Attributes:
+      model, partition, decode: the shared sections; ``partition.batch_size``
+        is the rows of one compiled batch (windows of several requests; default
+        :data:`SERVE_BATCH_SIZE`); ``decode`` gives the long-form mode, the
+        windowing and the fallback thresholds (task, language, timestamps and
+        temperature come with each request).
+      host, port: listen address (port 0: any free port).
+      max_batch_delay_ms: how long a request waits for others to batch with.
+      max_queue: waiting requests beyond which new ones get 503.
+      max_upload_mb: largest accepted upload.
+      max_audio_s: longest accepted audio (checked before decoding it all).
+      request_timeout_s: a request not answered by then gets 504.
+      api_key: if set, the REST API requires ``Authorization: Bearer <api_key>`` and the
+        Gradio UI and API a login with it as the password (:mod:`whisper_t5x.app.serving.ui`).
+      warmup: compile the common programs before reporting ready.
+      warmup_timestamps: also compile the timestamp and word-timestamp programs.
+      ui: mount the Gradio UI at ``/``.
+    """
+
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    partition: PartitionSection = dataclasses.field(default_factory=PartitionSection)
+    decode: DecodeSection = dataclasses.field(default_factory=DecodeSection)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_delay_ms: float = 10.0
+    max_queue: int = 64
+    max_upload_mb: float = 25.0
+    max_audio_s: float = 3600.0
+    request_timeout_s: float = 600.0
+    api_key: Optional[str] = None
+    warmup: bool = True
+    warmup_timestamps: bool = True
+    ui: bool = True
+
+    def __post_init__(self):
+        check_required(self)
+        port = self.port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"ServeConfig.port must be 1-65535 (or 0: any free port), got {port!r}")
+        positive_int(self.max_queue, "ServeConfig.max_queue")
+        for name in ("max_batch_delay_ms", "max_upload_mb", "max_audio_s", "request_timeout_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"ServeConfig.{name} must be a finite number >= 0, got {v!r}")
+
+    @property
+    def max_batch_size(self) -> int:
+        """Rows per compiled batch: ``partition.batch_size`` or :data:`SERVE_BATCH_SIZE`."""
+        return self.partition.batch_size or SERVE_BATCH_SIZE
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

@@ -119,7 +119,6 @@ def parse_gin(
     """
     import partitioning.gin_bindings  # noqa: F401 - presets bind @partitioning.PjitPartitioner
     from whisper_t5x.app import config  # noqa: F401 - registers the sections and job configs
-    from whisper_t5x.app import launch  # noqa: F401 - the server's ServeConfig, until it composes the sections
 
     search = list(search_paths) if search_paths else []
     search += [p for p in default_search_paths() if p not in search]

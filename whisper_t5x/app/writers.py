@@ -105,44 +105,17 @@ def cues(result: Transcription) -> List[Cue]:
     return out
 
 
-# ------------------------------------------------------ seed dicts (temporary)
-def _typed(result: Any, duration: Optional[float] = None) -> Transcription:
-    """``result`` as a Transcription; a seed dict (``{"text", "chunks"}``) is converted.
-
-    Only the server still hands writers seed dicts; this bridge goes when it
-    reads typed results.
-    """
-    if isinstance(result, Transcription):
-        return result
-    chunks = [c for c in (result.get("chunks") or []) if isinstance(c, dict)]
-    spans = [(tuple(c.get("timestamp") or (None, None)) + (None, None))[:2] for c in chunks]
-    segments: tuple = ()
-    if any(s is not None or e is not None for s, e in spans):
-        segments = tuple(Segment(s, e, str(c.get("text") or "")) for (s, e), c in zip(spans, chunks))
-    text = result.get("text")
-    if text is None:
-        text = "".join(str(c.get("text") or "") for c in chunks)
-    return Transcription(str(text), segments, result.get("language"), duration)
-
-
-def segments_from_result(result: Any, duration: Optional[float] = None) -> List[Cue]:
-    """:func:`cues` of a seed dict (the server's, until it reads typed results)."""
-    return cues(_typed(result, duration))
-
-
 # ---------------------------------------------------------------- writers
 def to_txt(result: Transcription) -> str:
     return "".join(c.text + "\n" for c in cues(result))
 
 
-def to_srt(result: Transcription, duration: Optional[float] = None) -> str:
-    result = _typed(result, duration)
+def to_srt(result: Transcription) -> str:
     return "\n".join(f"{i}\n{format_timestamp(c.start, ',')} --> {format_timestamp(c.end, ',')}\n{c.text}\n"
                      for i, c in enumerate(cues(result), start=1))
 
 
-def to_vtt(result: Transcription, duration: Optional[float] = None) -> str:
-    result = _typed(result, duration)
+def to_vtt(result: Transcription) -> str:
     out = ["WEBVTT\n"]
     for c in cues(result):
         out.append(f"{format_timestamp(c.start)} --> {format_timestamp(c.end)}\n{c.text}\n")

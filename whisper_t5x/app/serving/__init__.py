@@ -12,7 +12,7 @@ see :mod:`whisper_t5x.app.serving.server` for the flags. Pieces:
 """
 
 from whisper_t5x.app.serving.batcher import Batcher, DecodeOptions, QueueFull
-from whisper_t5x.app.serving.service import Service, ServiceError, ServingSettings
+from whisper_t5x.app.serving.service import ServeConfig, Service, ServiceError
 
 
 def main(argv=None) -> int:
@@ -28,5 +28,5 @@ def create_app(service, start: bool = True):
     return _create_app(service, start)
 
 
-__all__ = ["Batcher", "DecodeOptions", "QueueFull", "Service", "ServiceError", "ServingSettings", "main",
+__all__ = ["Batcher", "DecodeOptions", "QueueFull", "ServeConfig", "Service", "ServiceError", "main",
            "create_app"]

@@ -35,8 +35,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from whisper_t5x.app import writers as outputs_lib
-from whisper_t5x.audio.loading import SAMPLE_RATE
 from whisper_t5x.app.serving.service import Service, ServiceError, internal_error
+from whisper_t5x.results import STATISTICS, Transcription
 
 logger = logging.getLogger("whisper_t5x.app.serving")
 
@@ -57,7 +57,7 @@ async def _until_disconnected(request: Request) -> None:
             return
 
 
-async def _wait_result(request: Request, fut: Any, timeout: float) -> Dict[str, Any]:
+async def _wait_result(request: Request, fut: Any, timeout: float) -> Transcription:
     """The submitted request's result; cancels it if the client disconnects first or the timeout passes.
 
     A cancelled request still waiting in the batcher is never decoded and no
@@ -153,77 +153,57 @@ def _float(value: Any, digits: int = 4) -> Optional[float]:
         return None
 
 
-def _verbose_segments(result: Dict[str, Any], duration: float, tokenizer: Any) -> List[Dict[str, Any]]:
-    """OpenAI's verbose_json segments, with the decoding statistics the chunks carry (None where absent)."""
-    from whisper_t5x.longform.fallback import compression_ratio
-
-    segs = outputs_lib.segments_from_result(result, duration)
-    # segments_from_result keeps the chunks with text, in order: pair them up for their statistics.
-    chunks = [c for c in (result.get("chunks") or [])
-              if isinstance(c, dict) and str(c.get("text") or "").strip()]
-    if len(chunks) != len(segs):
-        chunks = [{}] * len(segs)
+def _verbose_segments(result: Transcription) -> List[Dict[str, Any]]:
+    """OpenAI's verbose_json segments: each segment's own tokens and decoding statistics (None where absent)."""
     out = []
-    for i, (s, c) in enumerate(zip(segs, chunks)):
-        tokens: List[int] = [int(t) for t in c.get("tokens") or ()]
-        if not tokens and tokenizer is not None:
-            try:
-                tokens = [int(t) for t in tokenizer.encode(" " + s.text)]
-            except Exception:  # noqa: BLE001 - tokens are informative only
-                tokens = []
-        ratio = c.get("compression_ratio")
-        if ratio is None and s.text:
-            ratio = compression_ratio(s.text)
+    for i, c in enumerate(outputs_lib.cues(result)):
+        s = c.segment  # None: the one cue of a result without segments
+        stat = {k: None if s is None else getattr(s, k) for k in STATISTICS}
+        seek = s.seek if s is not None and s.seek is not None else int(round(c.start * 100))
         out.append({
-            "id": i, "seek": int(round(s.start * 100)), "start": round(s.start, 3), "end": round(s.end, 3),
-            "text": s.text, "tokens": tokens, "temperature": _float(c.get("temperature"), 2),
-            "avg_logprob": _float(c.get("avg_logprob")), "compression_ratio": _float(ratio),
-            "no_speech_prob": _float(c.get("no_speech_prob")),
+            "id": i, "seek": int(seek), "start": round(c.start, 3), "end": round(c.end, 3), "text": c.text,
+            "tokens": [int(t) for t in s.tokens] if s is not None else [],
+            "temperature": _float(stat["temperature"], 2), "avg_logprob": _float(stat["avg_logprob"]),
+            "compression_ratio": _float(stat["compression_ratio"]), "no_speech_prob": _float(stat["no_speech_prob"]),
         })
     return out
 
 
-def render(result: Dict[str, Any], fmt: str, task: str, duration: float, tokenizer: Any = None,
-           words: bool = False) -> Response:
-    """The response body of ``result`` in ``fmt``.
+def _verbose_words(result: Transcription) -> List[Dict[str, Any]]:
+    """OpenAI's ``words``: ``{"word", "start", "end"}`` of every aligned word with text."""
+    out = []
+    for w in result.words:
+        word = w.word.strip()
+        if word:
+            start = round(float(w.start), 3)
+            out.append({"word": word, "start": start, "end": max(start, round(float(w.end), 3))})
+    return out
 
-    ``words``: ``result`` is a word-timestamp result (``chunks`` are words,
-    ``segments`` the segments; :func:`whisper_t5x.longform.sequential.pipeline_word_timestamps`);
-    verbose_json then lists them as OpenAI's ``words`` next to the segments.
-    """
-    text = str(result.get("text") or "").strip()
-    word_list = None
-    if words:
-        word_list = []
-        for c in result.get("chunks") or []:
-            word = str(c.get("text") or "").strip()
-            start, end = (tuple(c.get("timestamp") or ()) + (None, None))[:2]
-            if word and start is not None:
-                start = round(float(start), 3)
-                word_list.append({"word": word, "start": start,
-                                  "end": max(start, round(float(end), 3)) if end is not None else start})
-        result = dict(result, chunks=result.get("segments") or [])
+
+def render(result: Transcription, fmt: str, task: str, words: bool = False) -> Response:
+    """The response body of ``result`` in ``fmt``; ``words``: verbose_json also lists OpenAI's ``words``."""
+    text = result.text.strip()
     if fmt == "json":
         return JSONResponse({"text": text})
     if fmt == "text":
         return PlainTextResponse(text + "\n")
     if fmt == "srt":
-        return PlainTextResponse(outputs_lib.to_srt(result, duration))
+        return PlainTextResponse(outputs_lib.to_srt(result))
     if fmt == "vtt":
-        return PlainTextResponse(outputs_lib.to_vtt(result, duration), media_type="text/vtt")
+        return PlainTextResponse(outputs_lib.to_vtt(result), media_type="text/vtt")
     # verbose_json
     from whisper_t5x.text.languages import LANGUAGES
 
-    lang = result.get("language")
+    lang = result.language
     body = {
         "task": task,
         "language": LANGUAGES.get(lang, lang) if lang else None,
-        "duration": round(duration, 3),
+        "duration": round(float(result.duration), 3),
         "text": text,
-        "segments": _verbose_segments(result, duration, tokenizer),
+        "segments": _verbose_segments(result),
     }
-    if word_list is not None:
-        body["words"] = word_list
+    if words:
+        body["words"] = _verbose_words(result)
     return JSONResponse(body)
 
 
@@ -241,7 +221,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
             _check_api_key(service, request)
         except ServiceError as e:
             return error_response(e)
-        model = {"id": service.settings.model, "object": "model", "owned_by": "whisper_t5x"}
+        model = {"id": service.settings.model.name, "object": "model", "owned_by": "whisper_t5x"}
         return {"object": "list", "data": [model]}
 
     async def handle(request: Request, task: str) -> Response:
@@ -293,8 +273,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
                 del data
                 fut = service.submit(audio, options)
             result = await _wait_result(request, fut, service.settings.request_timeout_s)
-            return render(result, fmt, task, audio.shape[0] / SAMPLE_RATE, getattr(service.pipeline, "tokenizer", None),
-                          words=options.word_timestamps)
+            return render(result, fmt, task, words=options.word_timestamps)
         except ClientGone:
             logger.debug("%s request dropped: the client disconnected", task)
             return Response(status_code=CLIENT_CLOSED)

@@ -10,7 +10,7 @@ and transcribes them in one pipeline call. With ``announce``, front ends
 announce requests still being received or decoded (:meth:`Batcher.arriving`)
 and the wait also ends as soon as none is on its way: a lone request is not
 held back for companions that are not coming. The pipeline packs the windows of all the inputs of a call into
-its compiled batches (``FlaxWhisperPipeline.__call__`` with a list), so eight
+its compiled batches (``FlaxWhisperPipeline.transcribe`` with a list), so eight
 concurrent one-window requests cost one batch of eight rows instead of eight
 batches of one.
 
@@ -32,8 +32,10 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from whisper_t5x.audio.loading import SAMPLE_RATE
+from whisper_t5x.app.config import DecodeSection
+from whisper_t5x.audio.constants import SAMPLE_RATE
 from whisper_t5x.longform.windows import split_windows, window_params
+from whisper_t5x.results import Transcription
 
 logger = logging.getLogger("whisper_t5x.app.serving")
 
@@ -59,7 +61,11 @@ class BatcherStopped(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class DecodeOptions:
-    """Options that must be equal for requests to share a batch (hashable)."""
+    """A request's options, which must be equal for requests to share a batch (hashable).
+
+    The rest (long-form mode, windowing, fallback thresholds) is the server's
+    :class:`~whisper_t5x.app.config.DecodeSection`, the same for every request.
+    """
 
     task: str = "transcribe"
     language: Optional[str] = None
@@ -68,19 +74,19 @@ class DecodeOptions:
     prompt_ids: Tuple[int, ...] = ()
     word_timestamps: bool = False  # sequential decoding with word timings (whisper_t5x.longform.sequential)
 
-    def pipeline_kwargs(self) -> Dict[str, Any]:
-        gk: Dict[str, Any] = {}
+    def pipeline_kwargs(self, decode: Optional[DecodeSection] = None) -> Dict[str, Any]:
+        """``pipe.transcribe`` keyword arguments: ``decode`` (default: a plain
+        :class:`DecodeSection`) with this request's options over it."""
+        decode = decode if decode is not None else DecodeSection()
+        kwargs = decode.transcribe_kwargs(task=self.task, language=self.language,
+                                          timestamps=bool(self.return_timestamps),
+                                          word_timestamps=bool(self.word_timestamps))
+        gk = kwargs["generate_kwargs"]
         if self.temperature is not None:
             gk["temperature"] = float(self.temperature)
         if self.prompt_ids:
             gk["prompt_ids"] = np.asarray(self.prompt_ids, np.int32)
-        return dict(
-            task=self.task,
-            language=self.language,
-            return_timestamps="word" if self.word_timestamps else bool(self.return_timestamps),
-            return_language=True,
-            generate_kwargs=gk or None,
-        )
+        return kwargs
 
 
 @dataclasses.dataclass(eq=False)  # identity equality (holds arrays)
@@ -93,16 +99,19 @@ class _Request:
 
 
 class Batcher:
-    """Owns ``pipeline`` in a worker thread; :meth:`submit` returns a Future of the result dict.
+    """Owns ``pipeline`` in a worker thread; :meth:`submit` returns a Future of the
+    :class:`~whisper_t5x.results.Transcription`.
 
     Args:
-      pipeline: a ``FlaxWhisperPipeline`` (or anything with its call signature).
+      pipeline: a ``FlaxWhisperPipeline`` (or anything with its ``transcribe`` signature).
       max_batch_size: rows per compiled batch; a group is closed once its
         requests hold this many windows.
       max_delay_s: how long the first request of a group may wait (from its
         arrival) for companions.
       max_queue: waiting requests beyond which :meth:`submit` raises :class:`QueueFull`.
-      chunk_length_s: window length (as the pipeline's argument).
+      decode: the server's decoding section (windowing, long-form mode,
+        fallback thresholds; default: a plain :class:`DecodeSection`).
+      call: what is called instead of ``pipeline.transcribe``.
       trim_to_bucket: close a short group at a power-of-two number of windows
         instead of padding it (default: on for the CPU backend, where padding
         rows cost as much as real ones; off on accelerators).
@@ -112,15 +121,16 @@ class Batcher:
     """
 
     def __init__(self, pipeline: Any, max_batch_size: int = 8, max_delay_s: float = 0.01, max_queue: int = 64,
-                 chunk_length_s: float = 30.0, call: Optional[Callable[..., Any]] = None,
+                 decode: Optional[DecodeSection] = None, call: Optional[Callable[..., Any]] = None,
                  trim_to_bucket: Optional[bool] = None, announce: bool = False):
         self.pipeline = pipeline
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_delay_s = max(0.0, float(max_delay_s))
         self.max_queue = max(1, int(max_queue))
-        self.chunk_length_s = float(chunk_length_s)
-        self._chunk, self._stride = window_params(self.chunk_length_s, None, SAMPLE_RATE)
-        self._call = call or pipeline
+        self.decode = decode if decode is not None else DecodeSection()
+        self._chunk, self._stride = window_params(self.decode.chunk_length_s, self.decode.stride_length_s,
+                                                  SAMPLE_RATE)
+        self._call = call or pipeline.transcribe
         if trim_to_bucket is None:
             trim_to_bucket = _default_trim()
         self.trim_to_bucket = bool(trim_to_bucket)
@@ -161,7 +171,7 @@ class Batcher:
                 self._arriving -= 1
                 self._cond.notify_all()
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions, timeout: Optional[float] = None) -> Dict[str, Any]:
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions, timeout: Optional[float] = None) -> Transcription:
         """Blocking helper: submit and wait (the Future is cancelled on timeout)."""
         fut = self.submit(audio, options)
         try:
@@ -290,12 +300,11 @@ class Batcher:
         self.stats["requests"] += len(group)
         self.stats["windows"] += sum(r.num_windows for r in group)
         self.stats["max_group"] = max(self.stats["max_group"], len(group))
-        kwargs = group[0].options.pipeline_kwargs()
+        kwargs = group[0].options.pipeline_kwargs(self.decode)
         t0 = time.perf_counter()
         try:
-            results = self._call([r.audio for r in group], chunk_length_s=self.chunk_length_s,
-                                 batch_size=self.max_batch_size, **kwargs)
-            if isinstance(results, dict):
+            results = self._call([r.audio for r in group], batch_size=self.max_batch_size, **kwargs)
+            if isinstance(results, Transcription):
                 results = [results]
             results = list(results)
             if len(results) != len(group):
@@ -317,8 +326,7 @@ class Batcher:
 
     def _process_alone(self, r: _Request) -> None:
         try:
-            res = self._call([r.audio], chunk_length_s=self.chunk_length_s, batch_size=self.max_batch_size,
-                             **r.options.pipeline_kwargs())
+            res = self._call([r.audio], batch_size=self.max_batch_size, **r.options.pipeline_kwargs(self.decode))
             r.future.set_result(res[0] if isinstance(res, list) else res)
         except Exception as e:  # noqa: BLE001
             logger.warning("transcription failed: %s: %s", type(e).__name__, e)

@@ -4,13 +4,14 @@
 
     whisper-t5x serve --model base --host 127.0.0.1 --port 8000
     python -m whisper_t5x.app.serving --model tiny.en --port 7860 --api_key SECRET
-    whisper-t5x serve --gin_file runs/serve --gin_file hardware/gpu --gin.ServeConfig.max_batch_size=16
+    whisper-t5x serve --gin_file runs/serve --gin_file hardware/gpu --gin.PartitionSection.batch_size=16
 
-Settings come from ``launch.ServeConfig`` (gin: ``configs/runs/serve.gin``,
-always parsed first when present, then any ``--gin_file`` and
-``--gin.NAME=VALUE`` / ``--gin_bindings``), then from the flags below.
-Serving limits (upload size, audio duration, timeout, API key) are flags,
-or ``ServeConfig`` fields of the same name when it has them.
+Settings are a :class:`whisper_t5x.app.config.ServeConfig`: the shared
+sections (``ModelSection``, ``PartitionSection``, ``DecodeSection``, bound by the
+same ``configs/hardware/*.gin`` presets as ``transcribe`` and ``label``) plus
+the server's own fields. gin first (``configs/runs/serve.gin`` when present,
+then any ``--gin_file`` and ``--gin.NAME=VALUE`` / ``--gin_bindings``), then the
+flags below, each the binding of one field (:data:`FLAG_FIELDS`).
 The API key may also come from ``$WHISPER_T5X_API_KEY``; with one, the REST
 API wants ``Authorization: Bearer KEY`` and the Gradio UI and API a login
 (any user name, the key as password; see :mod:`.ui`). At start-up the server
@@ -27,7 +28,9 @@ import socket
 import sys
 from typing import Any, Optional, Sequence
 
-from whisper_t5x.app.serving.service import Service, ServingSettings
+from whisper_t5x.app import gin_config, logs
+from whisper_t5x.app.config import DTYPES, ServeConfig
+from whisper_t5x.app.serving.service import Service
 
 logger = logging.getLogger("whisper_t5x.app.serving")
 
@@ -66,7 +69,7 @@ def create_app(service: Service, start: bool = True) -> Any:
     else:
         @app.get("/")
         async def root():
-            return JSONResponse({"service": "whisper_t5x", "model": service.settings.model,
+            return JSONResponse({"service": "whisper_t5x", "model": service.settings.model.name,
                                  "endpoints": ["/v1/audio/transcriptions", "/v1/audio/translations", "/health"]})
     return app
 
@@ -74,15 +77,15 @@ def create_app(service: Service, start: bool = True) -> Any:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whisper-t5x serve", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model name or checkpoint path (default: ServeConfig.model, 'base')")
+    p.add_argument("--model", help="model name or checkpoint path (ModelSection.name, default 'base')")
     p.add_argument("--host", help="listen address (default: ServeConfig.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port, 1-65535 (default: ServeConfig.port, 8000; 0 picks a free "
                    "one, printed at start-up)")
-    p.add_argument("--batch_size", type=int, help="rows per compiled batch (ServeConfig.max_batch_size)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    p.add_argument("--batch_size", type=int, help="rows per compiled batch (PartitionSection.batch_size, default 8)")
+    p.add_argument("--dtype", choices=list(DTYPES), help="compute dtype (ModelSection.dtype)")
     p.add_argument("--max_batch_delay_ms", type=float, help="how long a request waits for others to batch with")
     p.add_argument("--max_queue", type=int, help="waiting requests beyond which new ones get 503")
-    p.add_argument("--chunk_length_s", type=float, help="long-form window length (s)")
+    p.add_argument("--chunk_length_s", type=float, help="long-form window length (s) (DecodeSection.chunk_length_s)")
     p.add_argument("--max_upload_mb", type=float, help="largest accepted upload (default 25)")
     p.add_argument("--max_audio_s", type=float, help="longest accepted audio in seconds (default 3600)")
     p.add_argument("--request_timeout_s", type=float, help="per-request timeout (default 600)")
@@ -98,73 +101,54 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_SERVE_FIELDS = ("model", "dtype", "host", "port", "max_batch_size", "max_batch_delay_ms", "max_queue",
-                 "chunk_length_s", "max_length", "partitioner", "pipeline")
-_LIMIT_FIELDS = ("max_upload_mb", "max_audio_s", "request_timeout_s", "api_key")
+# flag -> the field it binds (flags whose value is None were not given)
+FLAG_FIELDS = {
+    "model": "ModelSection.name",
+    "dtype": "ModelSection.dtype",
+    "batch_size": "PartitionSection.batch_size",
+    "chunk_length_s": "DecodeSection.chunk_length_s",
+    **{f: f"ServeConfig.{f}" for f in ("host", "port", "max_batch_delay_ms", "max_queue", "max_upload_mb",
+                                        "max_audio_s", "request_timeout_s", "api_key")},
+}
+# --no_X flags -> ServeConfig.X = False
+OFF_FLAGS = {"no_warmup": "warmup", "no_warmup_timestamps": "warmup_timestamps", "no_ui": "ui"}
 
 
-def settings_from_args(argv: Sequence[str]) -> ServingSettings:
-    """Parses ``argv`` (without the program name); gin first, flags on top."""
-    from whisper_t5x.app import launch
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    return _parser().parse_args(gin_config.rewrite_gin_args(list(argv)))
 
-    args = _parser().parse_args(launch.rewrite_gin_args(list(argv)))
+
+def settings_from_args(argv: Sequence[str]) -> ServeConfig:
+    """Parses ``argv`` (without the program name); gin first, flags on top (``GinConfigError`` if invalid)."""
+    args = _parse(argv)
     search = [s for s in args.gin_search_paths.split(",") if s.strip()]
     files = list(args.gin_file)
     try:  # configs/runs/serve.gin first when the source tree has it (its MODEL/HOST/PORT macros)
-        launch.resolve_gin_file(DEFAULT_GIN, search + launch.default_search_paths())
+        gin_config.resolve_gin_file(DEFAULT_GIN, search + gin_config.default_search_paths())
         files.insert(0, DEFAULT_GIN)
-    except launch.GinConfigError:
+    except gin_config.GinConfigError:
         pass
-    launch.parse_gin(files, args.gin_bindings, search)
-    config = launch.make_serve_config()
-    values = {f: getattr(config, f) for f in _SERVE_FIELDS if hasattr(config, f)}
-    values.update({f: getattr(config, f) for f in _LIMIT_FIELDS if getattr(config, f, None) is not None})
-    flag_map = {"model": "model", "host": "host", "port": "port", "batch_size": "max_batch_size", "dtype": "dtype",
-                "max_batch_delay_ms": "max_batch_delay_ms", "max_queue": "max_queue",
-                "chunk_length_s": "chunk_length_s", "max_upload_mb": "max_upload_mb", "max_audio_s": "max_audio_s",
-                "request_timeout_s": "request_timeout_s", "api_key": "api_key"}
-    for flag, field in flag_map.items():
-        v = getattr(args, flag)
-        if v is not None:
-            values[field] = v
-    if not values.get("api_key") and os.environ.get(API_KEY_ENV):
-        values["api_key"] = os.environ[API_KEY_ENV]
-    if values.get("pipeline") == launch.DEFAULT_PIPELINE:
-        values["pipeline"] = None
-    values["warmup"] = not args.no_warmup
-    values["warmup_timestamps"] = not args.no_warmup_timestamps
-    values["ui"] = not args.no_ui
-    settings = ServingSettings(**values)
-    if settings.max_batch_size < 1:
-        raise launch.GinConfigError(f"batch size must be >= 1, got {settings.max_batch_size}")
-    port = settings.port
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise launch.GinConfigError(f"port must be 1-65535 (or 0: any free port), got {port!r}")
-    settings._log_level = args.log_level  # type: ignore[attr-defined]
+    explicit = [gin_config.flag_binding(target, getattr(args, flag))
+                for flag, target in FLAG_FIELDS.items() if getattr(args, flag) is not None]
+    explicit += [gin_config.flag_binding(f"ServeConfig.{field}", False)
+                 for flag, field in OFF_FLAGS.items() if getattr(args, flag)]
+    gin_config.parse_gin(files, args.gin_bindings, search, explicit)
+    settings = gin_config.make(ServeConfig)
+    if not settings.api_key and os.environ.get(API_KEY_ENV):
+        settings.api_key = os.environ[API_KEY_ENV]
     return settings
-
-
-def _setup_logging(level: str) -> None:
-    log = logging.getLogger("whisper_t5x")
-    log.setLevel(getattr(logging, level.upper()))
-    if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S"))
-        log.addHandler(h)
-        log.propagate = False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``whisper_t5x.app.serving.main([prog, *args])``; blocks until the server stops. Returns the exit status."""
-    from whisper_t5x.app import launch
-
     argv = list(sys.argv if argv is None else argv)
     try:
         settings = settings_from_args(argv[1:])
-    except launch.GinConfigError as e:
+    except gin_config.GinConfigError as e:
         print(f"whisper-t5x serve: error: {e}", file=sys.stderr)
         return 2
-    _setup_logging(getattr(settings, "_log_level", "info"))
+    logs.setup_logging(getattr(logging, _parse(argv[1:]).log_level.upper()),
+                       "%(asctime)s %(levelname).1s %(name)s: %(message)s")
     import uvicorn
 
     try:  # bound here, so the address printed is the one served (port 0: the free port chosen)
@@ -178,7 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             timeout_graceful_shutdown=5)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    logger.info("serving %s (UI %s, API key %s)", settings.model, "on" if settings.ui else "off",
+    logger.info("serving %s (UI %s, API key %s)", settings.model.name, "on" if settings.ui else "off",
                 "required" if settings.api_key else "not required")
     print(f"whisper-t5x serve: listening on {url}", flush=True)
     server = uvicorn.Server(config)

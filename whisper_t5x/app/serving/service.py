@@ -2,15 +2,16 @@
 
 :class:`Service` loads the pipeline in a background thread, warms it up
 (compiles the common programs) and only then reports ready; it validates
-requests, enforces the limits of :class:`ServingSettings` and hands decoded
-audio to the :class:`~whisper_t5x.app.serving.batcher.Batcher`.
+requests, enforces the server's limits and hands decoded
+audio to the :class:`~whisper_t5x.app.serving.batcher.Batcher`. Its settings are a
+:class:`whisper_t5x.app.config.ServeConfig`: the shared model, partition and decode
+sections plus the server's own limits.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -21,12 +22,16 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from whisper_t5x.audio.loading import SAMPLE_RATE, AudioError, AudioTooLongError, EmptyAudioError, load_audio
+from whisper_t5x.app.config import ServeConfig
 from whisper_t5x.app.serving.batcher import Batcher, BatcherStopped, DecodeOptions, QueueFull
+from whisper_t5x.audio.constants import SAMPLE_RATE
+from whisper_t5x.audio.loading import AudioError, AudioTooLongError, EmptyAudioError, load_audio
+from whisper_t5x.results import Transcription
+from whisper_t5x.text.tokenizer import TASKS
 
 logger = logging.getLogger("whisper_t5x.app.serving")
 
-__all__ = ["ServingSettings", "Service", "ServiceError", "MAX_PROMPT_TOKENS"]
+__all__ = ["ServeConfig", "Service", "ServiceError", "MAX_PROMPT_TOKENS"]
 
 # openai-whisper keeps at most n_text_ctx // 2 - 1 prompt tokens.
 MAX_PROMPT_TOKENS = 223
@@ -46,53 +51,6 @@ class ServiceError(Exception):
 
     def body(self) -> Dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-@dataclasses.dataclass
-class ServingSettings:
-    """Everything the endpoint needs (built from ``ServeConfig`` + flags by :mod:`.server`).
-
-    Attributes:
-      model: model name or checkpoint path (``tiny.en``, ``base``, ...).
-      dtype: ``float32`` / ``bfloat16`` / ``float16``.
-      max_batch_size: rows per compiled batch (windows of several requests).
-      max_batch_delay_ms: how long a request waits for others to batch with (only while
-        other requests are still being received or decoded).
-      max_queue: waiting requests beyond which new ones get 503.
-      chunk_length_s: window length.
-      max_length: decoder token limit (``None``: model default).
-      max_upload_mb: largest accepted upload.
-      max_audio_s: longest accepted audio (after decoding).
-      request_timeout_s: a request not answered by then gets 504.
-      api_key: if set, the REST API requires ``Authorization: Bearer <api_key>`` and the
-        Gradio UI and API a login with it as the password (:mod:`.ui`).
-      warmup: compile the common programs before reporting ready.
-      warmup_timestamps: also compile the timestamp and word-timestamp programs.
-      ui: mount the Gradio UI at ``/``.
-    """
-
-    model: str = "base"
-    dtype: str = "float32"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch_size: int = 8
-    max_batch_delay_ms: float = 10.0
-    max_queue: int = 64
-    chunk_length_s: float = 30.0
-    max_length: Optional[int] = None
-    partitioner: Any = None
-    pipeline: Any = None
-    max_upload_mb: float = 25.0
-    max_audio_s: float = 3600.0
-    request_timeout_s: float = 600.0
-    api_key: Optional[str] = None
-    warmup: bool = True
-    warmup_timestamps: bool = True
-    ui: bool = True
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
 
 
 def _bucket_sizes(max_batch_size: int) -> List[int]:
@@ -119,8 +77,8 @@ class Service:
     from ``settings`` in the background by :meth:`start`.
     """
 
-    def __init__(self, settings: ServingSettings, pipeline: Any = None,
-                 pipeline_factory: Optional[Callable[[ServingSettings], Any]] = None):
+    def __init__(self, settings: ServeConfig, pipeline: Any = None,
+                 pipeline_factory: Optional[Callable[[ServeConfig], Any]] = None):
         self.settings = settings
         self.pipeline = pipeline
         self._factory = pipeline_factory or _build_pipeline
@@ -148,10 +106,10 @@ class Service:
                 self.state = "loading"
                 t = time.perf_counter()
                 self.pipeline = self._factory(self.settings)
-                logger.info("model %s loaded in %.1f s", self.settings.model, time.perf_counter() - t)
+                logger.info("model %s loaded in %.1f s", self.settings.model.name, time.perf_counter() - t)
             s = self.settings
             self.batcher = Batcher(self.pipeline, s.max_batch_size, s.max_batch_delay_ms / 1000.0, s.max_queue,
-                                   s.chunk_length_s, announce=True)
+                                   s.decode, announce=True)
             if s.warmup:
                 self.state = "warming_up"
                 t = time.perf_counter()
@@ -161,7 +119,7 @@ class Service:
             self.state = "ready"
             self.ready_at = time.time()
             self._ready.set()
-            logger.info("ready: serving %s", s.model)
+            logger.info("ready: serving %s", s.model.name)
         except Exception as e:  # noqa: BLE001
             self.state = "error"
             self.error = f"{type(e).__name__}: {e}"
@@ -181,8 +139,9 @@ class Service:
             modes.append("word")
         for ts in modes:
             for size in _bucket_sizes(s.max_batch_size):
-                self.pipeline([audio] * size, return_timestamps=ts, batch_size=s.max_batch_size,
-                              chunk_length_s=s.chunk_length_s, generate_kwargs={"temperature": 0.0})
+                kwargs = DecodeOptions(return_timestamps=bool(ts), temperature=0.0,
+                                       word_timestamps=ts == "word").pipeline_kwargs(s.decode)
+                self.pipeline.transcribe([audio] * size, batch_size=s.max_batch_size, **kwargs)
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         self._ready.wait(timeout)
@@ -197,7 +156,7 @@ class Service:
             self.batcher.stop()
 
     def health(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"status": "ok" if self.ready else self.state, "model": self.settings.model}
+        out: Dict[str, Any] = {"status": "ok" if self.ready else self.state, "model": self.settings.model.name}
         if self.error:
             out["error"] = self.error
         if self.warmup_s is not None:
@@ -236,7 +195,7 @@ class Service:
         """Validated decoding options (ServiceError 400 on bad values)."""
         self.check_ready()
         task = (task or "transcribe").strip().lower()
-        if task not in ("transcribe", "translate"):
+        if task not in TASKS:
             raise ServiceError(400, f"unknown task {task!r}; use transcribe or translate", param="task")
         lang = (language or "").strip()
         if lang.lower() in ("", "auto", "none", "detect"):
@@ -251,7 +210,7 @@ class Service:
         try:
             self.pipeline.tokenizer.sot_sequence(lang_code, task, timestamps)
         except ValueError as e:
-            raise ServiceError(400, f"{e} (model {self.settings.model})",
+            raise ServiceError(400, f"{e} (model {self.settings.model.name})",
                                param="language" if lang_code else "task") from None
         if temperature is not None:
             if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)) or not 0 <= temperature <= 1:
@@ -323,11 +282,11 @@ class Service:
             return contextlib.nullcontext()
         return self.batcher.arriving()
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Dict[str, Any]:
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Transcription:
         """Blocking transcription with the request timeout (for the UI's worker threads)."""
         return self.result(self.submit(audio, options))
 
-    def result(self, fut: concurrent.futures.Future) -> Dict[str, Any]:
+    def result(self, fut: concurrent.futures.Future) -> Transcription:
         """Waits for a submitted request, with the request timeout."""
         try:
             return fut.result(timeout=self.settings.request_timeout_s)
@@ -357,12 +316,7 @@ def internal_error(e: BaseException) -> ServiceError:
                         code="internal_error")
 
 
-def _build_pipeline(settings: ServingSettings) -> Any:
-    from whisper_t5x.app import launch
+def _build_pipeline(settings: ServeConfig) -> Any:
+    from whisper_t5x.app import build
 
-    config = launch.TranscribeConfig(
-        model=settings.model, dtype=settings.dtype, batch_size=settings.max_batch_size,
-        max_length=settings.max_length, partitioner=settings.partitioner,
-        pipeline=settings.pipeline or launch.DEFAULT_PIPELINE, chunk_length_s=settings.chunk_length_s,
-    )
-    return launch.build_pipeline(config)
+    return build.build_pipeline(settings.model, settings.partition, batch_size=settings.max_batch_size)

@@ -30,8 +30,9 @@ import tempfile
 import time
 from typing import Any, Callable, List, Optional, Tuple
 
-from whisper_t5x.app.writers import format_timestamp, segments_from_result
+from whisper_t5x.app.writers import cues, format_timestamp
 from whisper_t5x.app.serving.service import Service, ServiceError
+from whisper_t5x.results import Transcription
 from whisper_t5x.text.tokenizer import TASKS
 
 DESCRIPTION = (
@@ -67,7 +68,7 @@ def uploaded_path(value: Any, upload_dir: str) -> str:
 
 
 def _language_choices(service: Service) -> List[Tuple[str, str]]:
-    model = str(service.settings.model)
+    model = str(service.settings.model.name)
     if service.pipeline is not None:
         langs = service.languages()
     elif model.endswith(".en"):
@@ -79,11 +80,11 @@ def _language_choices(service: Service) -> List[Tuple[str, str]]:
     return [("auto (detect)", "auto")] + [(f"{name} ({code})", code) for code, name in langs.items()]
 
 
-def format_result(result: dict, timestamps: bool) -> str:
+def format_result(result: Transcription, timestamps: bool) -> str:
     if not timestamps:
-        return str(result.get("text") or "").strip()
+        return result.text.strip()
     lines = []
-    for s in segments_from_result(result):
+    for s in cues(result):
         lines.append(f"[{format_timestamp(s.start, always_include_hours=False)} -> "
                      f"{format_timestamp(s.end, always_include_hours=False)}] {s.text}")
     return "\n".join(lines)
