@@ -80,9 +80,11 @@ def run_clients(url, files, clients, requests, api_key, timeout):
 def window_cost(model, batch_size, dtype, path, reps=3):
     """Seconds per window of the pipeline at batch 1 and ``batch_size`` (best of ``reps`` calls, compiled first)."""
     from whisper_t5x.audio.loading import load_audio
-    from whisper_t5x.app.serving.service import ServingSettings, _build_pipeline
+    from whisper_t5x.app.config import ModelSection, PartitionSection, ServeConfig
+    from whisper_t5x.app.serving.service import _build_pipeline
 
-    settings = ServingSettings(model=model, max_batch_size=batch_size, **({"dtype": dtype} if dtype else {}))
+    settings = ServeConfig(model=ModelSection(name=model, dtype=dtype or "float32"),
+                           partition=PartitionSection(batch_size=batch_size))
     pipe = _build_pipeline(settings)
     audio = load_audio(path)
     out = {}

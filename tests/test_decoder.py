@@ -4,6 +4,7 @@ The fake program answers each row from a table keyed by (row id, temperature): r
 into the features, so padding, regrouping and re-decoding of failing rows are all visible.
 """
 
+import dataclasses
 import types
 
 import numpy as np
@@ -81,18 +82,31 @@ def test_only_failing_rows_are_decoded_again_and_padding_is_dropped():
     table = {(0, 0.0): ([11, 12], -0.2, 0.0), (1, 0.0): ([13], -2.0, 0.0), (2, 0.0): ([14], -0.1, 0.0),
              (1, 0.5): ([15, 16], -0.3, 0.0)}
     dec = FakeDecoder(table)
-    out = dec.decode(_rows([0, 1, 2]), REQUEST)
+    out = dec.decode(_rows([0, 1, 2]), dataclasses.replace(REQUEST, best_of=1))
     assert [r.tokens for r in out] == [(11, 12), (15, 16), (14,)]
     assert [r.temperature for r in out] == [0.0, 0.5, 0.0]
     # 3 rows padded to a bucket of 4 (last row repeated); the retry is row 1 alone.
-    assert dec.calls[0]["ids"] == [0, 1, 2, 2] and dec.calls[1]["ids"] == [1] and dec.calls[1]["sample"]
+    assert dec.calls[0]["ids"] == [0, 1, 2, 2] and dec.calls[1]["ids"] == [1] and dec.calls[1]["temperature"] == 0.5
+    assert not any(c["sample"] for c in dec.calls)  # greedy and sampling share one compiled program
     assert dec.stats["fallback_decodes"] == 1 and dec.stats["padding_rows"] == 1
+    # best_of=5 (the default, as openai-whisper's and faster-whisper's): five draws of row 1 at 0.5.
+    dec = FakeDecoder(table)
+    dec.decode(_rows([0, 1, 2]), REQUEST)
+    assert [c["ids"] for c in dec.calls[1:]] == [[1, 1, 1, 1], [1]] and dec.stats["fallback_decodes"] == 5
+
+
+def test_hot_fallback_draws_drop_the_prompt():
+    table = {(0, 0.0): (REPETITIVE, -0.1, 0.0), (0, 0.5): (REPETITIVE, -0.1, 0.0), (0, 1.0): ([21], -0.2, 0.0)}
+    dec = FakeDecoder(table)
+    [row] = dec.decode(_rows([0], prompt=[5, 6, 7]), dataclasses.replace(REQUEST, best_of=1))
+    assert row.tokens == (21,)
+    assert [(c["temperature"], c["prompt"] is not None) for c in dec.calls] == [(0.0, True), (0.5, True), (1.0, False)]
 
 
 def test_when_every_temperature_fails_the_best_attempt_is_kept():
     """One policy for every mode: faster-whisper's (best by log-prob, non-repetitive first), not openai's last."""
     table = {(0, 0.0): (REPETITIVE, -0.1, 0.0), (0, 0.5): ([21, 22], -1.5, 0.0), (0, 1.0): ([23], -3.0, 0.0)}
-    [row] = FakeDecoder(table).decode(_rows([0]), REQUEST)
+    [row] = FakeDecoder(table).decode(_rows([0]), dataclasses.replace(REQUEST, best_of=1))
     assert row.tokens == (21, 22) and row.temperature == 0.5  # openai-whisper would keep the T=1.0 attempt
 
 

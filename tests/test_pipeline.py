@@ -360,3 +360,24 @@ def test_translate_spanish(base):
     same = base(audio, return_language=True)  # transcription stays Spanish
     assert same["language"] == "es"
     assert wer(SPANISH_TEXT, same["text"]) < 0.3, same["text"]
+
+
+def test_degenerate_long_prompt_keeps_the_transcript(tiny, jfk_audio):
+    """A 100 KB repeated prompt (issue [1/4] 11): only its last 223 tokens condition the decode, as in
+    openai-whisper and faster-whisper, so prompt lengths compile a bounded set; the prompt makes the
+    model repeat it, so fallback retries it, and draws hotter than 0.5 drop the untrusted prompt."""
+    prompt = tiny.tokenizer.encode(" fellow Americans" * 6100)
+    assert len(prompt) > 10000
+    out = tiny(jfk_audio, generate_kwargs={"prompt_ids": prompt})
+    assert wer(JFK_TEXT, out["text"]) < 0.15 and normalize(out["text"]).count("fellow") == 1, out["text"]
+    programs = tiny.decoder.num_programs
+    tiny(jfk_audio, generate_kwargs={"prompt_ids": prompt[:-7]})  # another length, same bucket
+    assert tiny.decoder.num_programs == programs
+
+
+def test_sampling_is_reproducible_call_by_call(tiny, jfk_audio):
+    """The random keys of sampled decodes restart with every call: a call's result does not depend on history."""
+    kwargs = {"temperature": 0.9, "seed": 5}
+    first = tiny(jfk_audio, generate_kwargs=kwargs)["text"]
+    tiny(jfk_audio[: SR * 4], generate_kwargs=kwargs)
+    assert tiny(jfk_audio, generate_kwargs=kwargs)["text"] == first

@@ -354,6 +354,7 @@ class FlaxWhisperPipeline:
         if not items:
             return []
         self.decoder.batch_size = batch_size
+        self.decoder.begin_call()
         before = dict(self.decoder.stats)
         started = time.perf_counter()
         stats: Dict[str, Any] = {}

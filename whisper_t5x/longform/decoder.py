@@ -14,8 +14,10 @@ through a :class:`Decoder`. It owns
   faster-whisper do) and their length is rounded down to a bucket
   (:data:`PROMPT_BUCKETS`), so prompts of any length compile a bounded set;
 * temperature fallback with one policy (:mod:`whisper_t5x.longform.fallback`):
-  rows judged failed are decoded again, alone, at the next temperatures; when
-  every temperature fails, the best attempt is kept; silent rows give no text.
+  rows judged failed are decoded again, alone, at the next temperatures
+  (``best_of`` draws each, the most likely kept, as openai-whisper's and
+  faster-whisper's ``best_of=5``); when every temperature fails, the best
+  attempt is kept; silent rows give no text.
 
 :meth:`Decoder.submit` only dispatches (JAX runs asynchronously), so a caller
 can prepare the next batch while the device works; :meth:`Pending.result`
@@ -45,6 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["Decoder", "DecodeRequest", "Row", "DecodedRow", "Pending", "PROMPT_BUCKETS", "trim_prompt"]
 
 PROMPT_BUCKETS = (16, 32, 48, 64, 96, 128, 160, 192, 223)
+PROMPT_RESET_TEMPERATURE = 0.5  # fallback draws hotter than this decode without the prompt
 _EXACT_BELOW = 16  # prompts shorter than this are used whole (short prompts are usually deliberate words)
 
 
@@ -75,6 +78,7 @@ class DecodeRequest:
     begin_suppress_tokens: Optional[Tuple[int, ...]] = None
     fallback: fb.FallbackConfig = fb.FallbackConfig()
     seed: int = 0
+    best_of: int = 5  # sampled draws per failing row at each fallback temperature (openai / faster-whisper: 5)
     prompt_buckets: Optional[Tuple[int, ...]] = PROMPT_BUCKETS  # None: prompts used at their exact length
 
 
@@ -208,7 +212,9 @@ class Decoder:
 
     def _dispatch(self, request: DecodeRequest, batch: _Batch) -> Any:
         plen = 0 if batch.prompt is None else int(batch.prompt.shape[1])
-        options = self.options(request, plen, batch.temperature > 0, batch.language)
+        # Greedy and sampling share one program (the loop picks from the traced temperature), so fallback
+        # re-decodes compile nothing new.
+        options = dataclasses.replace(self.options(request, plen, batch.temperature > 0, batch.language), sample=False)
         rng = jax.random.fold_in(jax.random.PRNGKey(request.seed), batch.dispatch_no)
         prompt = None if batch.prompt is None else jnp.asarray(batch.prompt)
         key = (options, batch.features.shape[0])
@@ -269,6 +275,10 @@ class Decoder:
                 results[k] = res
         return results  # type: ignore[return-value]
 
+    def begin_call(self) -> None:
+        """Restart the random keys: sampled decodes of a call do not depend on earlier calls."""
+        self._dispatches = 0
+
     def _next_dispatch(self) -> int:
         self._dispatches += 1
         return self._dispatches
@@ -291,6 +301,26 @@ class Decoder:
         options = self.options(request, plen, False, batch.language)
         return len(forced_prefix(options, self.special, self.config.is_multilingual))
 
+    def _sample(self, request: DecodeRequest, batch: _Batch, prefix: int, retry: List[int],
+                temperature: float) -> List[DecodedRow]:
+        """Rows ``retry`` of ``batch`` sampled at ``temperature``, ``best_of`` times each; the most likely
+        draw (highest average log-probability) of each row, as openai-whisper and faster-whisper pick it."""
+        draws = [k for k in retry for _ in range(max(1, request.best_of))]
+        found: List[DecodedRow] = []
+        # Above PROMPT_RESET_TEMPERATURE the prompt is dropped: a prompt the model keeps failing with
+        # (e.g. one that makes it repeat itself) is not trusted, as openai-whisper stops conditioning on
+        # text decoded that hot.
+        keep_prompt = batch.prompt is not None and temperature <= PROMPT_RESET_TEMPERATURE
+        for lo in range(0, len(draws), self.batch_size):
+            idx = np.asarray(draws[lo:lo + self.batch_size])
+            prompt = batch.prompt[idx] if keep_prompt else None
+            feats, prompt = self._pad(batch.features[idx], prompt)
+            again = _Batch(feats, len(idx), prompt, batch.language, temperature, self._next_dispatch())
+            found.extend(self._rows(self._dispatch(request, again), prefix, len(idx), temperature))
+        self.stats["fallback_decodes"] += len(draws)
+        n = max(1, request.best_of)
+        return [max(found[j * n:(j + 1) * n], key=lambda r: r.avg_logprob) for j in range(len(retry))]
+
     def _finish(self, request: DecodeRequest, batch: _Batch, output: Any, started: float) -> List[DecodedRow]:
         prefix = self._prefix_length(request, batch)
         rows = self._rows(output, prefix, batch.count, batch.temperature)
@@ -301,16 +331,10 @@ class Decoder:
         verdict = [fb.judge(r.text, r.avg_logprob, r.no_speech_prob, cfg) for r in rows]
         retry = [k for k, v in enumerate(verdict) if v == fb.RETRY] if cfg.enabled else []
         best = {k: rows[k] for k in retry}
-        for step, temperature in enumerate(cfg.temperatures[1:], start=1):
+        for temperature in cfg.temperatures[1:]:
             if not retry:
                 break
-            idx = np.asarray(retry)
-            feats = batch.features[idx]
-            prompt = None if batch.prompt is None else batch.prompt[idx]
-            feats, prompt = self._pad(feats, prompt)
-            again = _Batch(feats, len(retry), prompt, batch.language, float(temperature), self._next_dispatch())
-            new = self._rows(self._dispatch(request, again), prefix, len(retry), temperature)
-            self.stats["fallback_decodes"] += len(retry)
+            new = self._sample(request, batch, prefix, retry, float(temperature))
             still = []
             for k, r in zip(retry, new):
                 v = fb.judge(r.text, r.avg_logprob, r.no_speech_prob, cfg)
