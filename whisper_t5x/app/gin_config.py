@@ -117,8 +117,9 @@ def parse_gin(
     Later values override earlier ones. Returns the resolved file paths.
     Raises :class:`GinConfigError` naming the offending file or binding.
     """
+    # The configurables bound here are registered by their modules (whisper_t5x.app.config, the label
+    # job's config), which every caller imports first; importing them here would make a cycle.
     import partitioning.gin_bindings  # noqa: F401 - presets bind @partitioning.PjitPartitioner
-    from whisper_t5x.app import config  # noqa: F401 - registers the sections and job configs
 
     search = list(search_paths) if search_paths else []
     search += [p for p in default_search_paths() if p not in search]
