@@ -72,7 +72,7 @@ BATCH = 8
 # name -> (label, short description of how it decodes)
 SYSTEMS = {
     "ours": ("whisper_t5x FlaxWhisperPipeline fp32", "long_form='chunked': batched 30 s windows, 5 s strides, batch 8, stitched"),
-    "ours_bf16": ("whisper_t5x FlaxWhisperPipeline bf16", "as ours, bfloat16 compute and params"),
+    "ours_bf16": ("whisper_t5x FlaxWhisperPipeline bf16", "as ours (chunked), bfloat16 compute and params"),
     "ours_vad": ("whisper_t5x VAD rows fp32", "long_form='vad': Silero VAD (JAX) speech glued into rows of at most "
                  "30 s, no overlap, batch 8"),
     "ours_vad_bf16": ("whisper_t5x VAD rows bf16", "as ours_vad, bfloat16 compute and params"),
@@ -185,12 +185,12 @@ class Ours(System):
         with_ts = timestamps == "native"
         self.pipe = FlaxWhisperPipeline("base", dtype=getattr(jnp, dtype), batch_size=BATCH, fallback=False,
                                         decode_with_timestamps=with_ts)
-        self.decoding = (f"greedy, language en, fallback off, decode_with_timestamps={with_ts}, "
+        self.decoding = (f"long_form='chunked', greedy, language en, fallback off, decode_with_timestamps={with_ts}, "
                          f"return_timestamps=False, batch {BATCH}, {dtype}")
 
     def transcribe(self, audio):
         out = self.pipe(audio, task="transcribe", language="en", return_timestamps=False, batch_size=BATCH,
-                        progress=False)
+                        progress=False, long_form="chunked")
         self.last_stats = getattr(self.pipe, "last_stats", None)
         return out["text"]
 
