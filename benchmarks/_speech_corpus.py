@@ -135,14 +135,7 @@ def normalize(text: str) -> List[str]:
     return text.split()
 
 
-def edit_distance(ref: List[str], hyp: List[str]) -> int:
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+from whisper_t5x.text.normalize import edit_distance  # noqa: E402 (one Levenshtein for the repo)
 
 
 def wer(reference: str, hypothesis: str) -> float:

@@ -394,19 +394,11 @@ class FlaxWhisperPipeline:
         VAD rows are decoded without timestamp tokens (which lose words at row ends), so a row is one
         segment; when segment timestamps are asked for, long inputs are decoded chunked instead.
         """
-        from whisper_t5x.audio.loading import AudioError, load_audio
+        from whisper_t5x.audio.loading import load_input
 
-        audio = []
-        for i, x in enumerate(items):
-            try:
-                audio.append(load_audio(x, SAMPLE_RATE))
-            except AudioError as e:
-                if len(items) > 1:
-                    e.args = (f"input {i}: {e}",)
-                raise
-        long = [i for i, a in enumerate(audio) if a.shape[0] > AUTO_VAD_ABOVE_S * SAMPLE_RATE]
-        if call.segment_timestamps and not self.vad.row_timestamps:
-            long = []
+        audio = [load_input(x, i, len(items)) for i, x in enumerate(items)]
+        vad_ok = not (call.segment_timestamps and not self.vad.row_timestamps)
+        long = [i for i, a in enumerate(audio) if vad_ok and a.shape[0] > AUTO_VAD_ABOVE_S * SAMPLE_RATE]
         short = [i for i in range(len(items)) if i not in set(long)]
         results: List[Optional[Transcription]] = [None] * len(items)
         for mode, group in (("vad", long), ("sequential" if call.words else "chunked", short)):

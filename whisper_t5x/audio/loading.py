@@ -61,7 +61,7 @@ _READ_CHUNK = 1 << 20  # bytes read from ffmpeg at a time when the length is not
 
 __all__ = [
     "AudioError", "AudioTooLongError", "EmptyAudioError", "SAMPLE_RATE", "load_audio", "get_duration",
-    "probe_duration", "resample", "to_mono",
+    "probe_duration", "resample", "to_mono", "load_input",
 ]
 
 
@@ -457,3 +457,15 @@ def get_duration(source: Any, sampling_rate: Optional[int] = None) -> float:
             declared = probe_duration(path)
             return declared if declared is not None else _count_decoded(path, rate, "<bytes>") / rate
     return load_audio(source, rate).shape[0] / rate
+
+
+def load_input(source: Any, index: int, count: int, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """:func:`load_audio` for input ``index`` of ``count``: with several inputs the error names the input
+    (``"input 3: ..."``), keeping its type and attributes (``input_index`` is set)."""
+    try:
+        return load_audio(source, sampling_rate)
+    except AudioError as e:
+        if count > 1:
+            e.args = (f"input {index}: {e}",)
+            e.input_index = index
+        raise

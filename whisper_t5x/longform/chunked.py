@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 import numpy as np
 
 from whisper_t5x.audio.constants import N_SAMPLES, SAMPLE_RATE
-from whisper_t5x.audio.loading import AudioError, load_audio
+from whisper_t5x.audio.loading import load_input
 from whisper_t5x.longform.decoder import DecodedRow, Decoder, DecodeRequest, Pending
 from whisper_t5x.longform.stitching import WindowTranscript, parse_window, stitch
 from whisper_t5x.longform.windows import Batch, Window, bucket_size, pause_windows, split_windows
@@ -146,13 +146,7 @@ class WindowLoader:
 
         try:
             for i, item in enumerate(self.items):
-                try:
-                    audio = load_audio(item, SAMPLE_RATE)
-                except AudioError as e:
-                    if len(self.items) > 1:  # name the input, keep the error's type and attributes
-                        e.args = (f"input {i}: {e}",)
-                        e.input_index = i
-                    raise
+                audio = load_input(item, i, len(self.items))
                 if self.keep_audio and audio.shape[0] > s.chunk:
                     self.audio[i] = audio
                 windows = self._windows(i, audio)

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from whisper_t5x.audio.constants import N_SAMPLES, SAMPLE_RATE
-from whisper_t5x.audio.loading import AudioError, load_audio
+from whisper_t5x.audio.loading import load_input
 from whisper_t5x.longform.decoder import DecodedRow, Decoder, DecodeRequest
 from whisper_t5x.longform.segments import parse_row, text_tokens
 from whisper_t5x.longform.speech_rows import STRATEGIES, SpeechRow, speech_rows
@@ -170,12 +170,7 @@ def _batches(items: Sequence[Any], settings: VadSettings, batch_size: int
     inputs: Dict[int, _Input] = {}
     pending: List[Tuple[int, int]] = []
     for i, item in enumerate(items):
-        try:
-            audio = load_audio(item, SAMPLE_RATE)
-        except AudioError as e:
-            if len(items) > 1:
-                e.args = (f"input {i}: {e}",)
-            raise
+        audio = load_input(item, i, len(items))
         rows = speech_rows(vad_speech(audio, settings), settings.strategy, input_index=i,
                            num_samples=audio.shape[0])
         inputs[i] = _Input(audio if rows else None, rows, audio.shape[0] / SAMPLE_RATE)
