@@ -35,6 +35,7 @@ for _name in ("tiny", "base", "small", "medium"):
     _ARCHITECTURES[_name + ".en"] = (_d, _h, _e, _dl, _m, 51864)
 
 ENGLISH_ONLY_VOCAB_SIZE = 51864
+ATTENTION_IMPLS = (None, "xla", "cudnn")  # WhisperConfig.attention_impl values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,11 @@ class WhisperConfig:
     # Stack layer parameters on a leading "layers" axis and run them with nn.scan.
     scan_layers: bool = False
     layer_norm_eps: float = 1e-5
+    # How the encoder's self-attention runs: None, the model's own attention (query chunks, one head
+    # at a time on one device); "xla" or "cudnn", jax.nn.dot_product_attention with that
+    # implementation ("cudnn": the fused flash-attention kernel of NVIDIA GPUs, bf16/fp16 only).
+    # A runtime choice, not part of the checkpoint (never written to config.json).
+    attention_impl: Optional[str] = None
 
     def __post_init__(self):
         special = SpecialTokens.for_vocab_size(self.vocab_size)
@@ -151,6 +157,8 @@ class WhisperConfig:
                     problems.append(
                         f"d_model={self.d_model} is not divisible by {heads_name}={getattr(self, heads_name)}"
                     )
+        if self.attention_impl not in ATTENTION_IMPLS:
+            problems.append(f"attention_impl={self.attention_impl!r} must be one of {ATTENTION_IMPLS}")
         if problems:
             raise ValueError("Invalid WhisperConfig: " + "; ".join(problems))
 

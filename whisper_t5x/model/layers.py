@@ -239,6 +239,18 @@ def _attend_all(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]],
     return out.astype(q.dtype)
 
 
+def attend_fused(q: Array, k: Array, v: Array, implementation: str) -> Array:
+    """Unmasked attention through ``jax.nn.dot_product_attention`` (e.g. cuDNN's flash kernel on GPU).
+
+    Same layouts as :func:`attend` (``q`` already scaled, ``k``/``v`` heads before length); the
+    fused kernels want ``(batch, length, heads, kv)``, so keys and values are swapped back.
+    """
+    to_length_major = lambda x: jnp.swapaxes(x, 1, 2).astype(q.dtype)  # noqa: E731
+    return jax.nn.dot_product_attention(
+        q, to_length_major(k), to_length_major(v), scale=1.0, implementation=implementation
+    ).astype(q.dtype)
+
+
 def mask_to_bias(mask: Array) -> Array:
     """Boolean "may attend" mask to an additive float32 bias."""
     return jnp.where(mask, 0.0, _NEG_INF).astype(jnp.float32)

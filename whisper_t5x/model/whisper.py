@@ -39,6 +39,7 @@ from whisper_t5x.model.layers import (
     LayerNorm,
     _attend_all,
     attend,
+    attend_fused,
     constrain,
     mask_to_bias,
 )
@@ -88,7 +89,12 @@ class EncoderBlock(nn.Module):
         h = LayerNorm(cfg.layer_norm_eps, name="self_attn_layer_norm", **kw)(x)
         attn = Attention(cfg.encoder_attention_heads, cfg.d_model, name="self_attn", **kw)
         k, v = attn.project_kv(h)
-        x = x + attn.output(attend(attn.project_q(h), [(k, v, None)]))
+        q = attn.project_q(h)
+        if cfg.attention_impl is None:
+            o = attend(q, [(k, v, None)])
+        else:
+            o = attend_fused(q, k, v, cfg.attention_impl)
+        x = x + attn.output(o)
         x = constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
         h = LayerNorm(cfg.layer_norm_eps, name="final_layer_norm", **kw)(x)
         h = _gelu(Dense(cfg.encoder_ffn_dim, (A.EMBED, A.MLP), name="fc1", **kw)(h))
