@@ -3,6 +3,7 @@ text) plus a corrupt row, labelled in-process with a fake pipeline (fast checks 
 contract) and over ``jax.distributed`` with 2 processes x 2 CPU devices and ``tiny.en``."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -309,3 +310,175 @@ def test_sigkill_then_rerun_with_two_streaming_processes(speech_dataset, two_pro
     # streaming multi-process output agrees with the map-style run's transcripts
     ref = {r["id"]: r["text"] for r in _read(two_process_run[0])}
     assert {r["id"]: r["text"] for r in rows} == ref
+
+
+# ------------------------------------------- one folder, several runs; bad input (tones, no espeak)
+from tests._label_fakes import SlowPipeline, write_tone_dataset  # noqa: E402
+
+TONE_IDS = [f"t{i:02d}" for i in range(40)]
+FAKE_PIPELINE = "--gin.PartitionSection.pipeline='tests._label_fakes:SlowPipeline'"
+
+
+@pytest.fixture(scope="module")
+def tone_dataset(tmp_path_factory):
+    return write_tone_dataset(str(tmp_path_factory.mktemp("tones") / "tones.parquet"), TONE_IDS)
+
+
+def _label_tones(dataset, out, *extra, pipeline=None):
+    from whisper_t5x.app.label import main
+
+    return main(["whisper-t5x", "--dataset", dataset, "--split", "train", "--output_dir", str(out),
+                 "--text_column", "text", "--quiet", *extra], pipeline=pipeline or SlowPipeline())
+
+
+def _label_process(dataset, out, log_path, delay_s=0.0, gate=None, *extra):
+    env = subprocess_env(1)
+    env["LABEL_FAKE_DELAY_S"] = str(delay_s)
+    if gate:
+        env["LABEL_FAKE_GATE"] = str(gate)
+    cmd = [sys.executable, "-m", "whisper_t5x.main", "label", "--dataset", dataset, "--split", "train",
+           "--output_dir", str(out), "--text_column", "text", "--quiet", FAKE_PIPELINE, *extra]
+    log = open(log_path, "w+")
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def _finish(proc, log, timeout=120):
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    log.seek(0)
+    text = log.read()
+    log.close()
+    return proc.returncode, text
+
+
+def _wait_for(predicate, timeout=120, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_concurrent_runs_after_a_sigkill_write_each_row_once(tone_dataset, tmp_path, capsys):
+    """The issue's case: 16 rows written, a run killed, then the same command twice at once."""
+    out = tmp_path / "out"
+    assert _label_tones(tone_dataset, out, "--max_rows", "16", "--part_rows", "4") == 0
+    assert len(_read(out)) == 16
+    # a run that holds the folder: a second one is refused by name, before it labels anything
+    gate = tmp_path / "gate"
+    victim, log = _label_process(tone_dataset, out, tmp_path / "victim.txt", 0.0, gate)
+    lock_file = out / ".label-locks" / "process-00000.lock"
+    _wait_for(lambda: lock_file.is_file() and f"pid {victim.pid} ".encode() in lock_file.read_bytes(),
+              what="the first run's lock")
+    capsys.readouterr()
+    assert _label_tones(tone_dataset, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is in use" in err and f"pid {victim.pid}" in err and len(err.splitlines()) == 1, err
+    assert len(_read(out)) == 16
+    # SIGKILL: the kernel drops its lock, so the next runs are not blocked by a stale one
+    victim.send_signal(signal.SIGKILL)
+    _finish(victim, log)
+    runs = [_label_process(tone_dataset, out, tmp_path / f"run{i}.txt", 0.1) for i in range(2)]
+    results = [_finish(p, f) for p, f in runs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes in ([0, 0], [0, 2]), results
+    for rc, text in results:
+        assert rc == 0 or "is in use" in text, text
+    rows = _read(out)
+    assert _keys(rows) == sorted(("train", i) for i in TONE_IDS)  # each (split, id) exactly once
+    summary = json.load(open(out / "summary.json"))
+    assert summary["output"]["rows"] == len(TONE_IDS) and summary["output"]["duplicate_rows"] == 0
+
+
+def test_run_locks_let_one_run_of_n_processes_in():
+    import tempfile
+
+    from whisper_t5x.app.label.lock import LabelBusyError, acquire
+
+    out = tempfile.mkdtemp()
+    with acquire(out, 0, 2) as a:
+        assert a.locked
+        with acquire(out, 1, 2):  # the other process of the same run (same count, its own index)
+            with pytest.raises(LabelBusyError, match="index 1 is writing to it"):
+                acquire(out, 1, 2)
+        with pytest.raises(LabelBusyError, match="index 0 is writing to it.*process 0 of 2"):
+            acquire(out, 0, 1)
+        # another process count: its shares overlap this run's
+        with pytest.raises(LabelBusyError, match="a label run with 2 process"):
+            acquire(out, 1, 3)
+    acquire(out, 1, 3).release()  # released: free again, whatever the count
+    with acquire(out, 0, 1):
+        with pytest.raises(LabelBusyError, match="a label run with 1 process"):
+            acquire(out, 1, 2)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_repeated_ids_are_labelled_once_and_reported(tmp_path, capsys, streaming):
+    ids = ["a", "b", "a", "c", "b", "a", "d"]
+    dataset = write_tone_dataset(str(tmp_path / "dup.parquet"), ids)
+    out = tmp_path / "out"
+    warnings_seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings_seen.append(record.getMessage())
+    logger = logging.getLogger("whisper_t5x.app.label")
+    logger.addHandler(handler)
+    try:
+        assert _label_tones(dataset, out, *(["--streaming"] if streaming else [])) == 0
+    finally:
+        logger.removeHandler(handler)
+    captured = capsys.readouterr()
+    rows = _read(out)
+    assert _keys(rows) == [("train", x) for x in "abcd"]
+    first = {x: int((0.2 + ids.index(x) * 0.01) * 16000) / 16000 for x in "abcd"}
+    assert {r["id"]: r["duration"] for r in rows} == pytest.approx(first)  # the first row of each id
+    assert any("3 input row(s) repeat the (split, id) of an earlier row (e.g. train/a, train/b)" in w
+               for w in warnings_seen), warnings_seen
+    run = json.load(open(out / "summary.json"))["this_run"]
+    assert run["duplicate_ids"] == 3 and run["duplicate_examples"] == ["train/a", "train/b"]
+    assert run["rows"] == 4 and "3 repeated id(s) skipped" in captured.out
+
+
+def test_summary_counts_distinct_rows_of_old_duplicated_parts(tone_dataset, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    assert _label_tones(tone_dataset, out, "--max_rows", "10", "--part_rows", "4") == 0
+    data = out / "data"
+    part = sorted(p for p in os.listdir(data) if p.endswith(".parquet"))[0]  # 4 rows, as an earlier version wrote
+    shutil.copy(data / part, data / part.replace("part-", "part-old-"))
+    assert len(_read(out)) == 14
+    assert _label_tones(tone_dataset, out) == 0
+    assert len(_read(out)) == len(TONE_IDS) + 4
+    output = json.load(open(out / "summary.json"))["output"]
+    assert output["rows"] == len(TONE_IDS) and output["duplicate_rows"] == 4
+    assert output["splits"]["train"]["rows"] == len(TONE_IDS) and output["kept"] == len(TONE_IDS)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--output_dir=/proc/x", "cannot create the output directory /proc/x"),
+    ("--gin.DecodeSection.chunk_length_s=100", "DecodeSection.chunk_length_s must be in (0, 30]"),
+    ("--gin.DecodeSection.stride_length_s=15", "DecodeSection.stride_length_s must be >= 0 and less than half"),
+    ("--language=klingon", "unknown language 'klingon'"),
+    ("--gin.DecodeSection.language='xx'", "`whisper-t5x languages` lists"),
+])
+def test_bad_output_dir_and_decode_values_are_one_line_errors(tone_dataset, tmp_path, capsys, flag, message):
+    class Untouchable:
+        def transcribe(self, *a, **k):
+            raise AssertionError("no row may be labelled")
+
+    assert _label_tones(tone_dataset, tmp_path / "out", flag, pipeline=Untouchable()) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("whisper-t5x label: error:")
+
+
+def test_a_file_as_output_dir_is_a_one_line_error(tone_dataset, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert _label_tones(tone_dataset, tmp_path / "f") == 2
+    err = capsys.readouterr().err.strip()
+    assert "exists and is not a directory" in err and len(err.splitlines()) == 1

@@ -9,6 +9,8 @@ Commands::
   whisper-t5x transcribe PATHS... [flags]   # files and/or directories
   whisper-t5x benchmark PATHS... [flags]    # transcribe with configs/runs/benchmark.gin first
   whisper-t5x serve [serving flags]         # handed to whisper_t5x.app.serving.main(argv)
+  whisper-t5x label [label flags]           # a dataset to Parquet (whisper_t5x.app.label)
+  whisper-t5x languages                     # the language codes and names --language takes
 
 Every transcription setting is a field of ``TranscribeConfig`` or of one of
 the sections it composes (``ModelSection``, ``PartitionSection``,
@@ -106,6 +108,8 @@ _FLAG_TO_FIELD = {
 
 USAGE = """usage: whisper-t5x {transcribe,benchmark} PATHS... [flags]
        whisper-t5x serve [serving flags]
+       whisper-t5x label [label flags]
+       whisper-t5x languages
 
 Transcribe audio files and directories with Whisper (JAX), writing
 <output_dir>/<name>.<fmt> per file and format, and <output_dir>/config.gin.
@@ -158,6 +162,16 @@ def _serve(argv: Sequence[str]) -> int:
     return int(rc or 0)
 
 
+def languages_table() -> str:
+    """``whisper-t5x languages``: one ``code  name`` line per language, in token order."""
+    from whisper_t5x.text.languages import ALIASES, LANGUAGES
+
+    lines = [f"{code:<4} {name}" for code, name in LANGUAGES.items()]
+    aliases = ", ".join(f"{a} ({c})" for a, c in ALIASES.items())
+    return ("\n".join(lines) + f"\n\n--language takes a code, an English name (any case) or a <|code|> token; "
+            f"also: {aliases}.\n")
+
+
 def _explicit_bindings() -> List[str]:
     out = []
     for flag, field in _FLAG_TO_FIELD.items():
@@ -178,6 +192,9 @@ def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
         from whisper_t5x.app.label import main as label_main  # the dataset job has its own flags
 
         return int(label_main([argv[0]] + list(argv[2:])) or 0)
+    if len(argv) > 1 and argv[1] == "languages":
+        print(languages_table(), end="")
+        return 0
     original = list(argv)
     if len(argv) < 2 or argv[1] == "help" or any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(_help(), end="")
@@ -190,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None, pipeline=None) -> int:
         return _error(f"{e}\n(see whisper-t5x --help)")
     command, paths = (rest[1], rest[2:]) if len(rest) > 1 else (None, [])
     if command not in COMMANDS:
-        return _error(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
+        return _error(f"unknown command {command!r}; choose from {', '.join(COMMANDS + ('label', 'languages'))}")
     if not paths:
         return _error(f"'{command}' needs at least one audio file or directory")
     logs.setup_logging(logging.WARNING if FLAGS.quiet else logging.INFO)

@@ -30,17 +30,20 @@ import gin
 from whisper_t5x.app import writers
 from whisper_t5x.app.gin_config import check_required
 from whisper_t5x.longform.fallback import FallbackConfig
+from whisper_t5x.longform.windows import window_params
+from whisper_t5x.text.languages import to_code
 from whisper_t5x.text.tokenizer import TASKS
 
 __all__ = [
     "DTYPES", "DEFAULT_PIPELINE", "ModelSection", "PartitionSection", "DecodeSection", "GroupingSection",
-    "TranscribeConfig", "ServeConfig", "SERVE_BATCH_SIZE", "positive_int",
+    "TranscribeConfig", "ServeConfig", "SERVE_BATCH_SIZE", "positive_int", "LANGUAGES_HINT",
 ]
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_PIPELINE = "whisper_t5x.pipeline:FlaxWhisperPipeline"
 _FALLBACK = FallbackConfig()
 _FALLBACK_KEYS = ("temperature", "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold")
+LANGUAGES_HINT = "`whisper-t5x languages` lists the codes and names"
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -110,13 +113,17 @@ class DecodeSection:
 
     Attributes:
       task: ``transcribe`` or ``translate`` (to English).
-      language: source language code (``en``, ``de``...); ``None`` detects it.
+      language: source language: a code (``en``, ``de``...), English name or
+        ``<|code|>`` token of :mod:`whisper_t5x.text.languages`, checked here,
+        before any model loads; ``None`` detects it.
       timestamps: decode segment timestamps (timed srt/vtt/tsv cues).
       word_timestamps: word-level timestamps (decoded with the sequential algorithm).
       long_form: a mode of the pipeline's ``LONG_FORM_MODES`` (``chunked``:
         batched windows, stitched; ``sequential``: openai-whisper's seek;
         ``vad``: speech rows...); ``None``: the pipeline's default.
-      chunk_length_s, stride_length_s: windowing of the chunked mode.
+      chunk_length_s, stride_length_s: windowing of the chunked mode, checked
+        here with the pipeline's own rule (:func:`whisper_t5x.longform.windows.window_params`:
+        a window of at most 30 s, strides that let windows advance).
       temperature: the fallback schedule (a sequence), or one temperature (no fallback).
       compression_ratio_threshold, logprob_threshold, no_speech_threshold:
         when a decode is retried at the next temperature, or judged silent
@@ -144,11 +151,23 @@ class DecodeSection:
         check_required(self)
         if self.task not in TASKS:
             raise ValueError(f"DecodeSection.task must be one of {TASKS}, got {self.task!r}")
+        if self.language is not None:
+            try:
+                to_code(self.language)
+            except ValueError:
+                raise ValueError(f"DecodeSection.language: unknown language {self.language!r}; use a code "
+                                 f"('en'), an English name ('german') or None to detect it ({LANGUAGES_HINT})"
+                                 ) from None
         if self.long_form is not None and self.long_form not in LONG_FORM_MODES:
             raise ValueError(f"DecodeSection.long_form must be one of {LONG_FORM_MODES}, got {self.long_form!r}")
-        if not (isinstance(self.chunk_length_s, (int, float)) and math.isfinite(self.chunk_length_s)
-                and self.chunk_length_s > 0):
-            raise ValueError(f"DecodeSection.chunk_length_s must be > 0, got {self.chunk_length_s!r}")
+        for name in ("chunk_length_s", "stride_length_s"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise ValueError(f"DecodeSection.{name} must be a finite number of seconds, got {v!r}")
+        try:
+            window_params(self.chunk_length_s, self.stride_length_s)  # the pipeline's rule, before any model
+        except ValueError as e:
+            raise ValueError(f"DecodeSection.{e}") from None
         if self.generate_kwargs is not None and not isinstance(self.generate_kwargs, dict):
             raise ValueError(f"DecodeSection.generate_kwargs must be a dict, got {self.generate_kwargs!r}")
         temps = self.temperature if isinstance(self.temperature, (list, tuple)) else (self.temperature,)

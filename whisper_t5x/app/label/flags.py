@@ -4,6 +4,11 @@ Flags given on the command line win over gin (they become bindings of
 ``LabelConfig`` or section fields, applied last); ``configs/runs/label.gin`` is parsed before any
 ``--gin_file``. argparse, not absl: the transcribe command's absl flags
 (``--model``, ``--output_dir``...) live in the global absl registry.
+
+Exit status: 0 when the run finished (rows that failed are written with their
+error), 1 when the dataset or the model cannot be used, 2 for usage and
+configuration errors, an output folder that cannot be written, and one that
+another live label run is writing to (:class:`~whisper_t5x.app.label.lock.LabelBusyError`).
 """
 
 from __future__ import annotations
@@ -129,11 +134,14 @@ def main(argv: Optional[Sequence[str]] = None, pipeline: Any = None) -> int:
     try:
         report = job.run_label(config, pipeline=pipeline, process_index=index, process_count=count,
                                config_header=header)
+    except (job.OutputDirError, job.lock.LabelBusyError) as e:
+        return _error(str(e))
     except (job.source.SourceError, build.PipelineBuildError) as e:
         return _error(str(e), 1)
     d = report.as_dict()
+    repeated = f", {d['duplicate_ids']} repeated id(s) skipped" if d["duplicate_ids"] else ""
     print(f"[process {index}/{count}] {d['rows']} row(s) labelled ({d['failed']} with an error), "
-          f"{d['skipped']} skipped, {d['audio_hours']:.4f} h audio in {d['wall_s']:.1f} s", flush=True)
+          f"{d['skipped']} skipped{repeated}, {d['audio_hours']:.4f} h audio in {d['wall_s']:.1f} s", flush=True)
     if count > 1:
         _barrier("whisper_t5x_label_done")
     if index == 0:
@@ -144,5 +152,7 @@ def main(argv: Optional[Sequence[str]] = None, pipeline: Any = None) -> int:
               f"{run['audio_hours']:.4f} h audio, {rate:.1f} h/h; " if rate else
               f"summary: this run {run['rows']} row(s) on {count} process(es); ", end="")
         print(f"{config.output_dir} holds {out['rows']} row(s), {out['failed']} with an error"
-              + (f", {out['kept']} kept" if "kept" in out else ""), flush=True)
+              + (f", {out['kept']} kept" if "kept" in out else "")
+              + (f" ({out['duplicate_rows']} further row(s) repeat a (split, id): counted once)"
+                 if out.get("duplicate_rows") else ""), flush=True)
     return 0

@@ -6,8 +6,11 @@ audio ahead of the model and groups rows of similar duration
 one output row per input row to Parquet parts (:mod:`.sink`). A row whose
 audio cannot be decoded, or whose transcription fails alone, is written with
 its ``error``. :func:`transcript_fields` is the one place that reads the
-pipeline's typed result. Process 0 writes ``config.gin`` and, once every process
-is done, ``summary.json``; each process writes ``summary.process<I>.json``.
+pipeline's typed result. Each process holds a claim on the output folder while
+it labels (:mod:`.lock`), so a second run on the same folder is refused
+instead of writing the same rows again. Process 0 writes ``config.gin`` and,
+once every process is done, ``summary.json``; each process writes
+``summary.process<I>.json``. Summaries count distinct ``(split, id)`` rows.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from whisper_t5x.app import build
 from whisper_t5x.app.gin_config import CONFIG_FILENAME, write_config
-from whisper_t5x.app.label import batching, sink, source
+from whisper_t5x.app.file_job import OutputDirError, prepare_output_dir
+from whisper_t5x.app.label import batching, lock, sink, source
 from whisper_t5x.app.label.config import LabelConfig
 from whisper_t5x.audio.constants import SAMPLE_RATE
 from whisper_t5x.results import Segment, Transcription
@@ -88,7 +92,7 @@ class LabelReport:
 
     process_index: int = 0
     process_count: int = 1
-    skipped: int = 0  # rows already written by an earlier run
+    skips: source.Skips = dataclasses.field(default_factory=source.Skips)  # already written, repeated ids
     wall_s: float = 0.0
     load_model_s: float = 0.0
     splits: Dict[str, SplitStats] = dataclasses.field(default_factory=dict)
@@ -103,7 +107,8 @@ class LabelReport:
         t = self.total()
         return dict(
             process_index=self.process_index, process_count=self.process_count, rows=t.rows, failed=t.failed,
-            kept=t.kept, skipped=self.skipped, audio_hours=t.audio_s / 3600, wall_s=self.wall_s,
+            kept=t.kept, skipped=self.skips.done, duplicate_ids=self.skips.duplicates,
+            duplicate_examples=list(self.skips.examples), audio_hours=t.audio_s / 3600, wall_s=self.wall_s,
             load_model_s=self.load_model_s, audio_hours_per_hour=_rate(t.audio_s, self.wall_s),
             splits={k: dict(rows=v.rows, failed=v.failed, kept=v.kept, audio_hours=v.audio_s / 3600)
                     for k, v in self.splits.items()},
@@ -129,7 +134,7 @@ class _Progress:
         rate = _rate(t.audio_s, now - self.t0)
         logger.info("[process %d/%d] %d rows (%d failed, %d skipped), %.4f h audio, %s h/h",
                     self.report.process_index, self.report.process_count, t.rows, t.failed,
-                    self.report.skipped, t.audio_s / 3600, f"{rate:.1f}" if rate else "n/a")
+                    self.report.skips.done, t.audio_s / 3600, f"{rate:.1f}" if rate else "n/a")
 
 
 # ==================================================================== loop
@@ -138,15 +143,12 @@ def _source_rows(config: LabelConfig, index: int, count: int, report: LabelRepor
     if done:
         logger.info("%d row(s) already written under %s: skipped", len(done), config.output_dir)
 
-    def on_skip(n: int) -> None:
-        report.skipped += n
-
     budget = None if config.max_rows is None else int(config.max_rows)
     for name in config.splits:
         src = source.load_split(config.dataset, name, config_name=config.dataset_config,
                                 streaming=config.streaming, audio_column=config.audio_column,
                                 id_column=config.id_column, text_column=config.text_column)
-        for row in source.process_rows(src, index, count, done, on_skip):
+        for row in source.process_rows(src, index, count, done, report.skips):
             if budget is not None:
                 if budget <= 0:
                     return
@@ -200,10 +202,21 @@ def output_row(row: batching.DecodedRow, result: Any, config: LabelConfig) -> Di
 
 def run_label(config: LabelConfig, *, pipeline: Any = None, process_index: int = 0, process_count: int = 1,
               config_header: str = "") -> LabelReport:
-    """Labels this process's rows of ``config.dataset`` into ``config.output_dir``."""
+    """Labels this process's rows of ``config.dataset`` into ``config.output_dir``.
+
+    Raises :class:`~whisper_t5x.app.file_job.OutputDirError` if the folder
+    cannot be written, :class:`~whisper_t5x.app.label.lock.LabelBusyError` if
+    another live run writes to it (:func:`.lock.acquire`); neither loads a model.
+    """
+    prepare_output_dir(config.output_dir)
+    with lock.acquire(config.output_dir, process_index, process_count):
+        return _run_locked(config, pipeline, process_index, process_count, config_header)
+
+
+def _run_locked(config: LabelConfig, pipeline: Any, process_index: int, process_count: int,
+                config_header: str) -> LabelReport:
     t0 = time.perf_counter()
     out_dir = config.output_dir
-    os.makedirs(out_dir, exist_ok=True)
     report = LabelReport(process_index=process_index, process_count=process_count)
     writer = sink.PartWriter(out_dir, sink.row_schema(bool(config.text_column)), process_index,
                              config.part_rows, config.part_max_s)
@@ -241,6 +254,9 @@ def run_label(config: LabelConfig, *, pipeline: Any = None, process_index: int =
         writer.close()
     report.wall_s = time.perf_counter() - t0
     progress.maybe_log(force=True)
+    if report.skips.duplicates:
+        logger.warning("%d input row(s) repeat the (split, id) of an earlier row (e.g. %s): each id is labelled "
+                       "once, from its first row", report.skips.duplicates, ", ".join(report.skips.examples))
     _write_json(os.path.join(out_dir, f"summary.process{process_index}.json"), report.as_dict())
     return report
 
@@ -254,16 +270,31 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _distinct_rows(cols: Dict[str, List[Any]]) -> List[int]:
+    """One row index per ``(split, id)``: the first without an error, else the first."""
+    chosen: Dict[Any, int] = {}
+    for i, key in enumerate(zip(cols["split"], cols["id"])):
+        j = chosen.get(key)
+        if j is None or (cols["error"][j] is not None and cols["error"][i] is None):
+            chosen[key] = i
+    return sorted(chosen.values())
+
+
 def dataset_totals(out_dir: str) -> Dict[str, Any]:
-    """Rows, failures, kept rows and audio hours of everything under ``out_dir``, per split."""
+    """Rows, failures, kept rows and audio hours of everything under ``out_dir``, per split.
+
+    Rows are distinct ``(split, id)`` pairs; ``duplicate_rows`` counts further
+    rows of a pair already counted (written by versions without the run lock).
+    """
     t = sink.read_table(out_dir)
     if t.num_rows == 0:
-        return dict(rows=0, failed=0, audio_hours=0.0, splits={})
+        return dict(rows=0, failed=0, audio_hours=0.0, duplicate_rows=0, splits={})
     cols = t.to_pydict()
+    distinct = _distinct_rows(cols)
     splits: Dict[str, SplitStats] = {}
     keep = cols.get("keep")
-    for i, split in enumerate(cols["split"]):
-        s = splits.setdefault(split, SplitStats())
+    for i in distinct:
+        s = splits.setdefault(cols["split"][i], SplitStats())
         s.rows += 1
         s.failed += cols["error"][i] is not None
         s.audio_s += cols["duration"][i] or 0.0
@@ -272,7 +303,7 @@ def dataset_totals(out_dir: str) -> Dict[str, Any]:
     for s in splits.values():
         total.add(s)
     out = dict(rows=total.rows, failed=total.failed, audio_hours=total.audio_s / 3600,
-               splits={k: dict(rows=v.rows, failed=v.failed, audio_hours=v.audio_s / 3600,
+               duplicate_rows=t.num_rows - len(distinct), splits={k: dict(rows=v.rows, failed=v.failed, audio_hours=v.audio_s / 3600,
                                **({"kept": v.kept} if keep is not None else {})) for k, v in splits.items()})
     if keep is not None:
         out["kept"] = total.kept
@@ -288,8 +319,9 @@ def write_summary(out_dir: str, process_count: int, wall_s: float) -> Dict[str, 
             with open(p, encoding="utf-8") as f:
                 per.append(json.load(f))
     run: Dict[str, Any] = dict(processes=process_count, reported=len(per), wall_s=wall_s)
-    for key in ("rows", "failed", "kept", "skipped", "audio_hours"):
+    for key in ("rows", "failed", "kept", "skipped", "duplicate_ids", "audio_hours"):
         run[key] = sum(p.get(key, 0) for p in per)
+    run["duplicate_examples"] = [x for p in per for x in p.get("duplicate_examples", [])][:source.EXAMPLES]
     run["audio_hours_per_hour"] = run["audio_hours"] / (wall_s / 3600) if wall_s > 0 else None
     splits: Dict[str, Dict[str, float]] = {}
     for p in per:

@@ -13,6 +13,8 @@
   earlier run, with any process count) are skipped by key, so a rerun labels
   each row exactly once. A map-style dataset skips them by reading the id
   column alone, so done rows' audio is never read again.
+* A row repeating an earlier row's ``(split, id)`` is not labelled (the
+  first is) and is counted in :class:`Skips` (the job warns and reports it).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Iterator, List, Optional, Set, Tuple
 
 logger = logging.getLogger("whisper_t5x.app.label")
 
@@ -141,36 +143,97 @@ def _resolve(path: Any, base_dir: Optional[str]) -> str:
     return path
 
 
-def _row_id(src: SplitSource, row: dict) -> str:
-    if src.id_column:
-        value = row[src.id_column]
-    else:
-        audio = row[src.audio_column]
-        value = audio.get("path") if isinstance(audio, dict) else audio
+def _id_value(src: SplitSource, value: Any) -> str:
+    """A row's id from its id-column value (or its audio path when there is no id column)."""
     if value is None or value == "":
         what = f"id column {src.id_column!r}" if src.id_column else "audio path (there is no id column)"
         raise SourceError(f"a row of split {src.split!r} has an empty {what}; pass --id_column")
     return str(value)
 
 
+def _row_id(src: SplitSource, row: dict) -> str:
+    if src.id_column:
+        return _id_value(src, row[src.id_column])
+    audio = row[src.audio_column]
+    return _id_value(src, audio.get("path") if isinstance(audio, dict) else audio)
+
+
+def _ids(src: SplitSource, ds) -> List[str]:
+    """Every row id of a map-style ``ds``, read from one Arrow column (audio bytes are never read)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = src.id_column or src.audio_column
+    values = ds.select_columns([column]).with_format("arrow")[:].column(column)
+    if not src.id_column and pa.types.is_struct(values.type):
+        values = pc.struct_field(values, "path")
+    return [_id_value(src, v) for v in values.to_pylist()]
+
+
+EXAMPLES = 5  # duplicate ids named in the warning and the summary
+
+
+@dataclasses.dataclass
+class Skips:
+    """Input rows that are not labelled: already written, or repeating an id of the input."""
+
+    done: int = 0  # (split, id) written by an earlier run
+    duplicates: int = 0  # rows whose (split, id) an earlier row of the input has
+    examples: List[str] = dataclasses.field(default_factory=list)  # "split/id" of the first few
+
+    def duplicate(self, split: str, rid: str, n: int = 1) -> None:
+        self.duplicates += n
+        name = f"{split}/{rid}"
+        if len(self.examples) < EXAMPLES and name not in self.examples:
+            self.examples.append(name)
+
+
+def _first_of_each_id(src: SplitSource, ds, skips: Optional[Skips]):
+    """``ds`` without the rows that repeat an earlier row's id (counted in ``skips`` if given)."""
+    seen: Set[str] = set()
+    keep: List[int] = []
+    for i, rid in enumerate(_ids(src, ds)):
+        if rid in seen:
+            if skips is not None:
+                skips.duplicate(src.split, rid)
+            continue
+        seen.add(rid)
+        keep.append(i)
+    return ds if len(keep) == len(ds) else ds.select(keep)
+
+
 def process_rows(src: SplitSource, process_index: int, process_count: int, done: Set[Key],
-                 on_skip: Optional[Callable[[int], None]] = None) -> Iterator[SourceRow]:
-    """This process's rows of ``src`` whose ``(split, id)`` is not in ``done``."""
+                 skips: Optional[Skips] = None) -> Iterator[SourceRow]:
+    """This process's rows of ``src`` whose ``(split, id)`` is neither in ``done`` nor an earlier row's.
+
+    A map-style dataset drops the later rows of a repeated id before it is
+    split between processes (every process drops the same rows; process 0
+    counts them), so the shares stay the same from run to run. A streaming one
+    drops those it meets in this process's own stream.
+    """
     import datasets
     from datasets.distributed import split_dataset_by_node
 
+    skips = Skips() if skips is None else skips
     ds = src.dataset
+    map_style = isinstance(ds, datasets.Dataset)
+    if map_style:
+        ds = _first_of_each_id(src, ds, skips if process_index == 0 else None)
     if process_count > 1:
         ds = split_dataset_by_node(ds, rank=process_index, world_size=process_count)
-    if isinstance(ds, datasets.Dataset) and done:
+    if map_style and done:
         ds, skipped = _drop_done(src, ds, done)
-        if on_skip and skipped:
-            on_skip(skipped)
+        skips.done += skipped
+    seen: Set[str] = set()
     for row in ds:
         rid = _row_id(src, row)
+        if not map_style:
+            if rid in seen:
+                skips.duplicate(src.split, rid)
+                continue
+            seen.add(rid)
         if (src.split, rid) in done:
-            if on_skip:
-                on_skip(1)
+            skips.done += 1
             continue
         ref = row.get(src.text_column) if src.text_column else None
         yield SourceRow(src.split, rid, _audio_source(row[src.audio_column], src.base_dir),
@@ -179,11 +242,7 @@ def process_rows(src: SplitSource, process_index: int, process_count: int, done:
 
 def _drop_done(src: SplitSource, ds, done: Set[Key]):
     """``ds`` without the rows already written, found from the id column alone."""
-    if src.id_column:
-        ids = ds.select_columns([src.id_column])[src.id_column]
-    else:
-        ids = [_row_id(src, {src.audio_column: a}) for a in ds.select_columns([src.audio_column])[src.audio_column]]
-    keep = [i for i, v in enumerate(ids) if (src.split, str(v)) not in done]
+    keep = [i for i, rid in enumerate(_ids(src, ds)) if (src.split, rid) not in done]
     skipped = len(ds) - len(keep)
     return (ds.select(keep) if skipped else ds), skipped
 
