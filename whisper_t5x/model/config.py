@@ -35,6 +35,7 @@ for _name in ("tiny", "base", "small", "medium"):
     _ARCHITECTURES[_name + ".en"] = (_d, _h, _e, _dl, _m, 51864)
 
 ENGLISH_ONLY_VOCAB_SIZE = 51864
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = (None, "xla", "cudnn")  # WhisperConfig.attention_impl values
 
 
@@ -119,6 +120,10 @@ class WhisperConfig:
     # Stack layer parameters on a leading "layers" axis and run them with nn.scan.
     scan_layers: bool = False
     layer_norm_eps: float = 1e-5
+    # Rematerialisation of each layer in the backward pass (training only; a forward pass is unchanged):
+    # "none", "full" (keep only layer inputs), "dots" (also keep matmul outputs), "dots_no_batch"
+    # (keep matmul outputs without batch dimensions, i.e. those of the weights alone).
+    remat_policy: str = "none"
     # How the encoder's self-attention runs: None, the model's own attention (query chunks, one head
     # at a time on one device); "xla" or "cudnn", jax.nn.dot_product_attention with that
     # implementation ("cudnn": the fused flash-attention kernel of NVIDIA GPUs, bf16/fp16 only).
@@ -159,6 +164,8 @@ class WhisperConfig:
                     )
         if self.attention_impl not in ATTENTION_IMPLS:
             problems.append(f"attention_impl={self.attention_impl!r} must be one of {ATTENTION_IMPLS}")
+        if self.remat_policy not in REMAT_POLICIES:
+            problems.append(f"remat_policy={self.remat_policy!r} must be one of {REMAT_POLICIES}")
         if problems:
             raise ValueError("Invalid WhisperConfig: " + "; ".join(problems))
 

@@ -195,7 +195,23 @@ class _LayerLoop(nn.Module):
         return x, {k: tuple(o[k] for o in outputs) for k in outputs[0]}
 
 
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _rematerialised(block_cls, config: WhisperConfig):
+    """``block_cls`` recomputed in the backward pass per ``config.remat_policy`` (forward unchanged)."""
+    if config.remat_policy == "none":
+        return block_cls
+    # Inside a scan the loop already stops common-subexpression elimination across layers.
+    return nn.remat(block_cls, policy=_REMAT_POLICIES[config.remat_policy], prevent_cse=not config.scan_layers)
+
+
 def _layers(block_cls, num_layers, num_broadcast, config, dtype, param_dtype):
+    block_cls = _rematerialised(block_cls, config)
     if config.scan_layers:
         return _scanned(block_cls, num_layers, num_broadcast)(config, dtype, param_dtype, name="layers")
     return _LayerLoop(block_cls, num_layers, config, dtype, param_dtype, name="layers")
