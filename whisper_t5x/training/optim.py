@@ -26,6 +26,7 @@ import optax
 
 __all__ = [
     "DECAYS",
+    "DEFAULT_FROZEN",
     "FROZEN",
     "TRAINABLE",
     "Optimizer",
@@ -134,10 +135,16 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: path_name(path).endswith("kernel"), params)
 
 
-def trainable_mask(params: Any, frozen: Sequence[str] = ()) -> Any:
-    """Params-shaped bool tree: ``False`` under any of the ``frozen`` prefixes (``"encoder"``,
-    ``"decoder/embed_tokens"`` ...). A prefix that matches no parameter is an error."""
-    frozen = tuple(p.strip("/") for p in frozen)
+#: Frozen unless asked otherwise: the encoder's positional table is a fixed sinusoid in openai-whisper (a
+#: buffer) and has ``requires_grad=False`` in transformers; training it would leave both formats.
+DEFAULT_FROZEN = ("encoder/embed_positions",)
+
+
+def trainable_mask(params: Any, freeze_encoder: bool = False, frozen: Sequence[str] = DEFAULT_FROZEN) -> Any:
+    """Params-shaped bool tree: ``False`` under any of the ``frozen`` prefixes (``"encoder/embed_positions"``,
+    ``"decoder/embed_tokens"`` ...), and under ``"encoder"`` with ``freeze_encoder``. A prefix that matches
+    no parameter is an :class:`OptimizerConfigError`."""
+    frozen = tuple(p.strip("/") for p in frozen) + (("encoder",) if freeze_encoder else ())
     names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     unknown = [p for p in frozen if not any(n == p or n.startswith(p + "/") for n in names)]
     if unknown:

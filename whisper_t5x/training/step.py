@@ -40,6 +40,7 @@ __all__ = [
     "SharedEncoderError",
     "Teacher",
     "TrainBatch",
+    "loss_and_grads",
     "make_eval_step",
     "make_train_step",
     "partition_eval_step",
@@ -91,8 +92,9 @@ def resolve_objective(loss: Union[str, Callable], label_smoothing: float = 0.0) 
     raise ValueError(f"loss must be 'ce', 'distill' or a callable, got {loss!r}")
 
 
-def _encoder_frozen(trainable_leaves, names) -> bool:
-    flags = [t for t, n in zip(trainable_leaves, names) if n.startswith("encoder/")]
+def _encoder_frozen(optimizer: Optimizer, params) -> bool:
+    flags = [t for p, t in jax.tree_util.tree_leaves_with_path(optimizer.is_trainable(params))
+             if path_name(p).startswith("encoder/")]
     return bool(flags) and not any(flags)
 
 
@@ -125,10 +127,15 @@ def _microbatches(batch: TrainBatch, k: int) -> TrainBatch:
     return jax.tree_util.tree_map(split, batch)
 
 
-def _loss_and_grads(module, teacher, objective, trainable, params, batch, teacher_params, k: int):
-    """Summed loss, token count, summed parts and the gradient of the loss *sum* w.r.t. trainable leaves."""
+def loss_and_grads(module: WhisperModule, objective: losses.Objective, params: Any, batch: TrainBatch,
+                   trainable: Any = None, teacher: Optional[Teacher] = None, teacher_params: Any = None,
+                   accumulation_steps: int = 1):
+    """``(loss_sum, token_count, parts, grads)`` of one batch, summed over its ``accumulation_steps``
+    microbatches; ``grads`` is the gradient of ``loss_sum`` (divide by ``token_count`` for the mean's) as a
+    params-shaped tree with ``None`` at frozen leaves, which are never differentiated."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    train_idx = [i for i, t in enumerate(trainable) if t]
+    flags = [True] * len(leaves) if trainable is None else [bool(t) for t in jax.tree_util.tree_leaves(trainable)]
+    train_idx = [i for i, t in enumerate(flags) if t]
 
     def loss_fn(train_leaves, mb):
         full = list(leaves)
@@ -140,18 +147,20 @@ def _loss_and_grads(module, teacher, objective, trainable, params, batch, teache
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     train_leaves = [leaves[i] for i in train_idx]
+    k = int(accumulation_steps)
     if k == 1:
         (loss_sum, (count, parts)), grads = grad_fn(train_leaves, batch)
-        return loss_sum, count, parts, grads
+    else:
+        def body(carry, mb):
+            return jax.tree_util.tree_map(jnp.add, carry, grad_fn(train_leaves, mb)), None
 
-    def body(carry, mb):
-        return jax.tree_util.tree_map(jnp.add, carry, grad_fn(train_leaves, mb)), None
-
-    mbs = _microbatches(batch, k)
-    shapes = jax.eval_shape(grad_fn, train_leaves, jax.tree_util.tree_map(lambda x: x[0], mbs))
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    ((loss_sum, (count, parts)), grads), _ = jax.lax.scan(body, zeros, mbs)
-    return loss_sum, count, parts, grads
+        mbs = _microbatches(batch, k)
+        shapes = jax.eval_shape(grad_fn, train_leaves, jax.tree_util.tree_map(lambda x: x[0], mbs))
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        ((loss_sum, (count, parts)), grads), _ = jax.lax.scan(body, zeros, mbs)
+    it = iter(grads)
+    full_grads = treedef.unflatten([next(it) if t else None for t in flags])
+    return loss_sum, count, parts, full_grads
 
 
 def make_train_step(module: WhisperModule, optimizer: Optimizer, loss: Union[str, Callable] = "ce",
@@ -175,23 +184,22 @@ def make_train_step(module: WhisperModule, optimizer: Optimizer, loss: Union[str
 
     def train_step(state: TrainState, batch: TrainBatch, teacher_params: Any = None) -> Tuple[TrainState, dict]:
         params = state.params
-        trainable = jax.tree_util.tree_leaves(optimizer.is_trainable(params))
-        names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-        if teacher is not None and teacher.share_encoder and not _encoder_frozen(trainable, names):
+        if teacher is not None and teacher.share_encoder and not _encoder_frozen(optimizer, params):
             raise SharedEncoderError("Teacher(share_encoder=True) needs the student's encoder frozen")
         if teacher is not None and teacher_params is None:
             raise losses.MissingTeacherLogitsError("this train step distils: pass teacher_params")
-        loss_sum, count, parts, grads = _loss_and_grads(module, teacher, objective, trainable, params, batch,
-                                                        teacher_params, k)
+        loss_sum, count, parts, grads = loss_and_grads(module, objective, params, batch, optimizer.trainable,
+                                                       teacher, teacher_params, k)
         denom = jnp.maximum(count, 1.0)
-        grads = [g / denom for g in grads]
-        grad_norm = optax.global_norm(grads)
         leaves, treedef = jax.tree_util.tree_flatten(params)
-        it = iter(grads)
-        full = treedef.unflatten([next(it) if t else jnp.zeros_like(x) for x, t in zip(leaves, trainable)])
+        grads = [None if g is None else g / denom for g in treedef.flatten_up_to(grads)]
+        grad_norm = optax.global_norm([g for g in grads if g is not None])
+        # The optimizer sees zeros for frozen leaves (its "frozen" branch ignores them) and frozen
+        # parameters are carried over untouched, bit for bit.
+        full = treedef.unflatten([jnp.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)])
         updates, opt_state = optimizer.update(full, state.opt_state, params)
-        updated = jax.tree_util.tree_leaves(optax.apply_updates(params, updates))
-        new_params = treedef.unflatten([u if t else x for u, x, t in zip(updated, leaves, trainable)])
+        updated = treedef.flatten_up_to(optax.apply_updates(params, updates))
+        new_params = treedef.unflatten([x if g is None else u for u, x, g in zip(updated, leaves, grads)])
         next_rng, _ = jax.random.split(state.rng)
         metrics = {"loss": loss_sum / denom, "token_count": count, "grad_norm": grad_norm,
                    "learning_rate": jnp.asarray(optimizer.learning_rate(state.step), jnp.float32)}
