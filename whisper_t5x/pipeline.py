@@ -46,6 +46,7 @@ from whisper_t5x.longform.chunked import ChunkedSettings, transcribe_chunked
 from whisper_t5x.longform.decoder import Decoder, DecodeRequest
 from whisper_t5x.longform.vad import BATCHED_VAD, VadSettings
 from whisper_t5x.longform.windows import window_params
+from whisper_t5x.longform.word_segments import SUBTITLE_LIMITS, SegmentLimits
 from whisper_t5x.results import Transcription, as_pipeline_dict
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ DEFAULT_BATCH_SIZE = 8
 PROGRESS_MIN_WINDOWS = 4  # a progress bar only for more windows than this
 SILENCE_PEAK = 1e-4  # windows quieter than this (-80 dBFS peak) are not decoded
 LONG_FORM_MODES = ("auto", "chunked", "sequential", "vad")
-AUTO_VAD_ABOVE_S = 30.0  # long_form="auto": inputs longer than one window are decoded as VAD rows
 
-__all__ = ["FlaxWhisperPipeline", "FlaxWhisperPipline", "DEFAULT_BATCH_SIZE", "LONG_FORM_MODES"]
+__all__ = ["FlaxWhisperPipeline", "FlaxWhisperPipline", "DEFAULT_BATCH_SIZE", "LONG_FORM_MODES", "PromptError",
+           "check_prompt_ids"]
 
 _GENERATE_KEYS = {
     "num_beams", "max_length", "max_new_tokens", "temperature", "prompt_ids", "length_penalty", "seed",
@@ -83,6 +84,30 @@ def accelerator_hint(backend: Optional[str] = None) -> Optional[str]:
                     f"({command}, then `pip install -e .` again) and check with "
                     f"`python -c 'import jax; print(jax.devices())'`")
     return None
+
+
+class PromptError(ValueError):
+    """``prompt_ids`` that are not token ids of the model's vocabulary."""
+
+
+def check_prompt_ids(prompt: Any, vocab_size: int) -> Tuple[int, ...]:
+    """``prompt_ids`` as a tuple of ints, each in ``[0, vocab_size)``; anything else is a :class:`PromptError`."""
+    if prompt is None:
+        return ()
+    if isinstance(prompt, (str, bytes)):
+        raise PromptError("prompt_ids must be token ids (integers), got text: encode it with the tokenizer first "
+                          "(pipe.tokenizer.encode(' ' + text))")
+    try:
+        arr = np.asarray(prompt)
+    except Exception as e:  # ragged or odd objects
+        raise PromptError(f"prompt_ids must be a sequence of integers, got {type(prompt).__name__}") from e
+    if arr.size and arr.dtype.kind not in "iu":
+        raise PromptError(f"prompt_ids must be integers, got {arr.dtype} values")
+    ids = arr.reshape(-1)
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.size:
+        raise PromptError(f"prompt_ids must lie in [0, {vocab_size}) (the model's vocabulary), got {int(bad[0])}")
+    return tuple(int(t) for t in ids)
 
 
 def _is_single(inputs: Any) -> bool:
@@ -164,6 +189,7 @@ class FlaxWhisperPipeline:
         continue_early_stops: bool = True,
         cut_at_pauses: bool = False,
         vad: VadSettings = BATCHED_VAD,
+        segment_limits: SegmentLimits = SUBTITLE_LIMITS,
     ):
         from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
@@ -207,6 +233,7 @@ class FlaxWhisperPipeline:
         self.continue_early_stops = bool(continue_early_stops)
         self.cut_at_pauses = bool(cut_at_pauses)
         self.vad = vad
+        self.segment_limits = segment_limits
         self._host_params = params
         self.decoder = Decoder(self.model, params, self.batch_size, feature_backend)
         self.last_stats: Dict[str, Any] = {}
@@ -276,10 +303,9 @@ class FlaxWhisperPipeline:
         if isinstance(return_timestamps, str) and return_timestamps != "word":
             raise ValueError(f"return_timestamps must be True, False or 'word', got {return_timestamps!r}")
         words = return_timestamps == "word"
-        mode = "sequential" if words and long_form == "chunked" else long_form  # auto: decided per input
+        mode = "sequential" if words and long_form == "chunked" else long_form
         timestamps = bool(return_timestamps) or self.decode_with_timestamps or mode == "sequential"
-        prompt = gk.get("prompt_ids")
-        prompt = () if prompt is None else tuple(int(t) for t in np.asarray(prompt).reshape(-1))
+        prompt = check_prompt_ids(gk.get("prompt_ids"), self.config.vocab_size)
         max_length = gk.get("max_length", self.max_length)
         if gk.get("max_new_tokens") is not None:
             max_length = int(gk["max_new_tokens"]) + 4  # + sot, language, task, notimestamps
@@ -322,16 +348,18 @@ class FlaxWhisperPipeline:
         of these (their rows share batches; the result is then a list).
         Returns a :class:`~whisper_t5x.results.Transcription` per input.
 
-        ``long_form``: ``"auto"`` (default: ``"vad"`` for inputs over 30 s
-        unless segment timestamps are asked, where ``"chunked"`` is used,
-        and one chunked window for shorter ones; chosen by
-        ``benchmarks/vad_options.py``), ``"chunked"`` (windows of all inputs
+        ``long_form``: ``"auto"`` (default: ``"vad"`` for inputs of any length
+        and any timestamp request; chosen by ``benchmarks/vad_options.py`` and
+        ``benchmarks/segment_times.py``), ``"vad"`` (speech
+        found by Silero VAD, merged into rows of at most 30 s without overlap,
+        decoded without timestamp tokens; with ``return_timestamps`` segment
+        and word times come from the cross-attention alignment, segments cut at
+        sentence ends, pauses, removed silences and ``segment_limits``),
+        ``"chunked"`` (windows of all inputs
         decoded in parallel and stitched), ``"sequential"`` (openai-whisper's seek:
         each window starts at the previous one's last complete timestamp and
         is conditioned on its text; inputs share batches; ``generate_kwargs``
-        ``vad_filter=True`` runs it on the speech only) or ``"vad"`` (speech
-        found by Silero VAD, merged into rows of at most 30 s without overlap;
-        settings in the constructor's ``vad``).
+        ``vad_filter=True`` runs it on the speech only).
         ``return_timestamps="word"``: segments carry ``words`` (chunked:
         decoded with the sequential algorithm). Without timestamps (and with
         ``decode_with_timestamps=False``) segments are one per window.
@@ -362,10 +390,7 @@ class FlaxWhisperPipeline:
         settings = ChunkedSettings(chunk, stride, batch_size, self.silence_threshold,
                                    self.cut_at_pauses and call.request.timestamps, self.continue_early_stops)
         try:
-            if call.mode == "auto":
-                results = self._auto(items, call, settings, bar, stats)
-            else:
-                results = self._run(call.mode, items, call, settings, bar, stats)
+            results = self._run(call.mode, items, call, settings, bar, stats)
         finally:
             bar.close()
             self.decoder.batch_size = self.batch_size
@@ -380,32 +405,13 @@ class FlaxWhisperPipeline:
         """One long-form algorithm over ``items``: segmenter, the Decoder, assembler."""
         if mode == "sequential":
             return self._sequential(items, call)
-        if mode == "vad":
+        if mode in ("auto", "vad"):
             from whisper_t5x.longform.vad import transcribe_vad
 
-            return transcribe_vad(self.decoder, items, call.request, self.vad, call.prompt, call.words, stats)
+            return transcribe_vad(self.decoder, items, call.request, self.vad, call.prompt, call.words, stats,
+                                  segment_timestamps=call.segment_timestamps, limits=self.segment_limits)
         return transcribe_chunked(self.decoder, items, call.request, settings, call.prompt, call.segments, bar,
                                   stats)
-
-    def _auto(self, items: List[Any], call: _Call, settings: ChunkedSettings, bar: "_Progress",
-              stats: Dict[str, Any]) -> List[Transcription]:
-        """VAD rows for inputs over 30 s, one chunked window (sequential for words) for the rest.
-
-        VAD rows are decoded without timestamp tokens (which lose words at row ends), so a row is one
-        segment; when segment timestamps are asked for, long inputs are decoded chunked instead.
-        """
-        from whisper_t5x.audio.loading import load_input
-
-        audio = [load_input(x, i, len(items)) for i, x in enumerate(items)]
-        vad_ok = not (call.segment_timestamps and not self.vad.row_timestamps)
-        long = [i for i, a in enumerate(audio) if vad_ok and a.shape[0] > AUTO_VAD_ABOVE_S * SAMPLE_RATE]
-        short = [i for i in range(len(items)) if i not in set(long)]
-        results: List[Optional[Transcription]] = [None] * len(items)
-        for mode, group in (("vad", long), ("sequential" if call.words else "chunked", short)):
-            if group:
-                for i, r in zip(group, self._run(mode, [audio[i] for i in group], call, settings, bar, stats)):
-                    results[i] = r
-        return results  # type: ignore[return-value]
 
     def _sequential(self, items: List[Any], call: _Call) -> List[Transcription]:
         from whisper_t5x.longform.sequential import SequentialOptions, run_sequential

@@ -46,6 +46,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from typing import Any, BinaryIO, Mapping, Optional, Tuple
 
 import numpy as np
@@ -61,12 +62,35 @@ _READ_CHUNK = 1 << 20  # bytes read from ffmpeg at a time when the length is not
 
 __all__ = [
     "AudioError", "AudioTooLongError", "EmptyAudioError", "SAMPLE_RATE", "load_audio", "get_duration",
-    "probe_duration", "resample", "to_mono", "load_input",
+    "probe_duration", "resample", "to_mono", "load_input", "LoudAudioWarning", "MAX_FLOAT_PEAK",
 ]
 
 
 class AudioError(ValueError):
     """The audio input is missing, undecodable or malformed."""
+
+
+class LoudAudioWarning(UserWarning):
+    """A float waveform far outside [-1, 1] was rescaled (integer PCM passed as floats, most often)."""
+
+
+MAX_FLOAT_PEAK = 4.0  # float samples beyond this are not [-1, 1] audio with some clipping: they are rescaled
+_INT16_FULL_SCALE = 32768.0
+
+
+def _rescale_loud(arr: np.ndarray) -> np.ndarray:
+    """Float audio whose peak exceeds :data:`MAX_FLOAT_PEAK` scaled into [-1, 1], with a :class:`LoudAudioWarning`.
+
+    A peak up to 32768 is taken as 16-bit PCM held in floats (divided by 32768, keeping its level); a larger one
+    is divided by its peak. Whisper's features and the VAD see such arrays as noise, and text would be lost.
+    """
+    peak = float(np.max(np.abs(arr))) if arr.size else 0.0
+    if peak <= MAX_FLOAT_PEAK:
+        return arr
+    scale = _INT16_FULL_SCALE if peak <= _INT16_FULL_SCALE else peak
+    warnings.warn(f"float audio peaks at {peak:.4g}, far outside [-1, 1]: divided by {scale:.6g} "
+                  f"(pass float samples in [-1, 1])", LoudAudioWarning, stacklevel=4)
+    return (arr / np.float32(scale)).astype(np.float32)
 
 
 class EmptyAudioError(AudioError):
@@ -119,7 +143,7 @@ def _as_float_array(array: Any) -> np.ndarray:
         raise AudioError(
             f"audio contains {bad.size} non-finite value(s) (NaN or inf), first at flat index {int(bad[0])}"
         )
-    return arr
+    return _rescale_loud(arr)
 
 
 def to_mono(array: np.ndarray, channel_axis: Optional[int] = None) -> np.ndarray:

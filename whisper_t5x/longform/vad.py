@@ -27,6 +27,7 @@ from whisper_t5x.audio.loading import load_input
 from whisper_t5x.longform.decoder import DecodedRow, Decoder, DecodeRequest
 from whisper_t5x.longform.segments import parse_row, text_tokens
 from whisper_t5x.longform.speech_rows import STRATEGIES, SpeechRow, speech_rows
+from whisper_t5x.longform.word_segments import SUBTITLE_LIMITS, SegmentLimits, TimedWord, split_segments
 from whisper_t5x.results import Segment, Transcription, Word
 
 __all__ = ["VadSettings", "transcribe_vad", "assemble", "vad_speech", "BATCHED_VAD", "speech_only", "to_original"]
@@ -99,15 +100,40 @@ def _row_segments(decoder: Decoder, row: SpeechRow, decoded: DecodedRow, timesta
     return out
 
 
+def _aligned_segments(decoder: Decoder, row: SpeechRow, decoded: DecodedRow,
+                      words: Sequence[TimedWord], limits: SegmentLimits) -> List[Segment]:
+    """One row's segments cut from its aligned words (:func:`split_segments`); one segment if none aligned."""
+    if not words:
+        return _row_segments(decoder, row, decoded, False)
+    stats = dict(avg_logprob=decoded.avg_logprob, no_speech_prob=decoded.no_speech_prob,
+                 compression_ratio=decoded.compression_ratio, temperature=decoded.temperature)
+    out = []
+    for group in split_segments(words, limits):
+        tokens = tuple(t for w in group for t in w.tokens)
+        out.append(Segment(group[0].start, group[-1].end, decoder.tokenizer.decode(list(tokens)), tokens,
+                           words=tuple(Word(w.start, w.end, w.word, w.probability) for w in group), **stats))
+    return out
+
+
 def assemble(decoder: Decoder, rows: Sequence[SpeechRow], decoded: Sequence[DecodedRow], duration: float,
-             timestamps: bool, words: Optional[Sequence[Sequence[Word]]] = None) -> Transcription:
-    """One input's rows (in order) into a Transcription: times monotonic, clipped to the audio."""
+             timestamps: bool, words: Optional[Sequence[Sequence[TimedWord]]] = None,
+             limits: Optional[SegmentLimits] = None, keep_words: bool = True) -> Transcription:
+    """One input's rows (in order) into a Transcription: times monotonic, clipped to the audio.
+
+    With ``words`` (each row's aligned words) segments are cut from the words by ``limits``
+    (:mod:`whisper_t5x.longform.word_segments`); ``keep_words=False`` drops the words from the result
+    (segment timestamps asked for, word timestamps not). Else a row is one segment, or the segments its
+    timestamp tokens give (``timestamps``).
+    """
     segments: List[Segment] = []
     languages: List[str] = []
     for k, (row, res) in enumerate(zip(rows, decoded)):
-        found = _row_segments(decoder, row, res, timestamps)
-        if found and words is not None:
-            found = _with_words(found, words[k])
+        if words is not None and not timestamps:
+            found = _aligned_segments(decoder, row, res, words[k], limits or SUBTITLE_LIMITS)
+        else:
+            found = _row_segments(decoder, row, res, timestamps)
+            if found and words is not None:
+                found = _with_words(found, [Word(w.start, w.end, w.word, w.probability) for w in words[k]])
         segments.extend(found)
         if found:
             lang = _language(decoder, res.language_token)
@@ -117,7 +143,8 @@ def assemble(decoder: Decoder, rows: Sequence[SpeechRow], decoded: Sequence[Deco
     for s in segments:
         start = min(max(s.start, prev_end), duration)
         end = min(max(s.end, start), duration)
-        fixed.append(dataclasses.replace(s, start=round(start, 3), end=round(end, 3)))
+        fixed.append(dataclasses.replace(s, start=round(start, 3), end=round(end, 3),
+                                         words=s.words if keep_words else None))
         prev_end = end
     text = decoder.tokenizer.decode([t for s in fixed for t in s.tokens])
     language = collections.Counter(languages).most_common(1)[0][0] if languages else None
@@ -138,8 +165,38 @@ def _with_words(segments: List[Segment], words: Sequence[Word]) -> List[Segment]
     return out
 
 
+def timed_words(row: SpeechRow, timing: Sequence[Any]) -> List[TimedWord]:
+    """One row's word timings (seconds into the row) on the original timeline, each inside one piece.
+
+    A word belongs to the piece its middle falls in and is clipped to that piece, so no word (and no
+    segment cut from words) spans a silence the VAD removed. Tokens of a timing whose text merged into a
+    neighbour stay with the word before it, so the words' tokens are the row's text tokens in order.
+    """
+    offsets = np.array([p.offset for p in row.pieces], np.float64) / SAMPLE_RATE
+    out: List[TimedWord] = []
+    carry: Tuple[int, ...] = ()
+    for w in timing:
+        tokens = carry + tuple(int(t) for t in w.tokens)
+        if not w.word:
+            if out:
+                out[-1] = dataclasses.replace(out[-1], tokens=out[-1].tokens + tokens)
+                carry = ()
+            else:
+                carry = tokens
+            continue
+        carry = ()
+        middle = (w.start + w.end) / 2
+        k = int(np.clip(np.searchsorted(offsets, middle, side="right") - 1, 0, len(row.pieces) - 1))
+        piece = row.pieces[k]
+        lo, hi = piece.start / SAMPLE_RATE, piece.end / SAMPLE_RATE
+        start = min(max(float(row.original_time(w.start)), lo), hi)
+        end = min(max(float(row.original_time(w.end, is_end=True)), start), hi)
+        out.append(TimedWord(round(start, 3), round(end, 3), w.word, float(w.probability), tokens, (row.index, k)))
+    return out
+
+
 def _row_words(decoder: Decoder, rows: List[SpeechRow], feats: np.ndarray, decoded: List[DecodedRow],
-               request: DecodeRequest) -> List[List[Word]]:
+               request: DecodeRequest) -> List[List[TimedWord]]:
     """Word timings of decoded rows (cross-attention alignment), mapped to the original timeline."""
     from whisper_t5x.longform import alignment as al
 
@@ -151,16 +208,9 @@ def _row_words(decoder: Decoder, rows: List[SpeechRow], feats: np.ndarray, decod
         task=request.task, programs=decoder.alignment_programs)
     out = []
     for row, timing in zip(rows, timings):
-        words = []
         timing = list(timing)
         al.merge_punctuations(timing)  # in place
-        for w in timing:
-            if not w.word:
-                continue
-            start = float(row.original_time(w.start))
-            end = max(start, float(row.original_time(w.end, is_end=True)))
-            words.append(Word(round(start, 3), round(end, 3), w.word, float(w.probability)))
-        out.append(words)
+        out.append(timed_words(row, timing))
     return out
 
 
@@ -183,8 +233,15 @@ def _batches(items: Sequence[Any], settings: VadSettings, batch_size: int
 
 def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeRequest,
                    settings: VadSettings = BATCHED_VAD, prompt: Sequence[int] = (), words: bool = False,
-                   stats: Optional[Dict[str, int]] = None) -> List[Transcription]:
-    """Transcribe ``items``; one :class:`Transcription` each. Rows of all inputs share batches."""
+                   stats: Optional[Dict[str, int]] = None, segment_timestamps: bool = False,
+                   limits: SegmentLimits = SUBTITLE_LIMITS) -> List[Transcription]:
+    """Transcribe ``items``; one :class:`Transcription` each. Rows of all inputs share batches.
+
+    ``words`` (word timestamps) or ``segment_timestamps``: rows are aligned word by word and, unless
+    ``settings.row_timestamps``, segments are cut from the words by ``limits``; ``words`` also keeps the
+    words in the result. Otherwise a row is one segment.
+    """
+    align = words or segment_timestamps
     from whisper_t5x.audio.features import log_mel_spectrogram_np, pad_or_trim
 
     stats = stats if stats is not None else {}
@@ -193,14 +250,14 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
     request = dataclasses.replace(request, timestamps=settings.row_timestamps)
     n_mels = decoder.config.num_mel_bins
     on_device = decoder.feature_backend == "jax"
-    row_words: Dict[Tuple[int, int], List[Word]] = {}
+    row_words: Dict[Tuple[int, int], List[TimedWord]] = {}
     inputs: Dict[int, _Input] = {}
 
     def finish(batch, feats, pending) -> None:
         results = pending.result()
         for (i, k), res in zip(batch, results):
             inputs[i].decoded[k] = res
-        if words:
+        if align:
             mel = feats if not on_device else log_mel_spectrogram_np(list(feats), n_mels=n_mels)
             found = _row_words(decoder, [inputs[i].rows[k] for i, k in batch], mel[:len(batch)], results, request)
             for key, w in zip(batch, found):
@@ -234,8 +291,8 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
     for i in range(len(items)):
         inp = inputs[i]
         decoded = [inp.decoded[k] for k in range(len(inp.rows))]
-        w = [row_words.get((i, k), []) for k in range(len(inp.rows))] if words else None
-        out.append(assemble(decoder, inp.rows, decoded, inp.duration, request.timestamps, w))
+        w = [row_words.get((i, k), []) for k in range(len(inp.rows))] if align else None
+        out.append(assemble(decoder, inp.rows, decoded, inp.duration, request.timestamps, w, limits, words))
     return out
 
 
