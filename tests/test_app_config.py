@@ -186,3 +186,40 @@ def test_serve_flags_bind_section_fields(monkeypatch):
     assert settings_from_args([]).max_batch_size == 8  # no preset: the server's default batch
     with pytest.raises(gin_config.GinConfigError, match="PartitionSection.batch_size"):
         settings_from_args(["--batch_size", "0"])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(chunk_length_s=100), r"DecodeSection.chunk_length_s must be in \(0, 30\]"),
+    (dict(chunk_length_s=0), r"DecodeSection.chunk_length_s must be in \(0, 30\]"),
+    (dict(chunk_length_s=float("nan")), "DecodeSection.chunk_length_s must be a finite number"),
+    (dict(chunk_length_s="30"), "DecodeSection.chunk_length_s must be a finite number"),
+    (dict(stride_length_s=15), "DecodeSection.stride_length_s must be >= 0 and less than half"),
+    (dict(chunk_length_s=10, stride_length_s=5), "DecodeSection.stride_length_s must be >= 0 and less than half"),
+    (dict(stride_length_s=-1), "DecodeSection.stride_length_s must be >= 0"),
+    (dict(language="klingon"), "DecodeSection.language: unknown language 'klingon'.*`whisper-t5x languages`"),
+    (dict(language=""), "DecodeSection.language: unknown language ''"),
+    (dict(language=3), "DecodeSection.language: unknown language 3"),
+])
+def test_decode_section_checks_windows_and_language_before_any_model(bad, match):
+    with pytest.raises(ValueError, match=match):
+        DecodeSection(**bad)
+
+
+def test_decode_section_accepts_what_the_pipeline_accepts():
+    for ok in (dict(chunk_length_s=30), dict(chunk_length_s=10.5, stride_length_s=2), dict(stride_length_s=0),
+               dict(language="en"), dict(language="German"), dict(language="<|fr|>"), dict(language="mandarin"),
+               dict(language="yue"), dict(language=None)):
+        d = DecodeSection(**ok)
+        assert d.language == ok.get("language")  # kept as given; the pipeline maps it to a code
+
+
+@pytest.mark.parametrize("job, files, required", [
+    (TranscribeConfig, ["runs/transcribe"], []), (LabelConfig, ["runs/label"], LABEL_REQUIRED),
+    (ServeConfig, ["runs/serve"], []),
+])
+def test_bad_decode_values_fail_every_job_config_by_name(job, files, required):
+    for binding, match in (("DecodeSection.chunk_length_s = 100", "DecodeSection.chunk_length_s"),
+                           ("DecodeSection.language = 'klingon'", "unknown language 'klingon'")):
+        gin_config.parse_gin(files, [binding], extra_bindings=required)
+        with pytest.raises(gin_config.GinConfigError, match=match):
+            gin_config.make(job)

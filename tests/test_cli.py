@@ -570,3 +570,32 @@ def test_outputs_follow_the_umask(audio_dir, tmp_path, capsys, umask, mode):
     assert rc == 0
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "o").iterdir()}
     assert modes == {"c.txt": mode, "c.json": mode, "config.gin": mode, "manifest.jsonl": mode}
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--gin.DecodeSection.chunk_length_s=100", "DecodeSection.chunk_length_s must be in (0, 30] seconds"),
+    ("--chunk_length_s=12", None),
+    ("--gin.DecodeSection.stride_length_s=20", "DecodeSection.stride_length_s must be >= 0 and less than half"),
+    ("--gin.DecodeSection.language='klingon'", "unknown language 'klingon'"),
+    ("--language=Klingon", "`whisper-t5x languages` lists the codes and names"),
+])
+def test_bad_windows_and_languages_fail_before_the_model(audio_dir, tmp_path, capsys, flag, message):
+    FakePipeline.instances.clear()
+    rc = cli.main(["whisper-t5x", "transcribe", str(audio_dir), "--output_dir", str(tmp_path / "o"), flag,
+                   f"--gin.PartitionSection.pipeline={FAKE}"])
+    err = capsys.readouterr().err.strip()
+    if message is None:  # a valid value reaches the pipeline (audio_dir holds one undecodable file: rc 1)
+        assert rc == 1 and FakePipeline.instances, err
+        return
+    assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not FakePipeline.instances  # no model was built
+
+
+def test_languages_command_lists_every_code(capsys):
+    from whisper_t5x.text.languages import LANGUAGES
+
+    assert cli.main(["whisper-t5x", "languages"]) == 0
+    out = capsys.readouterr().out
+    for code, name in LANGUAGES.items():
+        assert f"{code:<4} {name}\n" in out
+    assert "mandarin (zh)" in out
