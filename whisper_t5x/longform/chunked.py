@@ -9,7 +9,10 @@ windows, packs the windows of *all* inputs into full batches and computes
 their log-mel features, while the main thread decodes the previous batch:
 batch ``k + 1`` is dispatched before batch ``k`` is fetched and judged, so
 the device never waits for host work. Windows that are digitally silent are
-not decoded. When a window's text stops well before the end of the audio it
+not decoded. A window that begins in a long quiet stretch starts just before
+the speech instead (:func:`whisper_t5x.longform.windows.skip_leading_quiet`),
+so that the model's first timestamp, which it puts near the window's start,
+is right. When a window's text stops well before the end of the audio it
 owns, a continuation window is decoded from its last timestamp
 (:func:`continuation_windows`).
 """
@@ -27,7 +30,8 @@ from whisper_t5x.audio.constants import N_SAMPLES, SAMPLE_RATE
 from whisper_t5x.audio.loading import load_input
 from whisper_t5x.longform.decoder import DecodedRow, Decoder, DecodeRequest, Pending
 from whisper_t5x.longform.stitching import WindowTranscript, parse_window, stitch
-from whisper_t5x.longform.windows import Batch, Window, bucket_size, pause_windows, split_windows
+from whisper_t5x.longform.windows import (Batch, Window, bucket_size, pause_windows, skip_leading_quiet,
+                                          split_windows)
 from whisper_t5x.results import Transcription
 
 __all__ = ["ChunkedSettings", "transcribe_chunked", "WindowLoader", "continuation_windows", "window_features",
@@ -46,6 +50,7 @@ class ChunkedSettings:
     silence_threshold: float  # windows with a lower peak are not decoded
     cut_at_pauses: bool = False
     continue_early_stops: bool = True
+    skip_leading_quiet: bool = True  # windows (and continuations) start at most ~1 s of quiet before speech
 
 
 # ---------------------------------------------------------------------- loader messages
@@ -124,8 +129,10 @@ class WindowLoader:
     def _windows(self, index: int, audio: np.ndarray) -> List[Window]:
         s = self.settings
         if s.cut_at_pauses:
-            return pause_windows(audio, s.chunk, s.stride, input_index=index)
-        return split_windows(audio.shape[0], s.chunk, s.stride, input_index=index)
+            windows = pause_windows(audio, s.chunk, s.stride, input_index=index)
+        else:
+            windows = split_windows(audio.shape[0], s.chunk, s.stride, input_index=index)
+        return skip_leading_quiet(windows, audio) if s.skip_leading_quiet else windows
 
     def _run(self) -> None:
         s = self.settings
@@ -171,7 +178,7 @@ class WindowLoader:
 
 # ---------------------------------------------------------------------- continuations
 def continuation_windows(transcripts: Dict[int, List[WindowTranscript]], audio: Dict[int, np.ndarray],
-                         chunk: int) -> List[tuple]:
+                         chunk: int, skip_quiet: bool = True) -> List[tuple]:
     """Windows to decode again from where a window's text stopped early (openai-whisper's "seek"), once.
 
     Whisper sometimes ends a window's transcript long before the end of its
@@ -181,13 +188,17 @@ def continuation_windows(transcripts: Dict[int, List[WindowTranscript]], audio: 
     quiet, a *continuation* window starting at the last timestamp is made; the
     stopped window is marked to be cut at its last timestamp
     (``content_end``), and the stitcher takes the text after it from the
-    continuation. Returns ``(window, clip)`` pairs.
+    continuation. A continuation that would begin in a long quiet stretch
+    starts just before the speech (``skip_quiet``, see
+    :func:`whisper_t5x.longform.windows.skip_leading_quiet`) and spans up to
+    ``chunk`` samples from there. Returns ``(window, clip)`` pairs.
     """
     extra = []
     for i, trs in transcripts.items():
         samples = audio.get(i)
         if samples is None:
             continue
+        mine = []
         starts_at = {o.window.start for o in trs if o.window.stride_left == 0}
         for tr in list(trs):
             w = tr.window
@@ -202,7 +213,11 @@ def continuation_windows(transcripts: Dict[int, List[WindowTranscript]], audio: 
                 continue  # the model stopped at a real pause
             tr.content_end = tr.last_timestamp
             end = min(start + chunk, samples.shape[0])
-            extra.append((Window(i, -1, start, end, 0, 0, int(samples.shape[0])), samples[start:end]))
+            mine.append(Window(i, -1, start, end, 0, 0, int(samples.shape[0])))
+        if skip_quiet:
+            mine = [dataclasses.replace(w, end=min(w.start + chunk, w.num_samples))
+                    for w in skip_leading_quiet(mine, samples)]
+        extra.extend((w, samples[w.start:w.end]) for w in mine)
     return extra
 
 
@@ -276,7 +291,7 @@ def transcribe_chunked(
             finish(in_flight)
 
     if keep_audio and loader.audio:
-        extra = continuation_windows(transcripts, loader.audio, settings.chunk)
+        extra = continuation_windows(transcripts, loader.audio, settings.chunk, settings.skip_leading_quiet)
         stats["continuation_windows"] += len(extra)
         if progress is not None and extra:
             progress.add_total(len(extra))

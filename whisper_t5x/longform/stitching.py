@@ -22,7 +22,12 @@ Finding the seam
    anchor: both windows agree on it, so cutting anywhere inside it neither
    duplicates nor drops a token; the cut is made at the token closest to ``T``.
 4. Without such a run (silence, or windows that disagree) the time rule is
-   used: A keeps its tokens before ``T``, B its tokens from ``T`` on.
+   used: A keeps its tokens before ``T``, B its tokens from ``T`` on, or from
+   where A's text ends if that is earlier (a closing timestamp before ``T``, or
+   no text at all). B's text between the two is text A did not say; its
+   times are the likeliest to be wrong, as Whisper puts a window's first
+   timestamp near the window's start whatever silence precedes the speech, so
+   dropping it would lose words.
 
 Chunks
 ------
@@ -248,7 +253,10 @@ def find_seam(
             best = (key, ia + k, jb + k, length)
     if best is not None:
         return Seam(best[1], best[2], True, best[3])
-    return Seam(_time_cut(a_toks, boundary), _time_cut(b_toks, boundary), False)
+    # Where left's text ends: the closing timestamp of its last segment (the window's end
+    # when that segment is not closed, or without timestamps); its start when it has no text.
+    left_end = a_toks[-1].seg_end if a_toks else left.window.start / sampling_rate
+    return Seam(_time_cut(a_toks, boundary), _time_cut(b_toks, min(boundary, left_end)), False)
 
 
 @dataclasses.dataclass

@@ -30,6 +30,13 @@ the left window's ``stride_right`` is the overlap). Where no pause is found it
 falls back to the overlapping layout above for that one seam. On continuous
 speech this decodes about a quarter fewer windows than the fixed layout (each
 window owns ~26 s instead of 20 s).
+
+:func:`skip_leading_quiet` moves the start of a window that begins in a long
+quiet stretch to just before the speech after it. Whisper puts the first
+timestamp of a window at (or within a second of) the window's start whatever
+silence precedes the speech, so without this a window's first segment starts
+seconds too early, and the stitcher, trusting those times, drops words that
+the model placed before a seam although they were spoken after it.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ __all__ = [
     "split_windows",
     "pause_windows",
     "find_pauses",
+    "skip_leading_quiet",
     "windows_for_inputs",
     "pack_batches",
     "bucket_size",
@@ -202,6 +210,13 @@ MIN_OVERLAP_S = 2.0  # ... and at least this (Whisper often leaves out a window'
 QUIET_RATIO = 0.1  # "quiet": frame RMS below this fraction of the input's 95th-percentile frame RMS
 
 
+def frame_rms(audio: np.ndarray, frame: int) -> np.ndarray:
+    """RMS of each whole ``frame``-sample frame of ``audio`` (a trailing partial frame is left out)."""
+    n = int(audio.shape[0]) // frame
+    frames = np.asarray(audio[: n * frame], np.float32).reshape(n, frame)
+    return np.sqrt(np.mean(frames * frames, axis=1))
+
+
 def find_pauses(audio: np.ndarray, sampling_rate: int = SAMPLE_RATE, min_pause_s: float = MIN_PAUSE_S,
                 quiet_ratio: float = QUIET_RATIO) -> np.ndarray:
     """Quiet stretches of ``audio`` as an ``(n, 2)`` int array of ``[start, end)`` samples.
@@ -212,11 +227,9 @@ def find_pauses(audio: np.ndarray, sampling_rate: int = SAMPLE_RATE, min_pause_s
     Audio without any loud frame (digital silence) has no pauses.
     """
     frame = max(1, int(round(FRAME_S * sampling_rate)))
-    n = int(audio.shape[0]) // frame
-    if n == 0:
+    rms = frame_rms(audio, frame)
+    if rms.size == 0:
         return np.zeros((0, 2), np.int64)
-    frames = np.asarray(audio[: n * frame], np.float32).reshape(n, frame)
-    rms = np.sqrt(np.mean(frames * frames, axis=1))
     loud = float(np.percentile(rms, 95))
     if loud <= 0:
         return np.zeros((0, 2), np.int64)
@@ -287,6 +300,57 @@ def pause_windows(
             nxt = end
         out.append(Window(input_index, len(out), start, end, left, end - nxt, num_samples))
         start, left = nxt, 0
+
+
+LEAD_IN_S = 0.4  # a window moved to its speech starts this long before it (the VAD's speech padding)
+MAX_LEADING_QUIET_S = 1.0  # windows starting with more quiet than this are moved
+ONSET_RATIO = 0.03  # "quiet" before speech: frame RMS below this fraction of the input's loud level
+ONSET_PERCENTILE = 99.0  # the input's loud level: this percentile of its frame RMS
+
+
+def skip_leading_quiet(
+    windows: Sequence[Window],
+    audio: np.ndarray,
+    sampling_rate: int = SAMPLE_RATE,
+    lead_in_s: float = LEAD_IN_S,
+    max_quiet_s: float = MAX_LEADING_QUIET_S,
+    ratio: float = ONSET_RATIO,
+) -> List[Window]:
+    """``windows`` of ``audio``, each starting no more than ``max_quiet_s`` of quiet before its speech.
+
+    A window whose first ``max_quiet_s`` seconds are all quiet (every 10 ms
+    frame's RMS below ``ratio`` times the ``ONSET_PERCENTILE``-th percentile
+    of the input's frame RMS, about 30 dB under its speech) starts instead
+    ``lead_in_s`` before its first loud frame. Its end and the end of the
+    span it owns stay; its owned span starts where it did or, when the window
+    now starts later, at the new start (the skipped audio is quiet, nobody
+    needs to own it). Windows that are quiet throughout, and inputs without a
+    loud level (digital silence, or speech in under 1% of the input), are
+    left as they are: this only ever removes quiet audio.
+    """
+    frame = max(1, int(round(FRAME_S * sampling_rate)))
+    rms = frame_rms(audio, frame)
+    if rms.size == 0:
+        return list(windows)
+    loud = float(np.percentile(rms, ONSET_PERCENTILE))
+    if loud <= 0:
+        return list(windows)
+    is_loud = rms >= ratio * loud
+    lead_in = int(round(lead_in_s * sampling_rate))
+    max_quiet = int(round(max_quiet_s * sampling_rate))
+    out: List[Window] = []
+    for w in windows:
+        first = w.start // frame  # frames wholly or partly inside the window
+        last = min(rms.size, -(-w.end // frame))
+        hits = np.flatnonzero(is_loud[first:last])
+        onset = (first + int(hits[0])) * frame if hits.size else None
+        if onset is None or onset - w.start <= max_quiet:
+            out.append(w)
+            continue
+        start = onset - lead_in
+        owned_start = w.start + w.stride_left
+        out.append(dataclasses.replace(w, start=start, stride_left=max(0, owned_start - start)))
+    return out
 
 
 def windows_for_inputs(
