@@ -41,6 +41,9 @@ setup(
         "serve": ["gradio>=6,<7", "fastapi", "uvicorn", "python-multipart"],
         # The dataset labelling job (`whisper-t5x label`): Hugging Face datasets in, Parquet out.
         "label": ["datasets>=5", "pyarrow"],
+        # Fine-tuning and distillation (`whisper-t5x train`, `whisper-t5x distill`).
+        "train": ["optax", "orbax-checkpoint", "tensorboardX", "jiwer", "whisper-normalizer", "datasets>=5",
+                  "pyarrow"],
         # Reference implementations for parity tests (torch must be the local CPU build: see README).
         "test": [
             "pytest",
@@ -65,6 +68,11 @@ setup(
             "onnxruntime",  # reference run of the Silero VAD weights
             "onnx",
             "faster-whisper",  # its get_speech_timestamps is the VAD algorithm's reference
+            "optax",
+            "orbax-checkpoint",
+            "tensorboardX",
+            "jiwer",
+            "whisper-normalizer",
         ],
         "peers": ["torch==2.13.0", "transformers>=5", "ctranslate2", "faster-whisper", "openai-whisper", "matplotlib",
                   "psutil", "onnxruntime"],
