@@ -2,8 +2,7 @@
 
 :class:`SlowPipeline` is what ``--gin.PartitionSection.pipeline='tests._label_fakes:SlowPipeline'``
 builds: it says how many samples each input has, after ``LABEL_FAKE_DELAY_S`` seconds per input
-(so concurrent runs overlap) and, if ``LABEL_FAKE_GATE`` names a file, once that file exists
-(so a test decides when a run may finish).
+(so concurrent runs overlap).
 """
 
 import io
@@ -46,13 +45,8 @@ class SlowPipeline:
 
     def __init__(self, **kwargs):
         self.delay_s = float(os.environ.get("LABEL_FAKE_DELAY_S", "0"))
-        self.gate = os.environ.get("LABEL_FAKE_GATE")
 
     def transcribe(self, inputs, **kwargs):
-        if self.gate:
-            deadline = time.time() + 120
-            while not os.path.exists(self.gate) and time.time() < deadline:
-                time.sleep(0.02)
         out = []
         for x in inputs:
             time.sleep(self.delay_s)

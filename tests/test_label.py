@@ -331,11 +331,9 @@ def _label_tones(dataset, out, *extra, pipeline=None):
                  "--text_column", "text", "--quiet", *extra], pipeline=pipeline or SlowPipeline())
 
 
-def _label_process(dataset, out, log_path, delay_s=0.0, gate=None, *extra):
+def _label_process(dataset, out, log_path, delay_s=0.0, *extra):
     env = subprocess_env(1)
     env["LABEL_FAKE_DELAY_S"] = str(delay_s)
-    if gate:
-        env["LABEL_FAKE_GATE"] = str(gate)
     cmd = [sys.executable, "-m", "whisper_t5x.main", "label", "--dataset", dataset, "--split", "train",
            "--output_dir", str(out), "--text_column", "text", "--quiet", FAKE_PIPELINE, *extra]
     log = open(log_path, "w+")
@@ -355,34 +353,27 @@ def _finish(proc, log, timeout=120):
     return proc.returncode, text
 
 
-def _wait_for(predicate, timeout=120, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_concurrent_runs_after_a_sigkill_write_each_row_once(tone_dataset, tmp_path, capsys):
     """The issue's case: 16 rows written, a run killed, then the same command twice at once."""
     out = tmp_path / "out"
     assert _label_tones(tone_dataset, out, "--max_rows", "16", "--part_rows", "4") == 0
     assert len(_read(out)) == 16
-    # a run that holds the folder: a second one is refused by name, before it labels anything
-    gate = tmp_path / "gate"
-    victim, log = _label_process(tone_dataset, out, tmp_path / "victim.txt", 0.0, gate)
-    lock_file = out / ".label-locks" / "process-00000.lock"
-    _wait_for(lambda: lock_file.is_file() and f"pid {victim.pid} ".encode() in lock_file.read_bytes(),
-              what="the first run's lock")
-    capsys.readouterr()
-    assert _label_tones(tone_dataset, out) == 2
-    err = capsys.readouterr().err.strip()
-    assert "is in use" in err and f"pid {victim.pid}" in err and len(err.splitlines()) == 1, err
-    assert len(_read(out)) == 16
-    # SIGKILL: the kernel drops its lock, so the next runs are not blocked by a stale one
-    victim.send_signal(signal.SIGKILL)
-    _finish(victim, log)
+    # a process holding the folder (as a run does): the same command is refused by name, before labelling
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from whisper_t5x.app.label.lock import acquire; "
+         f"acquire({str(out)!r}, 0, 1); print('locked', flush=True); time.sleep(600)"],
+        cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        assert _label_tones(tone_dataset, out) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is in use" in err and f"pid {holder.pid} " in err and len(err.splitlines()) == 1, err
+        assert len(_read(out)) == 16
+    finally:  # SIGKILL: the kernel drops its lock, so the next runs are not blocked by a stale one
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        holder.stdout.close()
     runs = [_label_process(tone_dataset, out, tmp_path / f"run{i}.txt", 0.1) for i in range(2)]
     results = [_finish(p, f) for p, f in runs]
     codes = sorted(rc for rc, _ in results)

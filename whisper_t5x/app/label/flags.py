@@ -100,7 +100,8 @@ def main(argv: Optional[Sequence[str]] = None, pipeline: Any = None) -> int:
 
     ``pipeline``: a ready pipeline object to use instead of building one (tests).
     """
-    from whisper_t5x.app.label import config as config_lib, job  # registers LabelConfig with gin
+    from whisper_t5x.app.file_job import OutputDirError
+    from whisper_t5x.app.label import config as config_lib, job, lock  # config registers LabelConfig with gin
 
     argv = list(sys.argv if argv is None else argv)
     original = list(argv)
@@ -134,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None, pipeline: Any = None) -> int:
     try:
         report = job.run_label(config, pipeline=pipeline, process_index=index, process_count=count,
                                config_header=header)
-    except (job.OutputDirError, job.lock.LabelBusyError) as e:
+    except (OutputDirError, lock.LabelBusyError) as e:
         return _error(str(e))
     except (job.source.SourceError, build.PipelineBuildError) as e:
         return _error(str(e), 1)

@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from whisper_t5x.app import build
 from whisper_t5x.app.gin_config import CONFIG_FILENAME, write_config
-from whisper_t5x.app.file_job import OutputDirError, prepare_output_dir
+from whisper_t5x.app.file_job import prepare_output_dir
 from whisper_t5x.app.label import batching, lock, sink, source
 from whisper_t5x.app.label.config import LabelConfig
 from whisper_t5x.audio.constants import SAMPLE_RATE

@@ -14,9 +14,10 @@ locks in ``OUT/.label-locks/`` for as long as it labels:
 
 The kernel releases a lock when its holder exits, SIGKILL included, so a
 killed run never blocks the next one. Locks hold across hosts where the file
-system shares them (NFS); elsewhere (a gcsfuse mount) each host's processes
-are still covered, and distinct process indexes keep hosts' rows apart. A file
-system without locks gets a warning and no protection.
+system shares them (NFS); where locks stay local to each host (a FUSE mount such
+as gcsfuse) each host's processes are still covered, and distinct process
+indexes keep hosts' rows apart. A file system that refuses locks gets a
+warning and no protection.
 """
 
 from __future__ import annotations

@@ -158,8 +158,8 @@ def _row_id(src: SplitSource, row: dict) -> str:
     return _id_value(src, audio.get("path") if isinstance(audio, dict) else audio)
 
 
-def _ids(src: SplitSource, ds) -> List[str]:
-    """Every row id of a map-style ``ds``, read from one Arrow column (audio bytes are never read)."""
+def _id_array(src: SplitSource, ds):
+    """The row ids of a map-style ``ds`` as one Arrow column (audio bytes are never read)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -167,7 +167,12 @@ def _ids(src: SplitSource, ds) -> List[str]:
     values = ds.select_columns([column]).with_format("arrow")[:].column(column)
     if not src.id_column and pa.types.is_struct(values.type):
         values = pc.struct_field(values, "path")
-    return [_id_value(src, v) for v in values.to_pylist()]
+    return values
+
+
+def _ids(src: SplitSource, ds) -> List[str]:
+    """Every row id of a map-style ``ds``, in order."""
+    return [_id_value(src, v) for v in _id_array(src, ds).to_pylist()]
 
 
 EXAMPLES = 5  # duplicate ids named in the warning and the summary
@@ -190,6 +195,10 @@ class Skips:
 
 def _first_of_each_id(src: SplitSource, ds, skips: Optional[Skips]):
     """``ds`` without the rows that repeat an earlier row's id (counted in ``skips`` if given)."""
+    import pyarrow.compute as pc
+
+    if pc.count_distinct(_id_array(src, ds)).as_py() == len(ds):  # no repeats (the usual case): no Python loop
+        return ds
     seen: Set[str] = set()
     keep: List[int] = []
     for i, rid in enumerate(_ids(src, ds)):
