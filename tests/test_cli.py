@@ -355,7 +355,7 @@ def test_end_to_end_tiny_en(tmp_path):
         assert {"start", "end", "text"} <= set(doc["segments"][0])
         rows = (out / f"{stem}.tsv").read_text().splitlines()
         assert rows[0] == "start\tend\ttext" and all(re.match(r"^\d+\t\d+\t.+$", r) for r in rows[1:])
-        assert words in (out / f"{stem}.txt").read_text().lower()
+        assert words in " ".join((out / f"{stem}.txt").read_text().lower().split())  # a segment a line
     assert "PartitionSection.batch_size = 2" in (out / "config.gin").read_text()
     # resume: the two good files are skipped without loading the model
     p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)

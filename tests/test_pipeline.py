@@ -252,14 +252,15 @@ def test_generate_kwargs(tiny, jfk_audio):
     prompt = tiny.tokenizer.encode(" Kennedy's inaugural address.")
     prompted = tiny(jfk_audio, generate_kwargs={"prompt_ids": prompt})
     assert normalize(prompted["text"]) == normalize(JFK_TEXT)
-    assert tiny.last_stats["windows"] == 1
+    assert tiny.last_stats["rows"] == 1
 
 
 def test_progress_and_stats(tiny, jfk_audio, capsys):
     audio = np.concatenate([jfk_audio] * 6)  # 66 s: windows at 0, 20 and 40 s
     # Repeated speech is genuinely repetitive: the compression-ratio fallback would retry every window.
     greedy = {"temperature": 0.0}
-    out = tiny(audio, progress=True, batch_size=2, return_timestamps=True, generate_kwargs=greedy)
+    out = tiny(audio, progress=True, batch_size=2, return_timestamps=True, generate_kwargs=greedy,
+               long_form="chunked")
     err = capsys.readouterr().err
     assert "window" in err  # tqdm bar
     stats = tiny.last_stats
@@ -270,6 +271,8 @@ def test_progress_and_stats(tiny, jfk_audio, capsys):
     tiny(audio, progress=False, batch_size=8, generate_kwargs=greedy, long_form="chunked")
     assert "window" not in capsys.readouterr().err
     assert tiny.last_stats["padding_rows"] >= 1  # 3 windows -> a batch of 4
+    tiny(audio, progress=True, batch_size=2, generate_kwargs=greedy)  # the default: VAD rows
+    assert "row" in capsys.readouterr().err and tiny.last_stats["rows"] >= 2
 
 
 def test_shard_params(jfk_audio):

@@ -92,17 +92,18 @@ def test_bad_settings():
         VadSettings(strategy="overlap")
 
 
-def test_auto_is_the_default_and_picks_by_length(pipe):
-    """Inputs over 30 s: VAD rows (chunked when segment timestamps are asked); shorter: one window."""
+def test_auto_is_the_default_and_decodes_vad_rows_for_every_length_and_timestamp_request(pipe):
+    """Every input goes through VAD rows (silence removed, no speech no decoding), timestamps or not."""
     from whisper_t5x.audio.loading import load_audio
 
     jfk = load_audio(JFK)
     long = np.concatenate([jfk, np.zeros(SR * 25, np.float32), jfk])
     pipe.transcribe(long)
     assert pipe.last_stats["rows"] == 1 and "windows" not in pipe.last_stats  # silence removed, one row
-    pipe.transcribe(long, return_timestamps=True)
-    assert pipe.last_stats["windows"] >= 2  # chunked windows for sentence-level segments
+    timed = pipe.transcribe(long, return_timestamps=True)
+    assert pipe.last_stats["rows"] == 1 and "windows" not in pipe.last_stats  # times from the word alignment
+    assert not any(s.start < 12.0 and s.end > 35.0 for s in timed.segments)  # no segment spans the 25 s silence
     pipe.transcribe(jfk)
-    assert pipe.last_stats["windows"] == 1 and "rows" not in pipe.last_stats
+    assert pipe.last_stats["rows"] == 1 and "windows" not in pipe.last_stats
     with pytest.raises(ValueError, match="long_form"):
         pipe.transcribe(jfk, long_form="overlap")

@@ -409,7 +409,8 @@ class FlaxWhisperPipeline:
             from whisper_t5x.longform.vad import transcribe_vad
 
             return transcribe_vad(self.decoder, items, call.request, self.vad, call.prompt, call.words, stats,
-                                  segment_timestamps=call.segment_timestamps, limits=self.segment_limits)
+                                  segment_timestamps=call.segment_timestamps, limits=self.segment_limits,
+                                  progress=bar.with_unit("row"))
         return transcribe_chunked(self.decoder, items, call.request, settings, call.prompt, call.segments, bar,
                                   stats)
 
@@ -462,6 +463,7 @@ class _Progress:
         else:
             self.min_windows = 0
         self.enabled = bool(progress)
+        self.unit = "window"
         self.total = 0
         self.done = 0
         self.bar = None
@@ -474,7 +476,12 @@ class _Progress:
         elif self.enabled and self.total > self.min_windows:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, unit="window", desc="transcribing", initial=self.done)
+            self.bar = tqdm(total=self.total, unit=self.unit, desc="transcribing", initial=self.done)
+
+    def with_unit(self, unit: str) -> "_Progress":
+        """This bar, counting ``unit`` (set before it is shown)."""
+        self.unit = unit
+        return self
 
     def update(self, n: int) -> None:
         self.done += n

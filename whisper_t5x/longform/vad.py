@@ -214,7 +214,7 @@ def _row_words(decoder: Decoder, rows: List[SpeechRow], feats: np.ndarray, decod
     return out
 
 
-def _batches(items: Sequence[Any], settings: VadSettings, batch_size: int
+def _batches(items: Sequence[Any], settings: VadSettings, batch_size: int, progress: Any = None
              ) -> Iterator[Tuple[Dict[int, _Input], List[Tuple[int, int]]]]:
     """Load and VAD inputs one by one; yield (inputs so far, [(input, row index)] of one full batch)."""
     inputs: Dict[int, _Input] = {}
@@ -224,6 +224,8 @@ def _batches(items: Sequence[Any], settings: VadSettings, batch_size: int
         rows = speech_rows(vad_speech(audio, settings), settings.strategy, input_index=i,
                            num_samples=audio.shape[0])
         inputs[i] = _Input(audio if rows else None, rows, audio.shape[0] / SAMPLE_RATE)
+        if progress is not None and rows:
+            progress.add_total(len(rows))
         pending.extend((i, k) for k in range(len(rows)))
         while len(pending) >= batch_size:
             yield inputs, pending[:batch_size]
@@ -234,9 +236,10 @@ def _batches(items: Sequence[Any], settings: VadSettings, batch_size: int
 def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeRequest,
                    settings: VadSettings = BATCHED_VAD, prompt: Sequence[int] = (), words: bool = False,
                    stats: Optional[Dict[str, int]] = None, segment_timestamps: bool = False,
-                   limits: SegmentLimits = SUBTITLE_LIMITS) -> List[Transcription]:
+                   limits: SegmentLimits = SUBTITLE_LIMITS, progress: Any = None) -> List[Transcription]:
     """Transcribe ``items``; one :class:`Transcription` each. Rows of all inputs share batches.
 
+    ``progress``: an object with ``add_total(rows)`` and ``update(rows)`` (the pipeline's bar).
     ``words`` (word timestamps) or ``segment_timestamps``: rows are aligned word by word and, unless
     ``settings.row_timestamps``, segments are cut from the words by ``limits``; ``words`` also keeps the
     words in the result. Otherwise a row is one segment.
@@ -257,6 +260,8 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
         results = pending.result()
         for (i, k), res in zip(batch, results):
             inputs[i].decoded[k] = res
+        if progress is not None:
+            progress.update(len(batch))
         if align:
             mel = feats if not on_device else log_mel_spectrogram_np(list(feats), n_mels=n_mels)
             found = _row_words(decoder, [inputs[i].rows[k] for i, k in batch], mel[:len(batch)], results, request)
@@ -264,7 +269,7 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
                 row_words[key] = w
 
     in_flight = None
-    for inputs, batch in _batches(items, settings, decoder.batch_size):
+    for inputs, batch in _batches(items, settings, decoder.batch_size, progress):
         if not batch:
             continue
         clips = []
