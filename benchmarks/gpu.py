@@ -46,6 +46,7 @@ sys.path.insert(0, ROOT)
 DECODE_TOKENS = 102  # median of 14 full windows: 101.5 (73 to 128)
 COMMAND_BUFFER_FLAG = "--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
 WINDOW_S = 30.0
+NO_GPU_EXIT = 2  # a worker's exit status when JAX has no GPU (the parent then stops)
 HBM_BYTES_PER_S = 4.3e12  # H200 device-to-device copy measured on this workplace's machine (KINDS.md)
 
 
@@ -74,6 +75,8 @@ PLAN = (
     Job("large-v3", False, (8, 64)),
     Job("large-v3", True, (8, 64), encoder=False),
 )
+# Least budget worth starting a job / a batch with (compiles of the unrolled 32-layer models are long).
+MIN_JOB_S = {"base": 30.0, "large-v3-turbo": 50.0, "large-v3": 80.0}
 SMOKE_PLAN = (Job("smoke", False, (2,)), Job("smoke", True, (2,), encoder=False))
 
 
@@ -239,6 +242,9 @@ def worker(spec: Dict[str, Any]) -> int:
             f.write(json.dumps(row) + "\n")
         print("RESULT " + json.dumps(row), flush=True)
 
+    if backend != "gpu" and not spec["smoke"]:
+        emit(dict(batch=job.batches[0], error=f"JAX backend is {backend}, not gpu: {jax.devices()}"))
+        return NO_GPU_EXIT
     config = model_config(job.model)
     t = time.perf_counter()
     params, num_params = random_params(config, dtype)
@@ -260,7 +266,7 @@ def worker(spec: Dict[str, Any]) -> int:
 
     attention_error = None
     checks = {}
-    if impl != "xla":
+    if impl != "xla" and job.encoder:
         checks = attention_check(impl)
         print(f"[gpu.py] {impl} attention vs f32 reference: {checks}", flush=True)
     for batch in job.batches:
@@ -367,15 +373,16 @@ def render(report: Dict[str, Any]) -> str:
     for r in rows:
         cb = "yes" if r.get("command_buffers") else "no"
         if r.get("skipped") or r.get("error"):
-            lines.append(f"| {r['model']} | {r['batch']} | {cb} | | {'skipped: ' + r['skipped'] if r.get('skipped') else 'error: ' + r['error'][:120]} |"
-                         " | | | | | | |")
+            why = f"skipped: {r['skipped']}" if r.get("skipped") else f"error: {r['error'][:120]}"
+            why = why.replace("|", "/").replace("\n", " ")
+            lines.append(f"| {r['model']} | {r['batch']} | {cb} | | {why} | | | | | | | |")
             continue
-        enc_c = r.get("encoder_compile_s")
+        g = lambda key: r.get(key, "")  # noqa: E731
+        enc_c = "" if r.get("encoder_compile_s") is None else r["encoder_compile_s"]
         lines.append(
-            f"| {r['model']} | {r['batch']} | {cb} | {r.get('attention_impl', '')} | {r.get('rtf', '')} | "
-            f"{r.get('windows_per_s', '')} | {r.get('encoder_windows_per_s', '')} | {r.get('decode_steps_per_s', '')} | "
-            f"{r.get('step_ms', '')} ({r.get('hbm_floor_step_ms', '')}) | {r.get('decode_tokens_per_s', '')} | "
-            f"{r.get('generate_compile_s', '')} / {'' if enc_c is None else enc_c} | {_gib(r.get('peak_bytes_in_use'))} |")
+            f"| {r['model']} | {r['batch']} | {cb} | {g('attention_impl')} | {g('rtf')} | {g('windows_per_s')} | "
+            f"{g('encoder_windows_per_s')} | {g('decode_steps_per_s')} | {g('step_ms')} ({g('hbm_floor_step_ms')}) | "
+            f"{g('decode_tokens_per_s')} | {g('generate_compile_s')} / {enc_c} | {_gib(r.get('peak_bytes_in_use'))} |")
     for s in report.get("skipped", []):
         lines.append(f"| {s['model']} | {','.join(map(str, s['batches']))} | "
                      f"{'yes' if s['command_buffers'] else 'no'} | | skipped: {s['reason']} | | | | | | | |")
@@ -427,13 +434,14 @@ def run_plan(args) -> int:
     skipped, notes = [], []
     for job in plan:
         left = deadline - time.time()
-        if left < args.min_job_s:
+        if left < max(args.min_job_s, MIN_JOB_S.get(job.model, 0.0)):
             skipped.append(dict(**dataclasses.asdict(job), reason=f"time budget ({left:.0f} s left)"))
             write_report(args.out, meta, skipped, notes)
             continue
-        spec = dict(**dataclasses.asdict(job), deadline=deadline, jsonl=jsonl, dtype=args.dtype,
+        spec = dict(**dataclasses.asdict(job), deadline=deadline, jsonl=jsonl, dtype=args.dtype, smoke=args.smoke,
                     attention=args.attention, decode_tokens=args.decode_tokens, repeats=args.repeats,
-                    repeat_cap_s=args.repeat_cap_s, min_batch_s=args.min_batch_s)
+                    repeat_cap_s=args.repeat_cap_s,
+                    min_batch_s=max(args.min_batch_s, 0.7 * MIN_JOB_S.get(job.model, 0.0)))
         env = dict(os.environ)
         if job.command_buffers:
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + COMMAND_BUFFER_FLAG).strip()
@@ -445,6 +453,10 @@ def run_plan(args) -> int:
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_worker", json.dumps(spec)], env=env)
         try:
             rc = proc.wait(timeout=max(1.0, left))
+            if rc == NO_GPU_EXIT:
+                notes.append("JAX sees no GPU: nothing run (check jax's CUDA plugin on this machine)")
+                write_report(args.out, meta, skipped, notes)
+                break
             if rc:
                 notes.append(f"{job.model} command_buffers={job.command_buffers}: worker exited {rc}")
         except subprocess.TimeoutExpired:
@@ -518,7 +530,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="CPU: 2-layer random model, batch 2, 5 decode tokens")
     ap.add_argument("--models", nargs="*", default=None, help="only these models of the plan")
     ap.add_argument("--budget_s", type=float, default=360.0, help="global time budget, compiles included")
-    ap.add_argument("--min_job_s", type=float, default=30.0, help="do not start a job with less budget left")
+    ap.add_argument("--min_job_s", type=float, default=10.0,
+                    help="do not start a job with less budget left (MIN_JOB_S per model if larger)")
     ap.add_argument("--min_batch_s", type=float, default=15.0, help="do not start a batch with less budget left")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--repeat_cap_s", type=float, default=8.0, help="stop repeating a call after this long")

@@ -3,7 +3,8 @@
 #   run(command="bash benchmarks/gpu_run.sh", carry=[".whl"], timeout_s=600)
 # 1. flax from the carried wheels (.whl/, ignored) into /tmp/site, only if the image's flax cannot
 #    import our model (everything else gpu.py needs, jax with its CUDA plugin and numpy, is on the image);
-# 2. benchmarks/gpu.py under GPU_BUDGET_S (default 330 s, compiles included) -> $OUT/gpu.{json,md,jsonl}, $OUT/log;
+# 2. benchmarks/gpu.py under GPU_BUDGET_S (default 330 s, compiles included) -> $OUT/gpu.{json,md,jsonl}, $OUT/log
+#    (copy gpu.json and gpu.md to benchmarks/results/);
 # 3. benchmarks/train_throughput.py under TRAIN_BUDGET_S (default 150 s) -> $OUT/train.log, if it exists.
 # Local check: PY=/tmp/gpuenv/bin/python OUT=/tmp/g GPU_ARGS=--smoke FORCE_WHEELS=1 bash benchmarks/gpu_run.sh
 # Budgets and the hard timeouts around them keep the whole command under 600 s.
@@ -17,8 +18,8 @@ TRAIN_BUDGET_S=${TRAIN_BUDGET_S:-150}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 CHECK='import flax.linen.partitioning, whisper_t5x.model.whisper, whisper_t5x.decoding.generate'
-if [ -n "${FORCE_WHEELS:-}" ] || ! $PY -c "$CHECK" 2>"$OUT/import_error.txt"; then
-  echo "[gpu_run] the image's packages cannot import the model (see import_error.txt); installing .whl/"
+if [ -n "${FORCE_WHEELS:-}" ] || ! $PY -c "$CHECK" 2>/tmp/import_error.txt; then
+  echo "[gpu_run] the image's packages cannot import the model; installing .whl/"; tail -3 /tmp/import_error.txt 2>/dev/null
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
   export PYTHONPATH=/tmp/site:$PYTHONPATH
   $PY -c "$CHECK" || exit 4
@@ -26,9 +27,9 @@ fi
 {
   date; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   $PY -c 'import jax, flax, numpy; print("jax", jax.__version__, "flax", flax.__version__, "numpy", numpy.__version__); print(jax.devices())'
-} 2>&1 | tee "$OUT/env.log"
+} 2>&1 | tee "$OUT/log"
 set -o pipefail
-timeout -k 10 $((GPU_BUDGET_S + 45)) $PY benchmarks/gpu.py --out "$OUT" --budget_s "$GPU_BUDGET_S" ${GPU_ARGS:-} 2>&1 | tee "$OUT/log"
+timeout -k 10 $((GPU_BUDGET_S + 45)) $PY benchmarks/gpu.py --out "$OUT" --budget_s "$GPU_BUDGET_S" ${GPU_ARGS:-} 2>&1 | tee -a "$OUT/log"
 echo "[gpu_run] gpu.py exit $?"
 # --- training throughput (benchmarks/train_throughput.py, written by the training core helper) ---------
 # LEAD: check this line's arguments against that script's --help before the run.
@@ -38,3 +39,4 @@ if [ -f benchmarks/train_throughput.py ]; then
 else
   echo "[gpu_run] benchmarks/train_throughput.py not present: training throughput not run" | tee "$OUT/train.log"
 fi
+cat "$OUT/gpu.md" 2>/dev/null  # the reply's output tail ends with the table
