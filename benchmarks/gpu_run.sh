@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command for the lent GPU machine (run from the repository root there, $OUT comes back):
 #   run(command="bash benchmarks/gpu_run.sh", carry=[".whl"], timeout_s=600)
-# 1. flax from the carried wheels (.whl/, ignored) into /tmp/site, only if the image's flax cannot
-#    import our model (everything else gpu.py needs, jax with its CUDA plugin and numpy, is on the image);
+# 1. flax 0.12.8 from the carried wheels (.whl/, ignored) into /tmp/site, only if the image's flax cannot
+#    trace our model (everything else gpu.py needs, jax with its CUDA plugin and numpy, is on the image);
 # 2. benchmarks/gpu.py under GPU_BUDGET_S (default 330 s, compiles included) -> $OUT/gpu.{json,md,jsonl}, $OUT/log
 #    (copy gpu.json and gpu.md to benchmarks/results/);
 # 3. benchmarks/train_throughput.py under TRAIN_BUDGET_S (default 150 s) -> $OUT/train.log, if it exists.
@@ -17,12 +17,13 @@ GPU_BUDGET_S=${GPU_BUDGET_S:-330}
 TRAIN_BUDGET_S=${TRAIN_BUDGET_S:-150}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-CHECK='import flax.linen.partitioning, whisper_t5x.model.whisper, whisper_t5x.decoding.generate'
-if [ -n "${FORCE_WHEELS:-}" ] || ! $PY -c "$CHECK" 2>/tmp/import_error.txt; then
+# Can the image's jax/flax trace our model? (CPU, a few seconds: imports, then a 2-layer model's init.)
+CHECK='import sys; sys.path.insert(0, "benchmarks"); import gpu, jax.numpy as jnp; gpu.random_params(gpu.model_config("smoke"), jnp.bfloat16)'
+if [ -n "${FORCE_WHEELS:-}" ] || ! JAX_PLATFORMS=cpu $PY -c "$CHECK" 2>/tmp/import_error.txt; then
   echo "[gpu_run] the image's packages cannot import the model; installing .whl/"; tail -3 /tmp/import_error.txt 2>/dev/null
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
   export PYTHONPATH=/tmp/site:$PYTHONPATH
-  $PY -c "$CHECK" || exit 4
+  JAX_PLATFORMS=cpu $PY -c "$CHECK" || exit 4
 fi
 {
   date; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
