@@ -22,6 +22,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 from whisper_t5x.app.gin_config import CONFIG_FILENAME, write_config
+from whisper_t5x.app.label.source import SourceError
 from whisper_t5x.app.train_config import TrainConfig
 from whisper_t5x.app.train_data import open_rows
 from whisper_t5x.training import checkpointing, data, evaluate, loop, losses, optim, state as state_lib, step
@@ -39,8 +40,8 @@ class SetupError(RuntimeError):
     """The run cannot start (a model that does not load, a model without a tokenizer...)."""
 
 
-SETUP_ERRORS = (SetupError, data.DataError, TargetError, StudentLayersError, checkpointing.CheckpointMismatchError,
-                optim.OptimizerConfigError)
+SETUP_ERRORS = (SetupError, SourceError, data.DataError, TargetError, StudentLayersError,
+                checkpointing.CheckpointMismatchError, optim.OptimizerConfigError)
 
 
 # ------------------------------------------------------------------ pieces

@@ -98,6 +98,28 @@ class IntervalMeter:
         return out
 
 
+def _summary_writer_class():
+    """``tensorboardX.SummaryWriter``, imported without torch.
+
+    ``tensorboardX.writer`` imports torch whenever it is installed, only to
+    accept torch tensors; we pass floats, and package code never imports torch
+    (seconds of start-up, and a second framework in the process), so torch is
+    hidden while tensorboardX is first imported.
+    """
+    import sys
+
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # "import torch" raises ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 def read_metrics(path: str) -> List[Dict[str, Any]]:
     """The records of a ``metrics.jsonl`` (a torn last line, from a killed run, is skipped)."""
     out = []
@@ -135,8 +157,7 @@ class MetricsLog:
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer_class()
             self._tb = SummaryWriter(os.path.join(output_dir, TENSORBOARD_DIR), purge_step=start_step + 1,
                                      flush_secs=30)
         if progress:
