@@ -27,6 +27,8 @@ CONFIGS = {
     "vad glue, no row timestamps": dict(long_form="vad", strategy="glue", row_timestamps=False),
     "vad span, no row timestamps": dict(long_form="vad", strategy="span", row_timestamps=False),
     "vad glue, row timestamps": dict(long_form="vad", strategy="glue", row_timestamps=True),
+    # The default with segment timestamps asked: the same rows, times from the word alignment.
+    "default (auto), return_timestamps=True": dict(long_form="auto", return_timestamps=True),
 }
 
 
@@ -58,9 +60,11 @@ def main(argv=None) -> int:
         for name in args.configs:
             cfg = dict(CONFIGS[name])
             mode = cfg.pop("long_form")
+            timestamps = cfg.pop("return_timestamps", False)
             pipe = FlaxWhisperPipeline(args.model, batch_size=args.batch_size, fallback=False,
                                        vad=VadSettings(**cfg) if cfg else VadSettings())
-            kwargs = dict(language="en", task="transcribe", progress=False, long_form=mode)
+            kwargs = dict(language="en", task="transcribe", progress=False, long_form=mode,
+                          return_timestamps=timestamps)
             pipe(audio[:90 * 16000], **kwargs)
             load = os.getloadavg()[0]
             t = time.perf_counter()

@@ -223,3 +223,12 @@ def test_bad_decode_values_fail_every_job_config_by_name(job, files, required):
         gin_config.parse_gin(files, [binding], extra_bindings=required)
         with pytest.raises(gin_config.GinConfigError, match=match):
             gin_config.make(job)
+
+
+def test_timed_output_formats_ask_for_segment_timestamps():
+    """srt/vtt/tsv cues are timed segments: asking for them turns segment timestamps on."""
+    for formats, expected in (("txt", False), ("srt", True), ("txt,vtt", True), ("tsv", True), ("json", False)):
+        config = TranscribeConfig(output_formats=formats)
+        assert config.decode.return_timestamps is expected, formats
+    words = TranscribeConfig(output_formats="srt", decode=DecodeSection(word_timestamps=True))
+    assert words.decode.return_timestamps == "word"

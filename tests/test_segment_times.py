@@ -125,6 +125,8 @@ def test_gap_audio_keeps_every_word_with_segments_on_the_speech(base, jfk):
     for timestamps in (True, "word"):
         out = base.transcribe(audio, language="en", return_timestamps=timestamps)
         assert normalize(out.text) == normalize(JFK_TEXT) * 2, timestamps
+        if timestamps is True:  # the text is the rows' text: timestamps only add the alignment
+            assert base.transcribe(audio, language="en").text == out.text
         segs = out.segments
         assert "windows" not in base.last_stats and base.last_stats["rows"] == 1  # VAD rows, silence removed
         # No segment spans a removed silence: each lies within one utterance.

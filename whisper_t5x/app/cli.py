@@ -62,11 +62,12 @@ flags.DEFINE_string("model", None, "Model name (base, tiny.en) or checkpoint pat
 flags.DEFINE_enum("task", None, list(TASKS), "transcribe, or translate to English. Default: transcribe.")
 flags.DEFINE_string("language", None, "Source language code (en, de, ...). Default: detected.")
 flags.DEFINE_bool("timestamps", None, "Segment timestamps (srt/vtt/tsv cues). Default: off.")
-flags.DEFINE_bool("word_timestamps", None, "Word-level timestamps (one cue per word; sequential "
-                  "long-form decoding). Default: off.")
+flags.DEFINE_bool("word_timestamps", None, "Word-level timestamps (one cue per word; from the "
+                  "cross-attention alignment). Default: off.")
 flags.DEFINE_string("long_form", None, "A mode of the pipeline's LONG_FORM_MODES, e.g. chunked (batched "
                     "windows, stitched), sequential (OpenAI's algorithm, each window conditioned on the "
-                    "previous text), vad (speech rows). Default: the pipeline's.")
+                    "previous text), vad (speech rows). Default: the pipeline's (auto: VAD rows; --timestamps "
+                    "cut segments from the word alignment).")
 flags.DEFINE_integer("batch_size", None, "Windows per forward pass. Default: the pipeline's.", lower_bound=1)
 flags.DEFINE_enum("dtype", None, list(DTYPES), "Compute dtype. Default: float32.")
 flags.DEFINE_float("chunk_length_s", None, "Long-form window length in seconds. Default: 30.")

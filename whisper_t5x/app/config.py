@@ -116,11 +116,12 @@ class DecodeSection:
       language: source language: a code (``en``, ``de``...), English name or
         ``<|code|>`` token of :mod:`whisper_t5x.text.languages`, checked here,
         before any model loads; ``None`` detects it.
-      timestamps: decode segment timestamps (timed srt/vtt/tsv cues).
-      word_timestamps: word-level timestamps (decoded with the sequential algorithm).
+      timestamps: segment timestamps (timed srt/vtt/tsv cues; by default from the word alignment of
+        the VAD rows, segments cut at sentence ends, pauses and removed silences).
+      word_timestamps: word-level timestamps (cross-attention alignment).
       long_form: a mode of the pipeline's ``LONG_FORM_MODES`` (``chunked``:
         batched windows, stitched; ``sequential``: openai-whisper's seek;
-        ``vad``: speech rows...); ``None``: the pipeline's default.
+        ``vad``: speech rows...); ``None``: the pipeline's default (``auto``: VAD rows).
       chunk_length_s, stride_length_s: windowing of the chunked mode, checked
         here with the pipeline's own rule (:func:`whisper_t5x.longform.windows.window_params`:
         a window of at most 30 s, strides that let windows advance).
@@ -232,6 +233,9 @@ class GroupingSection:
 
 
 # ================================================================ job configs
+TIMED_FORMATS = frozenset({"srt", "vtt", "tsv"})  # output formats whose cues are timed segments
+
+
 @gin.configurable
 @dataclasses.dataclass
 class TranscribeConfig:
@@ -263,6 +267,9 @@ class TranscribeConfig:
     def __post_init__(self):
         check_required(self)
         self.output_formats = writers.parse_formats(self.output_formats)
+        if set(self.output_formats) & TIMED_FORMATS and not self.decode.return_timestamps:
+            # Timed cues need segment times: without them a cue would span a whole row, silences included.
+            self.decode = dataclasses.replace(self.decode, timestamps=True)
 
 
 SERVE_BATCH_SIZE = 8
