@@ -139,9 +139,9 @@ def _cli(setup, out, steps):
 
 
 def _params(out):
-    from whisper_t5x.checkpoints.safetensors_io import read
+    from whisper_t5x.checkpoints.safetensors_io import iter_tensors
 
-    return read(os.path.join(out, "export", "model.safetensors"))
+    return dict(iter_tensors(os.path.join(out, "export", "model.safetensors")))
 
 
 @pytest.mark.slow
@@ -164,7 +164,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(setup, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not os.path.exists(killed / "export")
-    subprocess.run(_cli(setup, killed, steps), cwd=REPO, env=env, check=True, capture_output=True, timeout=900)
+    rerun = subprocess.run(_cli(setup, killed, steps), cwd=REPO, env=env, check=True, capture_output=True,
+                           text=True, timeout=900)
+    assert "resuming at step" in rerun.stdout, rerun.stdout  # from a checkpoint, not from scratch
     assert _steps(killed) == list(range(1, steps + 1))
     a, b = _params(whole), _params(killed)
     assert sorted(a) == sorted(b)
