@@ -193,7 +193,7 @@ def make_train_step(module: WhisperModule, optimizer: Optimizer, loss: Union[str
         denom = jnp.maximum(count, 1.0)
         leaves, treedef = jax.tree_util.tree_flatten(params)
         grads = [None if g is None else g / denom for g in treedef.flatten_up_to(grads)]
-        grad_norm = optax.global_norm([g for g in grads if g is not None])
+        grad_norm = optax.tree.norm([g for g in grads if g is not None])
         # The optimizer sees zeros for frozen leaves (its "frozen" branch ignores them) and frozen
         # parameters are carried over untouched, bit for bit.
         full = treedef.unflatten([jnp.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)])
