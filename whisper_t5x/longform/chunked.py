@@ -9,10 +9,12 @@ windows, packs the windows of *all* inputs into full batches and computes
 their log-mel features, while the main thread decodes the previous batch:
 batch ``k + 1`` is dispatched before batch ``k`` is fetched and judged, so
 the device never waits for host work. Windows that are digitally silent are
-not decoded. A window that begins in a long quiet stretch starts just before
-the speech instead (:func:`whisper_t5x.longform.windows.skip_leading_quiet`),
+not decoded. Where each input is loud (:mod:`whisper_t5x.longform.loudness`)
+is used twice: a window that begins in a long quiet stretch starts just
+before the speech instead (:func:`whisper_t5x.longform.windows.skip_leading_quiet`),
 so that the model's first timestamp, which it puts near the window's start,
-is right. When a window's text stops well before the end of the audio it
+is right; and the stitcher spreads each segment's tokens over its loud frames.
+When a window's text stops well before the end of the audio it
 owns, a continuation window is decoded from its last timestamp
 (:func:`continuation_windows`).
 """
@@ -29,17 +31,20 @@ import numpy as np
 from whisper_t5x.audio.constants import N_SAMPLES, SAMPLE_RATE
 from whisper_t5x.audio.loading import load_input
 from whisper_t5x.longform.decoder import DecodedRow, Decoder, DecodeRequest, Pending
+from whisper_t5x.longform.loudness import Loudness
 from whisper_t5x.longform.stitching import WindowTranscript, parse_window, stitch
 from whisper_t5x.longform.windows import (Batch, Window, bucket_size, pause_windows, skip_leading_quiet,
                                           split_windows)
 from whisper_t5x.results import Transcription
 
 __all__ = ["ChunkedSettings", "transcribe_chunked", "WindowLoader", "continuation_windows", "window_features",
-           "EARLY_STOP_S", "EARLY_STOP_AT_PAUSE_S"]
+           "EARLY_STOP_S", "EARLY_STOP_AT_PAUSE_S", "EARLY_STOP_AT_END_S"]
 
 EARLY_STOP_S = 3.0  # a window whose text stops this long before its owned end gets a continuation
 # ... where its owned end is a pause (pause-aligned windows): speech should reach it, so a shorter gap counts.
 EARLY_STOP_AT_PAUSE_S = 1.0
+# ... where its owned end is the end of the input: no later window decodes what it left out.
+EARLY_STOP_AT_END_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +55,9 @@ class ChunkedSettings:
     silence_threshold: float  # windows with a lower peak are not decoded
     cut_at_pauses: bool = False
     continue_early_stops: bool = True
-    skip_leading_quiet: bool = True  # windows (and continuations) start at most ~1 s of quiet before speech
+    # Use where the audio is loud: windows (and continuations) start at most ~1 s of quiet before their
+    # speech, and token times are estimated on the loud frames of their segment.
+    loudness: bool = True
 
 
 # ---------------------------------------------------------------------- loader messages
@@ -93,7 +100,8 @@ class WindowLoader:
     def __init__(self, items: Sequence[Any], settings: ChunkedSettings, featurize: Callable, data_size: int,
                  keep_audio: bool):
         self.items, self.settings, self.featurize, self.data_size = items, settings, featurize, data_size
-        self.audio: Dict[int, np.ndarray] = {}  # inputs longer than a window, kept for continuations
+        self.audio: Dict[int, np.ndarray] = {}  # inputs kept for continuations; the caller pops each when done
+        self.loudness: Dict[int, Optional[Loudness]] = {}  # set before the input's InputLoaded message
         self.keep_audio = keep_audio
         self._queue: "queue.Queue" = queue.Queue(maxsize=2)
         self._stop = threading.Event()
@@ -132,7 +140,9 @@ class WindowLoader:
             windows = pause_windows(audio, s.chunk, s.stride, input_index=index)
         else:
             windows = split_windows(audio.shape[0], s.chunk, s.stride, input_index=index)
-        return skip_leading_quiet(windows, audio) if s.skip_leading_quiet else windows
+        loudness = Loudness.of(audio) if s.loudness else None
+        self.loudness[index] = loudness
+        return skip_leading_quiet(windows, loudness)
 
     def _run(self) -> None:
         s = self.settings
@@ -154,7 +164,7 @@ class WindowLoader:
         try:
             for i, item in enumerate(self.items):
                 audio = load_input(item, i, len(self.items))
-                if self.keep_audio and audio.shape[0] > s.chunk:
+                if self.keep_audio and audio.shape[0] > 0:
                     self.audio[i] = audio
                 windows = self._windows(i, audio)
                 self._put(InputLoaded(i, int(audio.shape[0]), len(windows)))
@@ -178,18 +188,20 @@ class WindowLoader:
 
 # ---------------------------------------------------------------------- continuations
 def continuation_windows(transcripts: Dict[int, List[WindowTranscript]], audio: Dict[int, np.ndarray],
-                         chunk: int, skip_quiet: bool = True) -> List[tuple]:
+                         chunk: int, loudness: Optional[Dict[int, Optional[Loudness]]] = None) -> List[tuple]:
     """Windows to decode again from where a window's text stopped early (openai-whisper's "seek"), once.
 
     Whisper sometimes ends a window's transcript long before the end of its
     audio (most often on repetitive speech). When the text of a window stops
     more than ``EARLY_STOP_S`` (``EARLY_STOP_AT_PAUSE_S`` where that end is a
-    pause) before the end of the audio it owns and that remaining audio is not
+    pause, ``EARLY_STOP_AT_END_S`` where it is the end of the input: an input
+    of one window loses its last sentence when the model takes it to run past
+    the window) before the end of the audio it owns and that remaining audio is not
     quiet, a *continuation* window starting at the last timestamp is made; the
     stopped window is marked to be cut at its last timestamp
     (``content_end``), and the stitcher takes the text after it from the
-    continuation. A continuation that would begin in a long quiet stretch
-    starts just before the speech (``skip_quiet``, see
+    continuation. Given the inputs' ``loudness``, a continuation that would
+    begin in a long quiet stretch starts just before the speech (see
     :func:`whisper_t5x.longform.windows.skip_leading_quiet`) and spans up to
     ``chunk`` samples from there. Returns ``(window, clip)`` pairs.
     """
@@ -204,7 +216,7 @@ def continuation_windows(transcripts: Dict[int, List[WindowTranscript]], audio: 
             w = tr.window
             owned_end = w.owned[1] / SAMPLE_RATE
             at_pause = w.stride_right > 0 and w.owned[1] in starts_at
-            limit = EARLY_STOP_AT_PAUSE_S if at_pause else EARLY_STOP_S
+            limit = EARLY_STOP_AT_END_S if w.is_last else EARLY_STOP_AT_PAUSE_S if at_pause else EARLY_STOP_S
             if not tr.tokens or tr.last_timestamp is None or owned_end - tr.last_timestamp < limit:
                 continue
             start = int(round(tr.last_timestamp * SAMPLE_RATE))
@@ -214,19 +226,20 @@ def continuation_windows(transcripts: Dict[int, List[WindowTranscript]], audio: 
             tr.content_end = tr.last_timestamp
             end = min(start + chunk, samples.shape[0])
             mine.append(Window(i, -1, start, end, 0, 0, int(samples.shape[0])))
-        if skip_quiet:
+        if loudness is not None and loudness.get(i) is not None:
             mine = [dataclasses.replace(w, end=min(w.start + chunk, w.num_samples))
-                    for w in skip_leading_quiet(mine, samples)]
-        extra.extend((w, samples[w.start:w.end]) for w in mine)
+                    for w in skip_leading_quiet(mine, loudness[i])]
+        extra.extend((w, samples[w.start:w.end].copy()) for w in mine)  # copies: the input can be freed
     return extra
 
 
 # ---------------------------------------------------------------------- the algorithm
-def _window_transcript(decoder: Decoder, w: Window, row: DecodedRow, timestamps: bool) -> WindowTranscript:
+def _window_transcript(decoder: Decoder, w: Window, row: DecodedRow, timestamps: bool,
+                       loudness: Optional[Loudness] = None) -> WindowTranscript:
     special = decoder.special
     language = "en" if not decoder.config.is_multilingual else decoder.tokenizer.id_to_code.get(row.language_token)
     tr = parse_window(row.tokens, w, special.eot, special.timestamp_begin, timestamps, SAMPLE_RATE,
-                      language=language)
+                      language=language, loudness=loudness)
     return dataclasses.replace(tr, avg_logprob=row.avg_logprob, no_speech_prob=row.no_speech_prob,
                                temperature=row.temperature)
 
@@ -256,13 +269,26 @@ def transcribe_chunked(
 
     transcripts: Dict[int, List[WindowTranscript]] = {i: [] for i in range(len(items))}
     lengths: Dict[int, int] = {}
+    expected: Dict[int, int] = {}  # windows per input
     keep_audio = request.timestamps and settings.continue_early_stops
     loader = WindowLoader(items, settings, featurize, decoder.data_size, keep_audio)
+    extra: List[tuple] = []  # continuation (window, clip) pairs
 
-    def finish(in_flight: "tuple[BatchReady, Pending]") -> None:
+    def check_done(indices) -> None:
+        """Once all windows of an input are decoded: its continuations, and its audio is released."""
+        for i in set(indices):
+            if len(transcripts[i]) == expected.get(i) and i in loader.audio:
+                samples = loader.audio.pop(i)
+                extra.extend(continuation_windows({i: transcripts[i]}, {i: samples}, settings.chunk,
+                                                  loader.loudness))
+
+    def finish(in_flight: "tuple[BatchReady, Pending]", continuing: bool = False) -> None:
         ready, pending = in_flight
         for w, row in zip(ready.batch.windows, pending.result()):
-            transcripts[w.input_index].append(_window_transcript(decoder, w, row, request.timestamps))
+            transcripts[w.input_index].append(_window_transcript(decoder, w, row, request.timestamps,
+                                                                 loader.loudness.get(w.input_index)))
+        if not continuing:
+            check_done(w.input_index for w in ready.batch.windows)
         stats["windows"] += len(ready.batch.windows)
         stats["padding_rows"] += ready.batch.num_padding
         if progress is not None:
@@ -273,11 +299,13 @@ def transcribe_chunked(
         for msg in loader.messages():
             if isinstance(msg, InputLoaded):
                 lengths[msg.index] = msg.num_samples
+                expected[msg.index] = msg.num_windows
                 if progress is not None:
                     progress.add_total(msg.num_windows)
                 continue
             for w in msg.silent:
                 transcripts[w.input_index].append(WindowTranscript(w, [], None, False))
+            check_done(w.input_index for w in msg.silent)
             stats["quiet_windows"] += len(msg.silent)
             if progress is not None:
                 progress.update(len(msg.silent))
@@ -290,17 +318,16 @@ def transcribe_chunked(
         if in_flight is not None:
             finish(in_flight)
 
-    if keep_audio and loader.audio:
-        extra = continuation_windows(transcripts, loader.audio, settings.chunk, settings.skip_leading_quiet)
+    if extra:
         stats["continuation_windows"] += len(extra)
-        if progress is not None and extra:
+        if progress is not None:
             progress.add_total(len(extra))
         for k in range(0, len(extra), settings.batch_size):
             take = extra[k:k + settings.batch_size]
             size = bucket_size(len(take), settings.batch_size, decoder.data_size)
             rows = tuple(w for w, _ in take) + (None,) * (size - len(take))
             ready = BatchReady(Batch(rows), featurize([c for _, c in take], size), [])
-            finish((ready, decoder.submit(ready.features, request, prompt, count=len(take))))
+            finish((ready, decoder.submit(ready.features, request, prompt, count=len(take))), continuing=True)
 
     tokenizer = decoder.tokenizer
     return [stitch(transcripts[i], tokenizer.decode, lengths[i] / SAMPLE_RATE, request.timestamps,

@@ -9,7 +9,12 @@ Finding the seam
 ----------------
 1. Every text token gets an estimated absolute time: with timestamps, it is
    interpolated inside its segment (``<|t0|> text <|t1|>``, offset by the
-   window's start); without, it is spread evenly over the window.
+   window's start); without, it is spread evenly over the window. Given the
+   input's :class:`~whisper_t5x.longform.loudness.Loudness`, tokens are spread
+   over the loud frames of that span only: a segment that takes in a long
+   silence (Whisper starts a window's first segment near the window's start
+   whatever silence precedes the speech) then still places its words on the
+   speech.
 2. The *boundary* ``T`` is where A's owned span ends and B's begins (the middle
    of their overlap). A pure time rule would cut both at ``T``; segment-level
    timestamps are too coarse for that to be exact (a word is easily kept twice
@@ -59,6 +64,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from whisper_t5x.longform.fallback import compression_ratio
+from whisper_t5x.longform.loudness import Loudness
 from whisper_t5x.longform.segments import parse_row
 from whisper_t5x.results import Segment, Transcription
 from whisper_t5x.longform.windows import SAMPLE_RATE, Window
@@ -122,6 +128,7 @@ def parse_window(
     sampling_rate: int = SAMPLE_RATE,
     time_precision: float = TIME_PRECISION,
     language: Optional[str] = None,
+    loudness: Optional[Loudness] = None,
 ) -> WindowTranscript:
     """Text tokens of one window's output with absolute time estimates.
 
@@ -129,7 +136,8 @@ def parse_window(
     output: special tokens between ``eot`` and ``timestamp_begin`` are
     skipped); it ends at the first ``eot``. It is read by
     :func:`whisper_t5x.longform.segments.parse_row`; timestamps are relative to
-    the window's start and are clipped to the window.
+    the window's start and are clipped to the window. ``loudness`` (of the
+    whole input) puts token times on the loud frames of their span.
     """
     w_start = window.start / sampling_rate
     w_end = window.end / sampling_rate
@@ -155,8 +163,11 @@ def parse_window(
         if not timestamps:
             s, e = w_start, w_end
         n = len(toks)
+        times = None if loudness is None else loudness.spread(s, e, n)
+        if times is None:
+            times = [s + (j + 0.5) / n * (e - s) for j in range(n)]
         for j, tok in enumerate(toks):
-            out.append(TimedToken(tok, s + (j + 0.5) / n * (e - s), k, s, e))
+            out.append(TimedToken(tok, times[j], k, s, e))
         prev_end = e if timestamps else w_start
     last_ts = None
     if timestamps and parsed.last_timestamp is not None:

@@ -47,6 +47,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from whisper_t5x.audio.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
+from whisper_t5x.longform.loudness import FRAME_S, Loudness, frame_rms
 MAX_CHUNK_LENGTH_S = 30.0
 
 __all__ = [
@@ -202,19 +203,11 @@ def split_windows(
         start += step
 
 
-FRAME_S = 0.01  # energy frame for pause detection
 MIN_PAUSE_S = 0.15  # quiet stretches shorter than this are not pauses (stops, short gaps inside words)
 PAUSE_SEARCH_S = 5.0  # a window's cut is searched in its last PAUSE_SEARCH_S seconds
 MAX_OVERLAP_S = 5.0  # audio decoded again at the next window's start: at most this long
 MIN_OVERLAP_S = 2.0  # ... and at least this (Whisper often leaves out a window's last seconds)
 QUIET_RATIO = 0.1  # "quiet": frame RMS below this fraction of the input's 95th-percentile frame RMS
-
-
-def frame_rms(audio: np.ndarray, frame: int) -> np.ndarray:
-    """RMS of each whole ``frame``-sample frame of ``audio`` (a trailing partial frame is left out)."""
-    n = int(audio.shape[0]) // frame
-    frames = np.asarray(audio[: n * frame], np.float32).reshape(n, frame)
-    return np.sqrt(np.mean(frames * frames, axis=1))
 
 
 def find_pauses(audio: np.ndarray, sampling_rate: int = SAMPLE_RATE, min_pause_s: float = MIN_PAUSE_S,
@@ -304,46 +297,32 @@ def pause_windows(
 
 LEAD_IN_S = 0.4  # a window moved to its speech starts this long before it (the VAD's speech padding)
 MAX_LEADING_QUIET_S = 1.0  # windows starting with more quiet than this are moved
-ONSET_RATIO = 0.03  # "quiet" before speech: frame RMS below this fraction of the input's loud level
-ONSET_PERCENTILE = 99.0  # the input's loud level: this percentile of its frame RMS
 
 
 def skip_leading_quiet(
     windows: Sequence[Window],
-    audio: np.ndarray,
-    sampling_rate: int = SAMPLE_RATE,
+    loudness: Optional[Loudness],
     lead_in_s: float = LEAD_IN_S,
     max_quiet_s: float = MAX_LEADING_QUIET_S,
-    ratio: float = ONSET_RATIO,
 ) -> List[Window]:
-    """``windows`` of ``audio``, each starting no more than ``max_quiet_s`` of quiet before its speech.
+    """``windows``, each starting no more than ``max_quiet_s`` of quiet before its speech.
 
-    A window whose first ``max_quiet_s`` seconds are all quiet (every 10 ms
-    frame's RMS below ``ratio`` times the ``ONSET_PERCENTILE``-th percentile
-    of the input's frame RMS, about 30 dB under its speech) starts instead
+    A window whose first ``max_quiet_s`` seconds have no loud frame (see
+    :class:`whisper_t5x.longform.loudness.Loudness`) starts instead
     ``lead_in_s`` before its first loud frame. Its end and the end of the
     span it owns stay; its owned span starts where it did or, when the window
-    now starts later, at the new start (the skipped audio is quiet, nobody
-    needs to own it). Windows that are quiet throughout, and inputs without a
-    loud level (digital silence, or speech in under 1% of the input), are
-    left as they are: this only ever removes quiet audio.
+    now starts later, at the new start (the skipped audio is quiet, no window
+    needs to own it). Windows with no loud frame, and inputs without
+    ``loudness``, are left as they are: this only ever removes quiet audio.
     """
-    frame = max(1, int(round(FRAME_S * sampling_rate)))
-    rms = frame_rms(audio, frame)
-    if rms.size == 0:
+    if loudness is None:
         return list(windows)
-    loud = float(np.percentile(rms, ONSET_PERCENTILE))
-    if loud <= 0:
-        return list(windows)
-    is_loud = rms >= ratio * loud
-    lead_in = int(round(lead_in_s * sampling_rate))
-    max_quiet = int(round(max_quiet_s * sampling_rate))
+    rate = loudness.sampling_rate
+    lead_in = int(round(lead_in_s * rate))
+    max_quiet = int(round(max_quiet_s * rate))
     out: List[Window] = []
     for w in windows:
-        first = w.start // frame  # frames wholly or partly inside the window
-        last = min(rms.size, -(-w.end // frame))
-        hits = np.flatnonzero(is_loud[first:last])
-        onset = (first + int(hits[0])) * frame if hits.size else None
+        onset = loudness.first_loud(w.start, w.end)
         if onset is None or onset - w.start <= max_quiet:
             out.append(w)
             continue
