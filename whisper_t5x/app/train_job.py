@@ -16,7 +16,6 @@ checkpoint of another model. They are :data:`SETUP_ERRORS`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -146,7 +145,7 @@ def _initial_state(config: TrainConfig, partitioner, optimizer, model, params, c
     return st, axes, int(meta["step"]), data.DataPosition.from_dict(meta.get("data_position") or {})
 
 
-def _evaluator(config, model, builder, partitioner, eval_step, st, axes, teacher_params, batch_size, index, count):
+def _evaluator(config, model, builder, partitioner, eval_step, st, axes, batch_size, index, count):
     from whisper_t5x.longform.decoder import DecodeRequest, Decoder
     from whisper_t5x.longform.fallback import FallbackConfig
 
@@ -233,8 +232,8 @@ def run_training(config: TrainConfig, process_index: int = 0, process_count: int
         eval_step = step.partition_eval_step(partitioner, step.make_eval_step(
             model.module, loss=objective, teacher=teacher_obj, label_smoothing=config.label_smoothing),
             axes.params, teacher_axes)
-        evaluator = _evaluator(config, model, builder, partitioner, eval_step, st, axes, teacher_params,
-                               eval_batch, process_index, process_count)
+        evaluator = _evaluator(config, model, builder, partitioner, eval_step, st, axes, eval_batch, process_index,
+                               process_count)
 
     def make_batch(fields: Dict[str, Any]):
         return step.TrainBatch(**partitioner.make_global_batch(fields, global_batch_size=batch_size))
@@ -267,10 +266,3 @@ def run_training(config: TrainConfig, process_index: int = 0, process_count: int
         log.close()
         checkpointer.close()
 
-
-def config_summary(config: TrainConfig) -> Dict[str, Any]:
-    """A few facts for the start-up log line."""
-    return {"model": config.model.name, "teacher": config.distill.teacher if config.distill else None,
-            "batch_size": config.batch_size, "max_steps": config.max_steps,
-            "learning_rate": config.optimizer.learning_rate, "freeze_encoder": config.freeze_encoder,
-            "data": dataclasses.asdict(config.data)}

@@ -1,0 +1,163 @@
+"""A domain fine-tune that helps: invented product names tiny.en misspells, learned in a short CPU run.
+
+    python benchmarks/finetune_domain.py [--steps 60] [--batch_size 8] [--learning_rate 1e-4] \
+        [--work /tmp/whisper_t5x_finetune_domain]
+
+1. Builds a local dataset (made here with espeak-ng, never shipped as audio):
+   8 invented product names in 10 carrier sentences each for training, and
+   the same names in 4 *other* carrier sentences for the held-out split,
+   spoken with three espeak-ng voices.
+2. Measures tiny.en's WER through ``FlaxWhisperPipeline`` (its defaults) on the
+   held-out sentences, on ``samples/jfk.flac`` (real speech) and on a 2.5 min
+   espeak-ng long-form passage (``tests/_speech.LONG_TEXT``).
+3. Fine-tunes with ``whisper-t5x train`` (decoder only, ``--freeze_encoder``)
+   and measures the exported model the same way.
+
+Target: held-out WER at least halved; jfk's and the long-form WER move by
+under 1 point. Writes ``benchmarks/results/finetune_domain.{json,md}`` and the
+loss / WER curves ``benchmarks/results/finetune_domain.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests._speech import LONG_TEXT, synthesize  # noqa: E402
+from tests._training_io_fixtures import write_split  # noqa: E402
+from whisper_t5x.training.evaluate import word_error_rate  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+JFK = os.path.join(ROOT, "samples", "jfk.flac")
+JFK_TEXT = "And so my fellow Americans ask not what your country can do for you ask what you can do for your country"
+
+PRODUCTS = ["Zentrixa", "Quorvane", "Brixolan", "Veltamyr", "Skorrin", "Draxvell", "Omnivara", "Tavrilon"]
+TRAIN_TEMPLATES = [
+    "Please order two boxes of {p} for the lab.", "The new {p} update ships next week.",
+    "Our customers love the {p} dashboard.", "Did you restart the {p} server this morning?",
+    "The {p} team will present at noon.", "I compared {p} with the old system.",
+    "Send the {p} invoice to finance.", "We moved all the files into {p} yesterday.",
+    "Can {p} export the report as a spreadsheet?", "The sales numbers for {p} look strong.",
+]
+HELDOUT_TEMPLATES = [
+    "My manager asked me to install {p} on every laptop.", "Without {p} the warehouse would stop working.",
+    "She wrote a short guide about {p} for new staff.", "Tomorrow we will test {p} with real users.",
+]
+VOICES = [("en", 150), ("en-us", 165), ("en+f3", 155)]
+
+
+def sentences(templates: List[str]) -> List[tuple]:
+    out = []
+    for i, t in enumerate(templates):
+        for j, p in enumerate(PRODUCTS):
+            voice, speed = VOICES[(i + j) % len(VOICES)]
+            out.append((t.format(p=p), voice, speed))
+    return out
+
+
+def build_dataset(directory: str) -> Dict[str, list]:
+    os.makedirs(directory, exist_ok=True)
+    splits = {"train": sentences(TRAIN_TEMPLATES), "validation": sentences(HELDOUT_TEMPLATES)}
+    for name, rows in splits.items():
+        write_split(os.path.join(directory, f"{name}.parquet"), [synthesize(t, v, s) for t, v, s in rows],
+                    [t for t, _, _ in rows], name[0])
+    return splits
+
+
+def measure(model: str, heldout: list) -> Dict[str, float]:
+    """WERs (%) of ``model`` through the pipeline: held-out sentences, jfk, the long-form passage."""
+    from whisper_t5x.pipeline import FlaxWhisperPipeline
+
+    pipe = FlaxWhisperPipeline(model, batch_size=8)
+    clips = [{"array": synthesize(t, v, s), "sampling_rate": 16000} for t, v, s in heldout]
+    t0 = time.perf_counter()
+    hyps = [r.text for r in pipe.transcribe(clips)]
+    out = {"heldout_wer": 100 * word_error_rate([t for t, _, _ in heldout], hyps)}
+    out["jfk_wer"] = 100 * word_error_rate([JFK_TEXT], [pipe.transcribe(JFK).text])
+    long_hyp = pipe.transcribe({"array": synthesize(LONG_TEXT), "sampling_rate": 16000}).text
+    out["longform_wer"] = 100 * word_error_rate([LONG_TEXT], [long_hyp])
+    out["wall_s"] = time.perf_counter() - t0
+    out["examples"] = [{"reference": t, "hypothesis": h} for (t, _, _), h in list(zip(heldout, hyps))[:8]]
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="/tmp/whisper_t5x_finetune_domain")
+    p.add_argument("--model", default="tiny.en")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--name", default="finetune_domain")
+    args = p.parse_args(argv)
+    data = os.path.join(args.work, "data")
+    out = os.path.join(args.work, "run")
+    splits = build_dataset(data)
+    before = measure(args.model, splits["validation"])
+    print("before:", {k: v for k, v in before.items() if k != "examples"}, flush=True)
+    cmd = [sys.executable, "-m", "whisper_t5x.main", "train", "--dataset", data, "--eval_split", "validation",
+           "--model", args.model, "--output_dir", out, "--max_steps", str(args.steps), "--batch_size",
+           str(args.batch_size), "--learning_rate", str(args.learning_rate), "--warmup_steps", "5",
+           "--freeze_encoder", "--log_every", "5", "--eval_every", str(max(args.steps // 3, 1)),
+           "--save_every", str(args.steps), "--gin.TrainConfig.progress=False"]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    train_s = time.perf_counter() - t0
+    after = measure(os.path.join(out, "export"), splits["validation"])
+    print("after:", {k: v for k, v in after.items() if k != "examples"}, flush=True)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import training_curves
+    from whisper_t5x.training.metrics import read_metrics
+
+    records = read_metrics(os.path.join(out, "metrics.jsonl"))
+    png = training_curves.plot({"tiny.en fine-tune": records}, os.path.join(RESULTS, f"{args.name}.png"),
+                               "tiny.en on invented product names (espeak-ng), decoder only")
+    result = dict(model=args.model, steps=args.steps, batch_size=args.batch_size,
+                  learning_rate=args.learning_rate, train_rows=len(splits["train"]),
+                  heldout_rows=len(splits["validation"]), train_wall_s=train_s, before=before, after=after,
+                  curve=os.path.relpath(png, ROOT), command=" ".join(["python", "benchmarks/finetune_domain.py"]
+                                                                     + (argv or sys.argv[1:])),
+                  cpu=_cpu(), training_summary=training_curves.summary("run", records))
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    rows = [("held-out sentences (invented names)", "heldout_wer"), ("samples/jfk.flac", "jfk_wer"),
+            ("2.5 min espeak-ng long-form", "longform_wer")]
+    lines = [f"# Domain fine-tune: {args.model}, {args.steps} steps of {args.batch_size}, lr {args.learning_rate}, "
+             "encoder frozen", "", f"`{result['command']}` ({result['cpu']}; training {train_s:.0f} s)", "",
+             "| WER % | before | after | change |", "|---|---:|---:|---:|"]
+    for label, key in rows:
+        lines.append(f"| {label} | {before[key]:.2f} | {after[key]:.2f} | {after[key] - before[key]:+.2f} |")
+    lines += ["", "Held-out examples after the fine-tune:", ""]
+    lines += [f"- {e['reference']!r} -> {e['hypothesis']!r}" for e in after["examples"]]
+    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    ok = after["heldout_wer"] <= before["heldout_wer"] / 2 and abs(after["jfk_wer"] - before["jfk_wer"]) < 1 \
+        and abs(after["longform_wer"] - before["longform_wer"]) < 1
+    print("targets met" if ok else "targets NOT met")
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
