@@ -27,12 +27,19 @@ FRAMES = CONFIG.num_frames
 LR = 1e-3
 
 
-def _init(config):
+def _init(config, seed=0):
+    """(module, params, params_axes): random params from the init's shapes (nothing compiled). Larger
+    than the init's weights, so that every layer matters to the loss."""
     module = WhisperModule(config)
-    variables = jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 80, FRAMES)), jnp.zeros((1, 4), jnp.int32))
-    # Larger weights than the init's so that every layer matters to the loss.
-    params = jax.tree_util.tree_map(lambda x: np.asarray(x) * (5.0 if x.ndim >= 2 else 1.0), variables["params"])
-    return module, params, variables["params_axes"]
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 80, config.num_frames)),
+                            jnp.zeros((1, 4), jnp.int32))
+    rs = np.random.RandomState(seed)
+
+    def draw(path, s):
+        noise = rs.randn(*s.shape).astype(np.float32)
+        return 1.0 + 0.1 * noise if optim.path_name(path).endswith("scale") else 0.1 * noise
+
+    return module, jax.tree_util.tree_map_with_path(draw, shapes["params"]), shapes["params_axes"]
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +260,7 @@ def test_state_axes_follow_the_params(model):
         state_lib.state_logical_axes({"params_axes": {}}, opt, params)
 
 
-def test_frozen_encoder_has_no_gradients_no_state_and_stays_bit_identical(model, batch):
+def test_frozen_encoder_has_no_gradients_no_state_and_stays_bit_identical(model, batch, one_step):
     module, params, _ = model
     trainable = optim.trainable_mask(params, freeze_encoder=True)
     opt = _optimizer(params, trainable)
@@ -261,40 +268,48 @@ def test_frozen_encoder_has_no_gradients_no_state_and_stays_bit_identical(model,
     assert not [k for k in _adam_arrays(state.opt_state) if k.startswith("encoder/")]
     assert _adam_arrays(state.opt_state)["decoder/layers/1/fc2/kernel"][0].shape == (256, 64)
     objective = losses.cross_entropy_objective()
-    _, _, _, grads = jax.jit(lambda p, b: step_lib.loss_and_grads(module, objective, p, b, trainable))(params, batch)
+    _, _, _, grads = jax.eval_shape(lambda p, b: step_lib.loss_and_grads(module, objective, p, b, trainable),
+                                    params, batch)
     assert all(g is None for g in jax.tree_util.tree_leaves(grads["encoder"], is_leaf=lambda x: x is None))
-    step = jax.jit(step_lib.make_train_step(module, opt))
-    compiled = step.lower(state, batch).compile()
+    assert grads["decoder"]["layers"]["0"]["fc1"]["kernel"].shape == (64, 256)
+    compiled = jax.jit(step_lib.make_train_step(module, opt)).lower(state, batch).compile()
     new_state, metrics = compiled(state, batch)
     for old, new in zip(jax.tree_util.tree_leaves(params["encoder"]), jax.tree_util.tree_leaves(new_state.params["encoder"])):
         assert np.asarray(new).tobytes() == np.asarray(old).tobytes()
     assert _max_diff(new_state.params["decoder"], params["decoder"]) > 0.1 * LR
+    assert float(metrics["token_count"]) == float(batch.loss_mask.sum())
     # No encoder backward pass in the program: freezing saves at least the encoder's backward, about
     # twice its forward (asserted: 1.5 times).
-    full_opt = _optimizer(params)
-    full = jax.jit(step_lib.make_train_step(module, full_opt)).lower(
-        state_lib.create_train_state(params, full_opt, 0), batch).compile()
     encode = jax.jit(lambda p, f: module.apply({"params": p}, f, method=WhisperModule.encode)).lower(
         params, batch.input_features).compile()
-    saved = full.cost_analysis()["flops"] - compiled.cost_analysis()["flops"]
+    saved = one_step.flops - compiled.cost_analysis()["flops"]
     assert saved >= 1.5 * encode.cost_analysis()["flops"], (saved, encode.cost_analysis()["flops"])
-    assert float(metrics["token_count"]) == float(batch.loss_mask.sum())
 
 
 # ------------------------------------------------------------------------------------ the step
+class OneStep:
+    """One full-batch step of the float32 model: params after it, metrics, its optimizer, its FLOPs."""
+
+    def __init__(self, module, params, batch):
+        self.opt = _optimizer(params)
+        state = state_lib.create_train_state(params, self.opt, 0)
+        compiled = jax.jit(step_lib.make_train_step(module, self.opt)).lower(state, batch).compile()
+        self.flops = compiled.cost_analysis()["flops"]
+        state, metrics = compiled(state, batch)
+        self.params = jax.tree_util.tree_map(np.asarray, state.params)
+        self.metrics = jax.device_get(metrics)
+        self.step = int(state.step)
+
+
 @pytest.fixture(scope="module")
 def one_step(model, batch):
-    """(params after one full-batch step, metrics, the optimizer)."""
     module, params, _ = model
-    opt = _optimizer(params)
-    state, metrics = jax.jit(step_lib.make_train_step(module, opt))(state_lib.create_train_state(params, opt, 0), batch)
-    return jax.tree_util.tree_map(np.asarray, state.params), jax.device_get(metrics), opt, int(state.step)
+    return OneStep(module, params, batch)
 
 
-@pytest.mark.parametrize("k", [2, 4])
-def test_accumulation_equals_the_full_batch(model, batch, one_step, k):
+def test_accumulation_equals_the_full_batch(model, batch, one_step):
     module, params, _ = model
-    ref_params, ref_metrics, opt, _ = one_step
+    ref_params, ref_metrics, opt, k = one_step.params, one_step.metrics, one_step.opt, 2
     state, metrics = jax.jit(step_lib.make_train_step(module, opt, accumulation_steps=k))(
         state_lib.create_train_state(params, opt, 0), batch)
     # Rows have different token counts (10, 7, 6, 12 targets): a mean of microbatch means would differ.
@@ -310,7 +325,7 @@ def test_accumulation_equals_the_full_batch(model, batch, one_step, k):
 
 def test_step_metrics_and_eval_step(model, batch, one_step):
     module, params, _ = model
-    ref_params, metrics, opt, step = one_step
+    ref_params, metrics, step = one_step.params, one_step.metrics, one_step.step
     assert step == 1 and float(metrics["learning_rate"]) == pytest.approx(LR)
     assert float(metrics["grad_norm"]) > 0 and float(metrics["loss"]) == pytest.approx(float(metrics["ce"]))
     assert _max_diff(ref_params, params) > 0.5 * LR
@@ -322,7 +337,7 @@ def test_step_metrics_and_eval_step(model, batch, one_step):
 
 def test_bf16_compute_keeps_float32_masters(model, batch, one_step):
     _, params, _ = model
-    _, ref_metrics, opt, _ = one_step
+    ref_metrics, opt = one_step.metrics, one_step.opt
     module16 = WhisperModule(CONFIG, dtype=jnp.bfloat16, param_dtype=jnp.float32)
     state, metrics = jax.jit(step_lib.make_train_step(module16, opt))(state_lib.create_train_state(params, opt, 0),
                                                                       batch)
@@ -333,16 +348,16 @@ def test_bf16_compute_keeps_float32_masters(model, batch, one_step):
     assert float(metrics["loss"]) != float(ref_metrics["loss"])  # it really ran in bf16
 
 
-def test_remat_and_scan_give_the_same_gradients(model, batch):
-    module, params, _ = model
-    objective = losses.cross_entropy_objective()
-    run = lambda m, p: jax.jit(lambda p, b: step_lib.loss_and_grads(m, objective, p, b))(p, batch)  # noqa: E731
-    loss_ref, _, _, grads_ref = run(module, params)
+def test_remat_and_scan_give_the_same_step(model, batch, one_step):
+    _, params, _ = model
     scanned = WhisperModule(CONFIG.replace(scan_layers=True, remat_policy="full"))
-    loss, _, _, grads = run(scanned, layout.to_scan_layout(params))
-    np.testing.assert_allclose(float(loss), float(loss_ref), rtol=1e-6)
-    grads = layout.to_loop_layout(jax.tree_util.tree_map(np.asarray, grads))
-    assert _max_diff(grads, grads_ref) <= 1e-5 * max(float(np.abs(g).max()) for g in jax.tree_util.tree_leaves(grads_ref))
+    opt = _optimizer(layout.to_scan_layout(params))
+    state, metrics = jax.jit(step_lib.make_train_step(scanned, opt))(
+        state_lib.create_train_state(layout.to_scan_layout(params), opt, 0), batch)
+    np.testing.assert_allclose(float(metrics["loss"]), float(one_step.metrics["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["grad_norm"]), float(one_step.metrics["grad_norm"]), rtol=1e-5)
+    got = layout.to_loop_layout(jax.tree_util.tree_map(np.asarray, state.params))
+    assert _max_diff(got, one_step.params) <= 1e-3 * LR
     with pytest.raises(ValueError, match="remat_policy"):
         CONFIG.replace(remat_policy="some")
 
@@ -362,10 +377,10 @@ def test_kept_decoder_layers():
 
 
 @pytest.mark.parametrize("scan", [False, True])
-def test_student_from_teacher(scan):
+def test_student_from_teacher(model, scan):
     config = CONFIG.replace(decoder_layers=4, alignment_heads=((1, 0), (3, 2), (2, 1)))
     rs = np.random.RandomState(4)
-    _, params, _ = _init(CONFIG)  # two-layer decoder: build a four-layer one from it
+    _, params, _ = model  # two-layer decoder: build a four-layer one from it
     layers = {str(i): jax.tree_util.tree_map(lambda x: x + rs.randn(*x.shape).astype(np.float32),
                                              params["decoder"]["layers"][str(i % 2)]) for i in range(4)}
     teacher = dict(params, decoder=dict(params["decoder"], layers=layers))
@@ -389,21 +404,24 @@ def test_distillation_step_shares_the_frozen_encoder(model, batch):
     teacher_module, teacher_params, _ = model
     config_s, params_s = student.student_from_teacher(CONFIG, teacher_params, 1)
     module_s = WhisperModule(config_s)
-    trainable = optim.trainable_mask(params_s, freeze_encoder=True)
-    opt = _optimizer(params_s, trainable)
-    results = {}
-    for share in (False, True):
-        teacher = step_lib.Teacher(teacher_module, share_encoder=share)
-        step = jax.jit(step_lib.make_train_step(module_s, opt, loss="distill", teacher=teacher))
-        _, results[share] = step(state_lib.create_train_state(params_s, opt, 0), batch, teacher_params)
+    opt = _optimizer(params_s, optim.trainable_mask(params_s, freeze_encoder=True))
+    shared = step_lib.Teacher(teacher_module, share_encoder=True)
+    own = step_lib.Teacher(teacher_module, share_encoder=False)
     # The student's encoder is the teacher's: reusing its output changes nothing.
-    np.testing.assert_allclose(float(results[True]["loss"]), float(results[False]["loss"]), rtol=1e-6)
-    metrics = results[True]
-    assert float(metrics["kl"]) > 0
+    evaluated = {t.share_encoder: jax.jit(step_lib.make_eval_step(module_s, "distill", t))(params_s, batch, teacher_params)
+                 for t in (shared, own)}
+    np.testing.assert_allclose(float(evaluated[True]["loss"]), float(evaluated[False]["loss"]), rtol=1e-6)
+    state, metrics = jax.jit(step_lib.make_train_step(module_s, opt, loss="distill", teacher=shared))(
+        state_lib.create_train_state(params_s, opt, 0), batch, teacher_params)
+    np.testing.assert_allclose(float(metrics["loss"]), float(evaluated[True]["loss"]), rtol=1e-6)
+    assert float(metrics["kl"]) > 0 and int(state.step) == 1
     np.testing.assert_allclose(float(metrics["loss"]), 0.8 * float(metrics["ce"]) + 4.0 * float(metrics["kl"]),
                                rtol=1e-5)
-    teacher = step_lib.Teacher(teacher_module, share_encoder=True)
+    assert _max_diff(state.params["decoder"], params_s["decoder"]) > 0.1 * LR
+    full_opt = _optimizer(params_s)
     with pytest.raises(step_lib.SharedEncoderError):
-        full_opt = _optimizer(params_s)
-        step_lib.make_train_step(module_s, full_opt, loss="distill", teacher=teacher)(
+        step_lib.make_train_step(module_s, full_opt, loss="distill", teacher=shared)(
             state_lib.create_train_state(params_s, full_opt, 0), batch, teacher_params)
+    with pytest.raises(losses.MissingTeacherLogitsError, match="teacher_params"):
+        step_lib.make_train_step(module_s, opt, loss="distill", teacher=shared)(
+            state_lib.create_train_state(params_s, opt, 0), batch)
