@@ -240,3 +240,59 @@ def test_abutting_pause_windows_keep_all_text_even_with_repeated_words(timestamp
     for a, b in zip(trs, trs[1:]):
         assert find_seam(a, b) == Seam(len(a.tokens), 0, False)
     assert stitch(trs, decode, 60.0, timestamps).text == decode([tok for tok, _ in words])
+
+
+# ----------------------------------------------------------------- speech after a long silence (issue 19)
+def _loudness(spans_s, duration_s):
+    """A Loudness that is loud exactly in ``spans_s`` (seconds)."""
+    import numpy as np
+
+    from whisper_t5x.longform.loudness import Loudness
+
+    t = (np.arange(int(duration_s * 100)) + 0.5) / 100
+    return Loudness(np.any([(t >= a) & (t < b) for a, b in spans_s], axis=0), SR // 100)
+
+
+def _ts(seconds):
+    return TS + int(round(seconds / 0.02))
+
+
+# Utterance A (tokens 1-10) at 20.3-31 s, utterance B (11-20) at 46.3-57 s, of 67 s; windows [0,30) [20,50) [40,67).
+GAP_ROWS = [
+    [_ts(0.0)] + list(range(1, 9)) + [_ts(29.0), _ts(29.0)],  # A (cut by the window's end) said to start at 0 s
+    [_ts(0.3)] + list(range(1, 11)) + [_ts(11.0), _ts(26.0)],  # all of A, then B's start is left for later
+    # B with its first timestamp at the window's start although the speech starts 6.3 s in (what base did on main).
+    [_ts(0.0)] + list(range(11, 21)) + [_ts(17.0)],
+]
+
+
+@pytest.mark.parametrize("with_loudness", [False, True])
+def test_speech_after_a_long_silence_is_kept_when_its_window_starts_it_early(with_loudness):
+    wins = split_windows(67 * SR, CHUNK, STRIDE)
+    extra = {"loudness": _loudness([(20.3, 31.0), (46.3, 57.0)], 67.0)} if with_loudness else {}
+    trs = [parse_window(r, w, EOT, TS, True, language="en", **extra) for r, w in zip(GAP_ROWS, wins)]
+    out = stitch(trs, decode, 67.0, True)
+    assert out.text == decode(list(range(1, 21)))
+    if with_loudness:
+        assert [t.time for t in trs[2].tokens][0] >= 46.3  # B's tokens lie on its speech
+
+
+def test_a_right_window_after_a_quiet_window_keeps_all_its_text():
+    from whisper_t5x.longform.stitching import WindowTranscript
+
+    quiet, late = split_windows(41 * SR, CHUNK, STRIDE)  # [0,30) digital silence (not decoded), [20,41)
+    row = [_ts(0.0)] + list(range(1, 11)) + [_ts(20.4)]  # speech at 30.3-40.4, first timestamp 0.00
+    out = stitch([WindowTranscript(quiet, [], None, False), parse_window(row, late, EOT, TS, True)], decode, 41.0, True)
+    assert out.text == decode(list(range(1, 11)))
+
+
+def test_a_segment_that_takes_in_a_pause_is_anchored_on_its_loud_frames():
+    """The right window starts in the left's last words, whose segment runs on over a pause to the next speech."""
+    wins = split_windows(41 * SR, CHUNK, STRIDE)  # [0,30) [20,41)
+    left = [_ts(12.0)] + list(range(1, 11)) + [_ts(22.0)]  # words 1-10 at 12-22 s
+    right = [_ts(0.0), 8, 9, 10, _ts(10.52), _ts(10.52)] + list(range(11, 15)) + [_ts(20.48)]  # 8-10 really at 20-22
+    loud = _loudness([(12.0, 22.0), (30.5, 40.5)], 41.0)
+    trs = [parse_window(r, w, EOT, TS, True, loudness=loud) for r, w in zip([left, right], wins)]
+    seam = find_seam(*trs)
+    assert seam.anchored
+    assert stitch(trs, decode, 41.0, True).text == decode(list(range(1, 15)))

@@ -174,3 +174,38 @@ def test_pause_windows_fall_back_to_fixed_overlap_without_pauses():
     assert pause_windows(np.zeros(0, np.float32), chunk, stride) == []
     short = _bursts([3, -1, 3])
     assert [(w.start, w.end) for w in pause_windows(short, chunk, stride)] == [(0, short.shape[0])]
+
+
+# ----------------------------------------------------------------- windows that start in quiet
+def test_windows_starting_in_long_quiet_start_shortly_before_the_speech():
+    from whisper_t5x.longform.loudness import Loudness
+    from whisper_t5x.longform.windows import LEAD_IN_S, skip_leading_quiet
+
+    # Speech 0-22 s, quiet 22-46 s, speech 46-57 s, quiet to 67 s: windows [0,30) [20,50) [40,67).
+    audio = _bursts([22, -24, 11, -10])
+    wins = split_windows(audio.shape[0], CHUNK, STRIDE)
+    moved = skip_leading_quiet(wins, Loudness.of(audio))
+    assert moved[:2] == wins[:2]  # they start in speech
+    assert moved[2].start == int((46 - LEAD_IN_S) * SR) and moved[2].end == wins[2].end
+    # The owned spans keep their ends; window 2 now starts after its old owned start (45 s): it owns from there.
+    assert [w.owned[1] for w in moved] == [w.owned[1] for w in wins]
+    assert moved[2].stride_left == 0 and moved[2].owned[0] == moved[2].start
+
+
+def test_skip_leading_quiet_keeps_windows_without_a_long_quiet_start_or_without_loud_frames():
+    from whisper_t5x.longform.loudness import Loudness
+    from whisper_t5x.longform.windows import LEAD_IN_S, MAX_LEADING_QUIET_S, skip_leading_quiet
+
+    short_gap = _bursts([-MAX_LEADING_QUIET_S + 0.05, 5])  # 0.95 s of quiet first: left as is
+    (w,) = split_windows(short_gap.shape[0], CHUNK, STRIDE)
+    assert skip_leading_quiet([w], Loudness.of(short_gap)) == [w]
+    long_gap = _bursts([-3, 5])
+    (w,) = split_windows(long_gap.shape[0], CHUNK, STRIDE)
+    (m,) = skip_leading_quiet([w], Loudness.of(long_gap))
+    assert (m.start, m.end, m.owned) == (int((3 - LEAD_IN_S) * SR), w.end, (m.start, w.end))
+    assert skip_leading_quiet([w], None) == [w]  # no loudness (digital silence): nothing known, nothing moved
+    assert Loudness.of(np.zeros(SR * 40, np.float32)) is None
+    # A window with no loud frame at all stays (the loader's silence threshold decides about it).
+    audio = _bursts([5, -60])
+    wins = split_windows(audio.shape[0], CHUNK, STRIDE)
+    assert skip_leading_quiet(wins, Loudness.of(audio)) == wins
