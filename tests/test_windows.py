@@ -209,3 +209,20 @@ def test_skip_leading_quiet_keeps_windows_without_a_long_quiet_start_or_without_
     audio = _bursts([5, -60])
     wins = split_windows(audio.shape[0], CHUNK, STRIDE)
     assert skip_leading_quiet(wins, Loudness.of(audio)) == wins
+
+
+def test_a_window_whose_speech_starts_in_the_next_window_is_left_out():
+    from whisper_t5x.longform.loudness import Loudness
+    from whisper_t5x.longform.windows import LEAD_IN_S, skip_leading_quiet
+
+    # Speech 0-5 s, quiet 5-40.8 s, speech to 60 s: windows [0,30) [20,50) [40,60); [20,50)'s speech starts in
+    # [40,60), which starts less than a second before it (not moved itself).
+    audio = _bursts([5, -35.8, 19.2])
+    wins = split_windows(audio.shape[0], CHUNK, STRIDE)
+    assert [(w.start, w.end) for w in wins] == [(0, 30 * SR), (20 * SR, 50 * SR), (40 * SR, 60 * SR)]
+    moved = skip_leading_quiet(wins, Loudness.of(audio))
+    assert [(w.index, w.start, w.end) for w in moved] == [(0, 0, 30 * SR), (1, 40 * SR, 60 * SR)]
+    # Both starts stay in time order whenever the next window is moved too.
+    audio = _bursts([5, -38, 17])  # speech from 43 s: [40,60) is moved to 42.6 s
+    moved = skip_leading_quiet(split_windows(audio.shape[0], CHUNK, STRIDE), Loudness.of(audio))
+    assert [(w.index, w.start) for w in moved] == [(0, 0), (1, int((43 - LEAD_IN_S) * SR))]
