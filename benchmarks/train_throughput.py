@@ -230,9 +230,10 @@ class Torch:
 
 # ------------------------------------------------------------------------------ driver
 def _timed(fn):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of this process, loss) of one step."""
+    start, cpu = time.perf_counter(), time.process_time()
     loss = fn()
-    return time.perf_counter() - start, loss
+    return time.perf_counter() - start, time.process_time() - cpu, loss
 
 
 def measure(name, args):
@@ -253,11 +254,13 @@ def measure(name, args):
         for _ in range(args.warmup - 1):
             peer()
     times = {key: [] for key in peers}
+    cpu = {key: [] for key in peers}
     losses = {key: [] for key in peers}
     for _ in range(args.repeats):
         for key, peer in peers.items():
-            seconds, loss = _timed(peer)
+            seconds, cpu_seconds, loss = _timed(peer)
             times[key].append(seconds)
+            cpu[key].append(cpu_seconds)
             losses[key].append(loss)
     flops = model_flops(config, args.batch, batch.decoder_input_ids.shape[1])
     tokens = float(batch.loss_mask.sum())
@@ -267,7 +270,8 @@ def measure(name, args):
         row = dict(model=name, weights=weights, peer=key, device=args.device,
                    dtype=args.dtype if key != "torch" else "float32", batch=args.batch,
                    decoder_positions=int(batch.decoder_input_ids.shape[1]), target_tokens=tokens,
-                   step_s=median, step_s_all=times[key], first_step_s=first[key], losses=losses[key],
+                   step_s=median, step_s_all=times[key], cpu_s=statistics.median(cpu[key]), cpu_s_all=cpu[key],
+                   first_step_s=first[key], losses=losses[key],
                    tokens_per_s=tokens / median, audio_hours_per_hour=args.batch * 30.0 / median,
                    model_flops=flops, mfu=flops / (median * args.peak_flops) if args.peak_flops else None)
         if key.startswith("ours"):
@@ -279,19 +283,23 @@ def measure(name, args):
     if "torch" in peers:
         for row in rows:
             row["ratio_to_torch"] = row["step_s"] / statistics.median(times["torch"])
+            row["cpu_ratio_to_torch"] = row["cpu_s"] / statistics.median(cpu["torch"])
     return rows
 
 
 def markdown(rows, meta):
     lines = [f"Train step (forward + backward + clip + AdamW), batch {meta['batch']} x 30 s, "
              f"{meta['target_tokens']} target tokens per row; device {meta['device']} ({meta['hardware']}); "
-             f"median of {meta['repeats']} steps, peers interleaved.", "",
-             "| model | peer | compute | s / step | ratio to torch | tokens/s | audio h / h | MFU | first step s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"median of {meta['repeats']} steps, peers interleaved. CPU s: the process's CPU time per step "
+             f"(all its threads), steadier than wall time on a shared machine.", "",
+             "| model | peer | compute | s / step | ratio to torch | CPU s / step (ratio) | tokens/s | audio h / h "
+             "| MFU | first step s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r['ratio_to_torch']:.2f}x" if "ratio_to_torch" in r else "-"
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        lines.append(f"| {r['model']} | {r['peer']} | {r['dtype']} | {r['step_s']:.3f} | {ratio} | "
+        cpu = f"{r['cpu_s']:.2f}" + (f" ({r['cpu_ratio_to_torch']:.2f}x)" if "cpu_ratio_to_torch" in r else "")
+        lines.append(f"| {r['model']} | {r['peer']} | {r['dtype']} | {r['step_s']:.3f} | {ratio} | {cpu} | "
                      f"{r['tokens_per_s']:.0f} | {r['audio_hours_per_hour']:.1f} | {mfu} | {r['first_step_s']:.1f} |")
     peak = f"MFU against {meta['peak_flops']:.3g} FLOP/s. " if meta["peak_flops"] else ""
     lines += ["", f"{peak}Command: `{meta['command']}`"
