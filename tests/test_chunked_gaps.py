@@ -132,12 +132,12 @@ def test_gap_audio_windows_start_shortly_before_the_speech(jfk, noise_rms):
     audio, (first, second) = gap_audio(jfk, noise_rms)
     wins = _windows(audio.size / SR)
     moved = skip_leading_quiet(wins, Loudness.of(audio))
-    starts = [w.start / SR for w in moved]
-    assert starts[0] == pytest.approx(first + JFK_SPEECH[0] - LEAD_IN_S, abs=0.15)
-    assert starts[1] == 20.0  # starts in speech: kept
-    assert starts[2] == pytest.approx(second + JFK_SPEECH[0] - LEAD_IN_S, abs=0.15)
-    assert [w.end for w in moved] == [w.end for w in wins]
-    assert [w.owned[1] for w in moved] == [w.owned[1] for w in wins]
+    # [0, 30) is left out: its speech starts at 20.3 s, in [20, 50), which starts 0.3 s before it and is kept;
+    # [40, 67) starts 6.3 s before the second jfk: moved to just before it.
+    assert [(w.index, w.end) for w in moved] == [(0, wins[1].end), (1, wins[2].end)]
+    assert moved[0].start / SR == 20.0 == first
+    assert moved[1].start / SR == pytest.approx(second + JFK_SPEECH[0] - LEAD_IN_S, abs=0.15)
+    assert [w.owned for w in moved] == [(wins[1].start, wins[1].owned[1]), (moved[1].start, wins[2].owned[1])]
 
 
 def test_a_one_window_input_that_stops_early_gets_a_continuation(jfk):

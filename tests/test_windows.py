@@ -222,6 +222,7 @@ def test_a_window_whose_speech_starts_in_the_next_window_is_left_out():
     assert [(w.start, w.end) for w in wins] == [(0, 30 * SR), (20 * SR, 50 * SR), (40 * SR, 60 * SR)]
     moved = skip_leading_quiet(wins, Loudness.of(audio))
     assert [(w.index, w.start, w.end) for w in moved] == [(0, 0, 30 * SR), (1, 40 * SR, 60 * SR)]
+    assert moved[1].owned == (40 * SR, 60 * SR)  # from its start: nobody owns the quiet [25, 40) s
     # Both starts stay in time order whenever the next window is moved too.
     audio = _bursts([5, -38, 17])  # speech from 43 s: [40,60) is moved to 42.6 s
     moved = skip_leading_quiet(split_windows(audio.shape[0], CHUNK, STRIDE), Loudness.of(audio))

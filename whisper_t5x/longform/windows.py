@@ -313,8 +313,8 @@ def skip_leading_quiet(
     span it owns stay; its owned span starts where it did or, when the window
     now starts later, at the new start (the skipped audio is quiet, no window
     needs to own it). A window whose speech starts only where the next window
-    starts is left out (the next one decodes all of its speech); the others
-    are renumbered. Windows with no loud frame, and inputs without
+    starts is left out (the next one decodes all of its speech, and owns what
+    it owned); the others are renumbered. Windows with no loud frame, and inputs without
     ``loudness``, are left as they are: this only ever removes quiet audio.
     """
     if loudness is None:
@@ -323,16 +323,22 @@ def skip_leading_quiet(
     lead_in = int(round(lead_in_s * rate))
     max_quiet = int(round(max_quiet_s * rate))
     out: List[Window] = []
+    inherited: Optional[int] = None  # the owned start of a window left out just before
     for k, w in enumerate(windows):
+        owned_start = w.owned[0] if inherited is None else min(inherited, w.owned[0])
+        inherited = None
         onset = loudness.first_loud(w.start, w.end)
+        start = w.start
         if onset is not None and onset - w.start > max_quiet:
             nxt = windows[k + 1] if k + 1 < len(windows) else None
             if nxt is not None and nxt.input_index == w.input_index and nxt.start <= onset and nxt.end >= w.end:
+                inherited = owned_start
                 continue
             start = onset - lead_in
-            owned_start = w.start + w.stride_left
-            w = dataclasses.replace(w, start=start, stride_left=max(0, owned_start - start))
-        out.append(w if w.index == len(out) else dataclasses.replace(w, index=len(out)))
+        stride_left = max(0, owned_start - start)
+        if (start, stride_left, w.index) != (w.start, w.stride_left, len(out)):
+            w = dataclasses.replace(w, start=start, stride_left=stride_left, index=len(out))
+        out.append(w)
     return out
 
 
