@@ -158,6 +158,13 @@ def test_a_one_window_input_that_stops_early_gets_a_continuation(jfk):
     assert tr.content_end == pytest.approx(19.0)
     assert (cont.start, cont.end) == (int(19.0 * SR), audio.size) and clip.size == cont.end - cont.start
     assert continuation_windows({0: [transcript(29.5)]}, {0: audio}, 30 * SR) == []  # under a second: no
+    # Stopped at the end of the first jfk (11 s): the continuation skips the 8 s pause, to just before 19.32 s.
+    from whisper_t5x.longform.windows import LEAD_IN_S
+
+    stopped = parse_window([TS, 400, 370, TS + int(round(11.0 / 0.02))], w, EOT, TS, True, language="en")
+    [(cont, clip)] = continuation_windows({0: [stopped]}, {0: audio}, 30 * SR, {0: Loudness.of(audio)})
+    assert cont.start / SR == pytest.approx(19.0 + JFK_SPEECH[0] - LEAD_IN_S, abs=0.15)
+    assert (cont.index, cont.end, clip.size) == (-1, audio.size, cont.end - cont.start)
     silent_rest = audio.copy()
     silent_rest[19 * SR:] = 0
     assert continuation_windows({0: [transcript(19.0)]}, {0: silent_rest}, 30 * SR) == []  # a real pause

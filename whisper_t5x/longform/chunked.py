@@ -226,9 +226,9 @@ def continuation_windows(transcripts: Dict[int, List[WindowTranscript]], audio: 
             tr.content_end = tr.last_timestamp
             end = min(start + chunk, samples.shape[0])
             mine.append(Window(i, -1, start, end, 0, 0, int(samples.shape[0])))
-        if loudness is not None and loudness.get(i) is not None:
-            mine = [dataclasses.replace(w, end=min(w.start + chunk, w.num_samples))
-                    for w in skip_leading_quiet(mine, loudness[i])]
+        if loudness is not None and loudness.get(i) is not None:  # one by one: none is left out
+            mine = [dataclasses.replace(m, index=-1, end=min(m.start + chunk, m.num_samples))
+                    for w in mine for m in skip_leading_quiet([w], loudness[i])]
         extra.extend((w, samples[w.start:w.end].copy()) for w in mine)  # copies: the input can be freed
     return extra
 
