@@ -4,9 +4,11 @@
         [--work /tmp/whisper_t5x_finetune_domain]
 
 1. Builds a local dataset (made here with espeak-ng, never shipped as audio):
-   8 invented product names in 10 carrier sentences each for training, and
-   the same names in 4 *other* carrier sentences for the held-out split,
-   spoken with three espeak-ng voices.
+   8 invented product names, each in 10 of 20 carrier sentences, plus 30
+   name-free clips of 3 sentences of ``benchmarks/_speech_corpus.py`` (long
+   windows, as long-form decoding sees) for training; the
+   same names in 4 *other* carrier sentences for the held-out split; three
+   espeak-ng voices.
 2. Measures tiny.en's WER through ``FlaxWhisperPipeline`` (its defaults) on the
    held-out sentences, on ``samples/jfk.flac`` (real speech) and on a 2.5 min
    espeak-ng long-form passage (``tests/_speech.LONG_TEXT``).
@@ -23,15 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from typing import Dict, List
 
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import _speech_corpus  # noqa: E402
 from tests._speech import LONG_TEXT, synthesize  # noqa: E402
 from tests._training_io_fixtures import write_split  # noqa: E402
 from whisper_t5x.training.evaluate import word_error_rate  # noqa: E402
@@ -47,15 +53,38 @@ TRAIN_TEMPLATES = [
     "The {p} team will present at noon.", "I compared {p} with the old system.",
     "Send the {p} invoice to finance.", "We moved all the files into {p} yesterday.",
     "Can {p} export the report as a spreadsheet?", "The sales numbers for {p} look strong.",
+    "Nobody on the night shift knew how to reset {p}.", "Is {p} cheaper than the version we bought last year?",
+    "He spent the whole afternoon reading the {p} manual.", "The printer stopped working after the {p} upgrade.",
+    "We need a second licence for {p} in the Berlin office.", "Her favourite feature of {p} is the calendar.",
+    "They are hiring engineers who have used {p} before.", "Turn off {p} before you unplug the cable.",
+    "The {p} logo is printed on every box.", "Last winter {p} saved us a lot of time.",
 ]
 HELDOUT_TEMPLATES = [
     "My manager asked me to install {p} on every laptop.", "Without {p} the warehouse would stop working.",
     "She wrote a short guide about {p} for new staff.", "Tomorrow we will test {p} with real users.",
 ]
 VOICES = [("en", 150), ("en-us", 165), ("en+f3", 155)]
+USES_PER_PRODUCT = 10  # training sentences per product name (of the 20 carriers, a different 10 for each)
+GENERAL_ROWS = 30  # name-free clips of 3 corpus sentences (10-25 s), trained with their text: the rest stays
+
+
+def training_sentences() -> List[tuple]:
+    """``(text, voice, speed)`` rows; a text of several sentences (a list) is read as one clip."""
+    rng = np.random.default_rng(0)
+    out = []
+    for j, p in enumerate(PRODUCTS):
+        for i in rng.choice(len(TRAIN_TEMPLATES), USES_PER_PRODUCT, replace=False):
+            voice, speed = VOICES[(int(i) + j) % len(VOICES)]
+            out.append((TRAIN_TEMPLATES[int(i)].format(p=p), voice, speed))
+    corpus = _speech_corpus.sentences()
+    for k in range(GENERAL_ROWS):  # 3 consecutive sentences per clip: long windows like long-form rows
+        voice, speed = VOICES[k % len(VOICES)]
+        out.append((tuple(corpus[(2 * k + m) % len(corpus)] for m in range(3)), voice, speed))
+    return out
 
 
 def sentences(templates: List[str]) -> List[tuple]:
+    """Every product in every template, voices cycling."""
     out = []
     for i, t in enumerate(templates):
         for j, p in enumerate(PRODUCTS):
@@ -64,12 +93,24 @@ def sentences(templates: List[str]) -> List[tuple]:
     return out
 
 
+def speak(text, voice: str, speed: int) -> np.ndarray:
+    """One sentence, or several (a tuple) read one after another with 0.3 s pauses."""
+    if isinstance(text, str):
+        return synthesize(text, voice, speed)
+    pause = np.zeros(4800, np.float32)
+    return np.concatenate([x for t in text for x in (synthesize(t, voice, speed), pause)])
+
+
+def joined(text) -> str:
+    return text if isinstance(text, str) else " ".join(text)
+
+
 def build_dataset(directory: str) -> Dict[str, list]:
     os.makedirs(directory, exist_ok=True)
-    splits = {"train": sentences(TRAIN_TEMPLATES), "validation": sentences(HELDOUT_TEMPLATES)}
+    splits = {"train": training_sentences(), "validation": sentences(HELDOUT_TEMPLATES)}
     for name, rows in splits.items():
-        write_split(os.path.join(directory, f"{name}.parquet"), [synthesize(t, v, s) for t, v, s in rows],
-                    [t for t, _, _ in rows], name[0])
+        write_split(os.path.join(directory, f"{name}.parquet"), [speak(t, v, s) for t, v, s in rows],
+                    [joined(t) for t, _, _ in rows], name[0])
     return splits
 
 
@@ -96,20 +137,31 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--learning_rate", type=float, default=3e-5)
+    p.add_argument("--label_smoothing", type=float, default=0.1)
+    p.add_argument("--skip_before", action="store_true", help="reuse the 'before' figures of an earlier run")
     p.add_argument("--name", default="finetune_domain")
     args = p.parse_args(argv)
     data = os.path.join(args.work, "data")
     out = os.path.join(args.work, "run")
     splits = build_dataset(data)
-    before = measure(args.model, splits["validation"])
+    cached = os.path.join(args.work, "before.json")
+    if args.skip_before and os.path.isfile(cached):
+        with open(cached) as f:
+            before = json.load(f)
+    else:
+        before = measure(args.model, splits["validation"])
+        with open(cached, "w") as f:
+            json.dump(before, f)
     print("before:", {k: v for k, v in before.items() if k != "examples"}, flush=True)
     cmd = [sys.executable, "-m", "whisper_t5x.main", "train", "--dataset", data, "--eval_split", "validation",
            "--model", args.model, "--output_dir", out, "--max_steps", str(args.steps), "--batch_size",
            str(args.batch_size), "--learning_rate", str(args.learning_rate), "--warmup_steps", "5",
            "--freeze_encoder", "--log_every", "5", "--eval_every", str(max(args.steps // 3, 1)),
-           "--save_every", str(args.steps), "--gin.TrainConfig.progress=False"]
+           "--save_every", str(args.steps), "--gin.TrainConfig.progress=False",
+           f"--gin.TrainConfig.label_smoothing={args.label_smoothing}"]
     print("$", " ".join(cmd), flush=True)
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run (the same directory would resume)
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     train_s = time.perf_counter() - t0
@@ -123,7 +175,7 @@ def main(argv=None) -> int:
     png = training_curves.plot({"tiny.en fine-tune": records}, os.path.join(RESULTS, f"{args.name}.png"),
                                "tiny.en on invented product names (espeak-ng), decoder only")
     result = dict(model=args.model, steps=args.steps, batch_size=args.batch_size,
-                  learning_rate=args.learning_rate, train_rows=len(splits["train"]),
+                  learning_rate=args.learning_rate, label_smoothing=args.label_smoothing, train_rows=len(splits["train"]),
                   heldout_rows=len(splits["validation"]), train_wall_s=train_s, before=before, after=after,
                   curve=os.path.relpath(png, ROOT), command=" ".join(["python", "benchmarks/finetune_domain.py"]
                                                                      + (argv or sys.argv[1:])),
