@@ -19,10 +19,13 @@ installed are initialised at random from their architecture (``--random_init`` f
     python benchmarks/train_throughput.py                                    # CPU: tiny.en and base vs torch
     python benchmarks/train_throughput.py --variants loop scan no_donate     # the levers, measured
     python benchmarks/train_throughput.py --device gpu --no_torch --dtype bfloat16 --random_init \\
-        --models large-v3 large-v3-turbo --batch 32 --variants scan_remat
+        --models large-v3 large-v3-turbo --batch 32 --variants scan_remat_cudnn scan_dots_cudnn
 
 Variants (``--variants``): ``loop`` (unscanned layers, donated state: the default), ``scan`` (scanned
-layers), ``scan_remat`` (scanned, full rematerialisation), ``no_donate`` (loop, state not donated).
+layers), ``scan_remat`` (scanned, full rematerialisation), ``no_donate`` (loop, state not donated);
+on a GPU ``scan_remat_cudnn`` and ``scan_dots_cudnn`` (the encoder's attention in cuDNN's fused kernel,
+with full rematerialisation or with every matrix product saved). A variant that fails (out of memory,
+a kernel the device lacks) is reported as such and the others still run.
 XLA flags are a process setting: pass ``--xla_flags`` to measure them (a new run).
 """
 
@@ -43,6 +46,10 @@ VARIANTS = {
     "scan": dict(scan_layers=True, remat_policy="none", donate=True),
     "scan_remat": dict(scan_layers=True, remat_policy="full", donate=True),
     "no_donate": dict(scan_layers=False, remat_policy="none", donate=False),
+    # GPU levers: the encoder's attention through cuDNN's fused kernel (WhisperConfig.attention_impl),
+    # with full rematerialisation or saving every matrix product (no recompute of them).
+    "scan_remat_cudnn": dict(scan_layers=True, remat_policy="full", donate=True, attention_impl="cudnn"),
+    "scan_dots_cudnn": dict(scan_layers=True, remat_policy="dots", donate=True, attention_impl="cudnn"),
 }
 
 
@@ -157,7 +164,8 @@ class Ours:
         from whisper_t5x.training import optim, state as state_lib, step as step_lib
 
         opts = VARIANTS[variant]
-        config = config.replace(scan_layers=opts["scan_layers"], remat_policy=opts["remat_policy"])
+        config = config.replace(scan_layers=opts["scan_layers"], remat_policy=opts["remat_policy"],
+                                attention_impl=opts.get("attention_impl"))
         self.module = WhisperModule(config, dtype=jnp.dtype(dtype), param_dtype=jnp.float32)
         part = pt.PjitPartitioner(num_partitions=1, logical_axis_rules=pt.rules_for("dp"), backend=device)
         features = jnp.zeros((1, config.num_mel_bins, config.num_frames))
@@ -180,17 +188,25 @@ class Ours:
         self.batch = part.make_global_batch(batch)
         self.tokens = float(np.sum(batch.loss_mask))
         start = time.perf_counter()
-        compiled = self.step.lower(self.state, self.batch).compile()
+        self.compiled = self.step.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - start
         try:
-            self.xla_flops = float(compiled.cost_analysis()["flops"])
+            self.xla_flops = float(self.compiled.cost_analysis()["flops"])
         except Exception:  # some backends give no cost analysis
             self.xla_flops = None
         self.config = config
 
     def __call__(self):
-        self.state, metrics = self.step(self.state, self.batch)
+        self.state, metrics = self.compiled(self.state, self.batch)
         return float(metrics["loss"])
+
+    def close(self):
+        """Frees the device state (the next variant may need the memory)."""
+        import jax
+
+        if self.state is not None:
+            jax.tree_util.tree_map(lambda x: x.delete(), self.state)
+        self.state = self.compiled = self.batch = None
 
 
 # ------------------------------------------------------------------------------ torch
@@ -236,55 +252,94 @@ def _timed(fn):
     return time.perf_counter() - start, time.process_time() - cpu, loss
 
 
+def _run_peers(peers, args, name, failed):
+    """Warm up, then time ``args.repeats`` steps of every peer in turn: {key: (first, times, cpu, losses)}."""
+    first = {}
+    for key, peer in list(peers.items()):
+        try:
+            first[key] = _timed(peer)[0]
+            for _ in range(args.warmup - 1):
+                peer()
+        except Exception as e:  # out of memory at run time
+            failed.append(dict(model=name, peer=key, error=f"{type(e).__name__}: {str(e)[:300]}"))
+            print(f"{name} {key}: failed: {failed[-1]['error']}", file=sys.stderr, flush=True)
+            peers.pop(key)
+    out = {key: (first[key], [], [], []) for key in peers}
+    for _ in range(args.repeats):
+        for key, peer in peers.items():
+            seconds, cpu_seconds, loss = _timed(peer)
+            out[key][1].append(seconds)
+            out[key][2].append(cpu_seconds)
+            out[key][3].append(loss)
+    return out
+
+
 def measure(name, args):
+    """Rows for one model: every variant of ours and, unless ``--no_torch``, torch's step.
+
+    On a CPU the peers are built first and their steps interleaved (the machine's load changes); on an
+    accelerator each variant runs alone and frees its state before the next (memory)."""
     import jax
 
     config, params, weights = load_model(name, args.random_init)
     batch = make_batch(config, args.batch, args.target_tokens)
     if params is None and not args.no_torch:  # random weights shared with the torch peer
         params = random_params(config)
-    peers = {}
+    failed, results, built = [], {}, {}
+
+    def build(variant):
+        try:
+            return Ours(config, params, batch, args.dtype, variant, args.device)
+        except Exception as e:  # out of memory, a kernel this device lacks: report, go on
+            failed.append(dict(model=name, peer=f"ours_{variant}", error=f"{type(e).__name__}: {str(e)[:300]}"))
+            print(f"{name} ours_{variant}: failed: {failed[-1]['error']}", file=sys.stderr, flush=True)
+            return None
+
+    interleave = args.device == "cpu"
     for variant in args.variants:
-        peers[f"ours_{variant}"] = Ours(config, params, batch, args.dtype, variant, args.device)
+        peer = build(variant)
+        if peer is None:
+            continue
+        if interleave:
+            built[f"ours_{variant}"] = peer
+            continue
+        results.update(_run_peers({f"ours_{variant}": peer}, args, name, failed))
+        built[f"ours_{variant}"] = peer
+        peer.close()
     if not args.no_torch:
-        peers["torch"] = Torch(config, params, batch, args.torch_threads)
-    first = {}
-    for key, peer in peers.items():
-        first[key] = _timed(peer)[0]
-        for _ in range(args.warmup - 1):
-            peer()
-    times = {key: [] for key in peers}
-    cpu = {key: [] for key in peers}
-    losses = {key: [] for key in peers}
-    for _ in range(args.repeats):
-        for key, peer in peers.items():
-            seconds, cpu_seconds, loss = _timed(peer)
-            times[key].append(seconds)
-            cpu[key].append(cpu_seconds)
-            losses[key].append(loss)
+        built["torch"] = Torch(config, params, batch, args.torch_threads)
+    if interleave:
+        results.update(_run_peers(dict(built), args, name, failed))
+    elif "torch" in built:
+        results.update(_run_peers({"torch": built["torch"]}, args, name, failed))
     flops = model_flops(config, args.batch, batch.decoder_input_ids.shape[1])
     tokens = float(batch.loss_mask.sum())
     rows = []
-    for key, peer in peers.items():
-        median = statistics.median(times[key])
+    for key, (first, times, cpu, losses) in results.items():
+        peer = built[key]
+        median = statistics.median(times)
         row = dict(model=name, weights=weights, peer=key, device=args.device,
                    dtype=args.dtype if key != "torch" else "float32", batch=args.batch,
                    decoder_positions=int(batch.decoder_input_ids.shape[1]), target_tokens=tokens,
-                   step_s=median, step_s_all=times[key], cpu_s=statistics.median(cpu[key]), cpu_s_all=cpu[key],
-                   first_step_s=first[key], losses=losses[key],
-                   tokens_per_s=tokens / median, audio_hours_per_hour=args.batch * 30.0 / median,
-                   model_flops=flops, mfu=flops / (median * args.peak_flops) if args.peak_flops else None)
+                   step_s=median, step_s_all=times, cpu_s=statistics.median(cpu), cpu_s_all=cpu,
+                   first_step_s=first, losses=losses, tokens_per_s=tokens / median,
+                   audio_hours_per_hour=args.batch * 30.0 / median, model_flops=flops,
+                   mfu=flops / (median * args.peak_flops) if args.peak_flops else None)
         if key.startswith("ours"):
             row.update(compile_s=peer.compile_s, xla_flops=peer.xla_flops, scan_layers=peer.config.scan_layers,
-                       remat=peer.config.remat_policy, devices=[str(d) for d in jax.local_devices()])
+                       remat=peer.config.remat_policy, attention_impl=peer.config.attention_impl,
+                       devices=[str(d) for d in jax.local_devices()])
+            if interleave:
+                peer.close()
         else:
             row.update(torch_threads=peer.threads)
         rows.append(row)
-    if "torch" in peers:
+    if "torch" in results:
+        torch_wall, torch_cpu = statistics.median(results["torch"][1]), statistics.median(results["torch"][2])
         for row in rows:
-            row["ratio_to_torch"] = row["step_s"] / statistics.median(times["torch"])
-            row["cpu_ratio_to_torch"] = row["cpu_s"] / statistics.median(cpu["torch"])
-    return rows
+            row["ratio_to_torch"] = row["step_s"] / torch_wall
+            row["cpu_ratio_to_torch"] = row["cpu_s"] / torch_cpu
+    return rows, failed
 
 
 def markdown(rows, meta):
@@ -322,9 +377,11 @@ def main(argv=None):
     if args.peak_flops is None and args.device == "gpu":
         args.peak_flops = 989e12
     hardware = _cpu_name() if args.device == "cpu" else str(jax.devices(args.device)[0].device_kind)
-    rows = []
+    rows, failures = [], []
     for name in args.models:
-        for row in measure(name, args):
+        measured, failed = measure(name, args)
+        failures += failed
+        for row in measured:
             rows.append(row)
             ratio = f" ({row['ratio_to_torch']:.2f}x torch)" if "ratio_to_torch" in row else ""
             mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}%"
@@ -335,10 +392,11 @@ def main(argv=None):
                 command="python benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        json.dump(dict(meta=meta, rows=rows, failed=failures), f, indent=1)
+    text = markdown(rows, meta) + "".join(f"\nFailed: {f['model']} {f['peer']}: {f['error']}\n" for f in failures)
     with open(args.out + ".md", "w") as f:
-        f.write(markdown(rows, meta))
-    print(markdown(rows, meta))
+        f.write(text)
+    print(text)
 
 
 if __name__ == "__main__":
