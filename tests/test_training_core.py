@@ -348,6 +348,24 @@ def test_bf16_compute_keeps_float32_masters(model, batch, one_step):
     assert float(metrics["loss"]) != float(ref_metrics["loss"])  # it really ran in bf16
 
 
+def test_per_head_attention_gradient_equals_autodiff_of_plain_attention():
+    """The encoder's per-head attention (used on one CPU device) has a hand-written flash-style
+    gradient; it equals autodiff of plain softmax attention."""
+    from whisper_t5x.model import layers
+
+    rs = np.random.RandomState(6)
+    q = jnp.asarray(rs.randn(2, 600, 2, 8).astype(np.float32)) * 0.5  # 600 queries: 2 chunks of 300
+    k, v = (jnp.asarray(rs.randn(2, 2, 600, 8).astype(np.float32)) for _ in range(2))
+    w = jnp.asarray(rs.randn(2, 600, 2, 8).astype(np.float32))
+    grad = lambda f: jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * w), argnums=(0, 1, 2)))  # noqa: E731
+    ours = grad(layers._attend_per_head)(q, k, v)
+    ref = grad(lambda q, k, v: layers._attend_all(q, [(k, v, None)]))(q, k, v)
+    for a, b in zip(ours, ref):
+        assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(b).max())
+    bf16 = grad(layers._attend_per_head)(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
+    assert all(g.dtype == jnp.bfloat16 for g in bf16)
+
+
 def test_remat_and_scan_give_the_same_step(model, batch, one_step):
     _, params, _ = model
     scanned = WhisperModule(CONFIG.replace(scan_layers=True, remat_policy="full"))

@@ -31,11 +31,16 @@ __all__ = [
     "abstract_state",
     "cast_floats",
     "create_train_state",
+    "host_params",
     "init_sharded_state",
+    "opt_state_axes",
     "params_logical_axes",
+    "params_mesh_axes",
+    "replicated_axes",
     "shard_state_from_params",
     "state_logical_axes",
     "state_mesh_axes",
+    "step_of",
 ]
 
 
@@ -148,16 +153,18 @@ def state_logical_axes(params_axes: Any, optimizer: Optimizer, params: Any) -> T
     return _state_axes(optimizer, params, params_logical_axes(params_axes, params))
 
 
-def state_mesh_axes(partitioner, params_axes: Any, optimizer: Optimizer, params: Any) -> TrainState:
-    """A ``TrainState`` of mesh PartitionSpecs under ``partitioner``'s rules.
-
-    A dimension that does not divide its mesh axes (Whisper's odd vocabulary)
-    is replicated, as for inference; the optimizer state follows the fitted
-    parameter specs.
-    """
+def params_mesh_axes(partitioner, params_axes: Any, params: Any) -> Any:
+    """Mesh PartitionSpecs of ``params`` (arrays or shapes) under ``partitioner``'s rules (e.g. for a
+    distillation teacher). A dimension that does not divide its mesh axes (Whisper's odd vocabulary) is
+    replicated, as for inference."""
     logical = params_logical_axes(params_axes, params)
-    mesh = partitioner.fit_to_shapes(partitioner.logical_to_mesh_axes(logical), params)
-    return _state_axes(optimizer, params, _like(params, mesh))
+    return _like(params, partitioner.fit_to_shapes(partitioner.logical_to_mesh_axes(logical), params))
+
+
+def state_mesh_axes(partitioner, params_axes: Any, optimizer: Optimizer, params: Any) -> TrainState:
+    """A ``TrainState`` of mesh PartitionSpecs under ``partitioner``'s rules; the optimizer state follows
+    the parameters' fitted specs."""
+    return _state_axes(optimizer, params, params_mesh_axes(partitioner, params_axes, params))
 
 
 # ------------------------------------------------------------- sharded init
