@@ -4,9 +4,10 @@
         [--work /tmp/whisper_t5x_finetune_domain]
 
 1. Builds a local dataset (made here with espeak-ng, never shipped as audio):
-   8 invented product names, each in 10 of 20 carrier sentences, plus 30
-   name-free clips of 3 sentences of ``benchmarks/_speech_corpus.py`` (long
-   windows, as long-form decoding sees) for training; the
+   8 invented product names, each in 10 of 20 carrier sentences, plus the
+   name-free text of ``benchmarks/_speech_corpus.py`` read on in clips of up
+   to 28 s (windows as long-form decoding sees them), every row with segment
+   times (trained with timestamps at ``--timestamp_probability``); the
    same names in 4 *other* carrier sentences for the held-out split; three
    espeak-ng voices.
 2. Measures tiny.en's WER through ``FlaxWhisperPipeline`` (its defaults) on the
@@ -65,21 +66,30 @@ HELDOUT_TEMPLATES = [
 ]
 VOICES = [("en", 150), ("en-us", 165), ("en+f3", 155)]
 USES_PER_PRODUCT = 10  # training sentences per product name (of the 20 carriers, a different 10 for each)
-GENERAL_ROWS = 30  # name-free clips of 3 corpus sentences (10-25 s), trained with their text: the rest stays
+GENERAL_PASSES = 2  # the name-free corpus read in two voices, in clips of up to 28 s (long-form windows)
+PAUSE_S = 0.3
 
 
 def training_sentences() -> List[tuple]:
-    """``(text, voice, speed)`` rows; a text of several sentences (a list) is read as one clip."""
+    """``(text, voice, speed)`` rows; a text of several sentences (a tuple) is read as one clip."""
     rng = np.random.default_rng(0)
     out = []
     for j, p in enumerate(PRODUCTS):
         for i in rng.choice(len(TRAIN_TEMPLATES), USES_PER_PRODUCT, replace=False):
             voice, speed = VOICES[(int(i) + j) % len(VOICES)]
             out.append((TRAIN_TEMPLATES[int(i)].format(p=p), voice, speed))
-    corpus = _speech_corpus.sentences()
-    for k in range(GENERAL_ROWS):  # 3 consecutive sentences per clip: long windows like long-form rows
-        voice, speed = VOICES[k % len(VOICES)]
-        out.append((tuple(corpus[(2 * k + m) % len(corpus)] for m in range(3)), voice, speed))
+    for voice, speed in VOICES[:GENERAL_PASSES]:  # the corpus read on, in clips of up to 28 s
+        chunk: List[str] = []
+        seconds = 0.0
+        for t in _speech_corpus.sentences():
+            d = len(synthesize(t, voice, speed)) / 16000 + PAUSE_S
+            if chunk and seconds + d > 28.0:
+                out.append((tuple(chunk), voice, speed))
+                chunk, seconds = [], 0.0
+            chunk.append(t)
+            seconds += d
+        if chunk:
+            out.append((tuple(chunk), voice, speed))
     return out
 
 
@@ -93,12 +103,18 @@ def sentences(templates: List[str]) -> List[tuple]:
     return out
 
 
-def speak(text, voice: str, speed: int) -> np.ndarray:
-    """One sentence, or several (a tuple) read one after another with 0.3 s pauses."""
-    if isinstance(text, str):
-        return synthesize(text, voice, speed)
-    pause = np.zeros(4800, np.float32)
-    return np.concatenate([x for t in text for x in (synthesize(t, voice, speed), pause)])
+def speak(text, voice: str, speed: int):
+    """``(audio, segments)``: one sentence, or several (a tuple) read one after another with pauses; one
+    segment (start, end, text) per sentence."""
+    parts = [text] if isinstance(text, str) else list(text)
+    pause = np.zeros(int(PAUSE_S * 16000), np.float32)
+    audio, segments, t = [], [], 0.0
+    for sentence in parts:
+        x = synthesize(sentence, voice, speed)
+        segments.append({"start": round(t, 2), "end": round(t + len(x) / 16000, 2), "text": sentence})
+        audio += [x, pause]
+        t += (len(x) + len(pause)) / 16000
+    return np.concatenate(audio), segments
 
 
 def joined(text) -> str:
@@ -109,8 +125,9 @@ def build_dataset(directory: str) -> Dict[str, list]:
     os.makedirs(directory, exist_ok=True)
     splits = {"train": training_sentences(), "validation": sentences(HELDOUT_TEMPLATES)}
     for name, rows in splits.items():
-        write_split(os.path.join(directory, f"{name}.parquet"), [speak(t, v, s) for t, v, s in rows],
-                    [joined(t) for t, _, _ in rows], name[0])
+        spoken = [speak(t, v, s) for t, v, s in rows]
+        write_split(os.path.join(directory, f"{name}.parquet"), [a for a, _ in spoken], [joined(t) for t, _, _ in rows],
+                    name[0], extra={"segments": [seg for _, seg in spoken]})
     return splits
 
 
@@ -156,6 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=3e-5)
     p.add_argument("--label_smoothing", type=float, default=0.1)
+    p.add_argument("--timestamp_probability", type=float, default=0.5)
     p.add_argument("--skip_before", action="store_true", help="reuse the 'before' figures of an earlier run")
     p.add_argument("--skip_train", action="store_true", help="measure the existing run's export again")
     p.add_argument("--name", default="finetune_domain")
@@ -177,6 +195,7 @@ def main(argv=None) -> int:
            str(args.batch_size), "--learning_rate", str(args.learning_rate), "--warmup_steps", "5",
            "--freeze_encoder", "--log_every", "5", "--eval_every", str(max(args.steps // 3, 1)),
            "--save_every", str(args.steps), "--gin.TrainConfig.progress=False",
+           "--timestamp_probability", str(args.timestamp_probability),
            f"--gin.TrainConfig.label_smoothing={args.label_smoothing}"]
     print("$", " ".join(cmd), flush=True)
     train_s = None
@@ -198,7 +217,8 @@ def main(argv=None) -> int:
     png = training_curves.plot({"tiny.en fine-tune": records}, os.path.join(RESULTS, f"{args.name}.png"),
                                "tiny.en on invented product names (espeak-ng), decoder only")
     result = dict(model=args.model, steps=args.steps, batch_size=args.batch_size,
-                  learning_rate=args.learning_rate, label_smoothing=args.label_smoothing, train_rows=len(splits["train"]),
+                  learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
+                  timestamp_probability=args.timestamp_probability, train_rows=len(splits["train"]),
                   heldout_rows=len(splits["validation"]), train_wall_s=train_s, before=before, after=after,
                   curve=os.path.relpath(png, ROOT), command=" ".join(["python", "benchmarks/finetune_domain.py"] + [
                       a for a in (argv or sys.argv[1:]) if not a.startswith("--skip_")]),

@@ -16,8 +16,9 @@ pytest.importorskip("datasets")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("rows")
     texts = [f"reference {i}" for i in range(8)]
+    segments = [[{"start": 0.0, "end": 0.3, "text": t}] if i % 2 else [] for i, t in enumerate(texts)]
     write_split(root / "train.parquet", [sine(i, 0.3) for i in range(8)], texts, "t",
-                extra={"prev": [f"before {i}" for i in range(8)]})
+                extra={"prev": [f"before {i}" for i in range(8)], "segments": segments})
     return str(root)
 
 
@@ -46,6 +47,8 @@ def test_plain_dataset_rows(dataset):
     waves = [load_audio(a) for a in audio]
     assert np.allclose(waves[0], waves[2]) and not np.allclose(waves[0][:4000], waves[1][:4000])
     assert np.allclose(waves[1], sine(0, 0.3), atol=1e-3)
+    assert rows.examples[1].segments == (TimedText(0.0, 0.3, "reference 1"),) and rows.examples[2].segments == ()
+    assert open_rows(dataset, "train", segments_column=None).examples[1].segments == ()
     with_prompts = open_rows(dataset, "train", prompt_column="prev", max_rows=3)
     assert [e.previous_text for e in with_prompts.examples] == ["before 0", "before 1", "before 2"]
 

@@ -58,6 +58,8 @@ class DataSection:
         models need one); ``task``: transcribe or translate.
       prompt_column: a column with each row's previous text; ``None``: the
         previous row of the split (consecutive segments of a recording).
+      segments_column: a column of ``[{"start", "end", "text"}]`` segment
+        times (the label job's layout), used when the dataset has it.
       timestamp_probability, prompt_probability: the chance a row is trained
         with segment timestamps (when it has segment times) / with its
         previous text as prompt.
@@ -79,6 +81,7 @@ class DataSection:
     language: Optional[str] = None
     task: str = "transcribe"
     prompt_column: Optional[str] = None
+    segments_column: Optional[str] = "segments"
     timestamp_probability: float = 0.2
     prompt_probability: float = 0.2
     spec_augment: bool = False

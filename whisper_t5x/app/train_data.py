@@ -77,8 +77,12 @@ def _segments(value: Any) -> tuple:
 def open_rows(dataset: str, split: str, *, dataset_config: Optional[str] = None, audio_column: str = "audio",
               text_column: str = "text", id_column: Optional[str] = "id", labels: Optional[str] = None,
               language: Optional[str] = None, prompt_column: Optional[str] = None,
-              max_rows: Optional[int] = None) -> RowSet:
-    """The rows of ``split`` of ``dataset`` (named errors for a missing column or an empty split)."""
+              segments_column: Optional[str] = "segments", max_rows: Optional[int] = None) -> RowSet:
+    """The rows of ``split`` of ``dataset`` (named errors for a missing column or an empty split).
+
+    ``segments_column``: a column of ``[{"start", "end", "text"}]`` (the label job's
+    layout) giving rows segment times, used when the dataset has it.
+    """
     opened = dict(config_name=dataset_config, audio_column=audio_column, id_column=id_column)
     try:
         src = source.load_split(dataset, split, text_column=None if labels else text_column, **opened)
@@ -86,11 +90,18 @@ def open_rows(dataset: str, split: str, *, dataset_config: Optional[str] = None,
         source.load_split(dataset, split, **opened)  # raises again if the text column is not what failed
         raise MissingTextColumnError(f"{e}; pass --text_column") from e
     ds = src.dataset
-    prompt_values: Optional[List[Any]] = None
-    if prompt_column is not None:
-        full = source.load_split(dataset, split, config_name=dataset_config, audio_column=audio_column,
-                                 id_column=None, text_column=prompt_column)
-        prompt_values = _column(full.dataset, prompt_column)
+
+    def extra_column(name: str, required: bool) -> Optional[List[Any]]:
+        try:
+            full = source.load_split(dataset, split, config_name=dataset_config, audio_column=audio_column,
+                                     id_column=None, text_column=name)
+        except source.SourceError:
+            if required:
+                raise
+            return None
+        return _column(full.dataset, name)
+
+    prompt_values = extra_column(prompt_column, True) if prompt_column else None
     if labels:
         by_id = _labels(labels, split)
         ids = _row_ids(src)
@@ -103,7 +114,8 @@ def open_rows(dataset: str, split: str, *, dataset_config: Optional[str] = None,
         keep = list(range(len(ds)))
         texts = ["" if t is None else str(t) for t in _column(ds, text_column)]
         langs = [language] * len(texts)
-        segs = [()] * len(texts)
+        seg_values = extra_column(segments_column, False) if segments_column else None
+        segs = [_segments(v) for v in seg_values] if seg_values is not None else [()] * len(texts)
     if max_rows is not None:
         keep, texts, langs, segs = keep[:max_rows], texts[:max_rows], langs[:max_rows], segs[:max_rows]
     if not keep:

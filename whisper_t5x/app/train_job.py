@@ -196,7 +196,8 @@ def run_training(config: TrainConfig, process_index: int = 0, process_count: int
     if not export_only:
         rows = open_rows(d.dataset, d.split, dataset_config=d.dataset_config, audio_column=d.audio_column,
                          text_column=d.text_column, id_column=d.id_column, labels=d.labels, language=d.language,
-                         prompt_column=d.prompt_column, max_rows=d.max_train_rows)
+                         prompt_column=d.prompt_column, segments_column=d.segments_column,
+                         max_rows=d.max_train_rows)
         lengths = data.prepare_rows(rows, builder, batch_size)
     trainable = optim.trainable_mask(params, freeze_encoder=config.freeze_encoder)
     optimizer = optim.make_optimizer(config.optimizer, params, trainable)
