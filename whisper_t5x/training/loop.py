@@ -87,21 +87,29 @@ class TrainResult:
 
 
 class _Requests:
-    """Stop (SIGINT / SIGTERM) and export (SIGUSR1) requests, noted by signal handlers, acted on between steps."""
+    """Stop (SIGINT / SIGTERM) and export (SIGUSR1) requests, noted by signal handlers, acted on between steps.
+
+    A second Ctrl-C does not wait for the step: it raises ``KeyboardInterrupt`` (no checkpoint).
+    """
 
     def __init__(self):
         self.stop = False
         self.export = False
         self._old: Dict[int, Any] = {}
 
+    def _on_stop(self, signum, _frame) -> None:
+        if self.stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop = True
+        logger.warning("stopping after the step in flight (a checkpoint is saved; Ctrl-C again to quit now)")
+
     def __enter__(self) -> "_Requests":
         if threading.current_thread() is not threading.main_thread():
             return self
-        for sig, attr in ((signal.SIGINT, "stop"), (signal.SIGTERM, "stop"), (getattr(signal, "SIGUSR1", None),
-                                                                             "export")):
-            if sig is None:
-                continue
-            self._old[sig] = signal.signal(sig, lambda *_, a=attr: setattr(self, a, True))
+        self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_stop)
+        self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_stop)
+        if hasattr(signal, "SIGUSR1"):
+            self._old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "export", True))
         return self
 
     def __exit__(self, *exc: Any) -> None:
