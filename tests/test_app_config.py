@@ -232,3 +232,5 @@ def test_timed_output_formats_ask_for_segment_timestamps():
         assert config.decode.return_timestamps is expected, formats
     words = TranscribeConfig(output_formats="srt", decode=DecodeSection(word_timestamps=True))
     assert words.decode.return_timestamps == "word"
+    off = TranscribeConfig(output_formats="srt", decode=DecodeSection(timestamps=False))  # --notimestamps
+    assert off.decode.return_timestamps is False

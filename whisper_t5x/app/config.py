@@ -117,7 +117,8 @@ class DecodeSection:
         ``<|code|>`` token of :mod:`whisper_t5x.text.languages`, checked here,
         before any model loads; ``None`` detects it.
       timestamps: segment timestamps (timed srt/vtt/tsv cues; by default from the word alignment of
-        the VAD rows, segments cut at sentence ends, pauses and removed silences).
+        the VAD rows, segments cut at sentence ends, pauses and removed silences). ``None`` (default):
+        on when a transcribe run writes srt, vtt or tsv, else off; ``False`` keeps them off.
       word_timestamps: word-level timestamps (cross-attention alignment).
       long_form: a mode of the pipeline's ``LONG_FORM_MODES`` (``chunked``:
         batched windows, stitched; ``sequential``: openai-whisper's seek;
@@ -135,7 +136,7 @@ class DecodeSection:
 
     task: str = "transcribe"
     language: Optional[str] = None
-    timestamps: bool = False
+    timestamps: Optional[bool] = None
     word_timestamps: bool = False
     long_form: Optional[str] = None
     chunk_length_s: float = 30.0
@@ -267,7 +268,7 @@ class TranscribeConfig:
     def __post_init__(self):
         check_required(self)
         self.output_formats = writers.parse_formats(self.output_formats)
-        if set(self.output_formats) & TIMED_FORMATS and not self.decode.return_timestamps:
+        if set(self.output_formats) & TIMED_FORMATS and self.decode.timestamps is None:
             # Timed cues need segment times: without them a cue would span a whole row, silences included.
             self.decode = dataclasses.replace(self.decode, timestamps=True)
 
