@@ -378,6 +378,11 @@ def main(argv=None):
         args.peak_flops = 989e12
     hardware = _cpu_name() if args.device == "cpu" else str(jax.devices(args.device)[0].device_kind)
     rows, failures = [], []
+    meta = dict(device=args.device, hardware=hardware, cpu=_cpu_name(), batch=args.batch,
+                target_tokens=args.target_tokens, repeats=args.repeats, peak_flops=args.peak_flops,
+                xla_flags=args.xla_flags, jax=jax.__version__,
+                command="python benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for name in args.models:
         measured, failed = measure(name, args)
         failures += failed
@@ -386,17 +391,16 @@ def main(argv=None):
             ratio = f" ({row['ratio_to_torch']:.2f}x torch)" if "ratio_to_torch" in row else ""
             mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}%"
             print(f"{name} {row['peer']}: {row['step_s']:.3f} s/step{ratio}{mfu}", flush=True)
-    meta = dict(device=args.device, hardware=hardware, cpu=_cpu_name(), batch=args.batch,
-                target_tokens=args.target_tokens, repeats=args.repeats, peak_flops=args.peak_flops,
-                xla_flags=args.xla_flags, jax=jax.__version__,
-                command="python benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
+        write(args.out, rows, failures, meta)  # after every model: a later one may run out of memory
+    print(open(args.out + ".md").read())
+
+
+def write(out, rows, failures, meta):
+    with open(out + ".json", "w") as f:
         json.dump(dict(meta=meta, rows=rows, failed=failures), f, indent=1)
     text = markdown(rows, meta) + "".join(f"\nFailed: {f['model']} {f['peer']}: {f['error']}\n" for f in failures)
-    with open(args.out + ".md", "w") as f:
+    with open(out + ".md", "w") as f:
         f.write(text)
-    print(text)
 
 
 if __name__ == "__main__":
