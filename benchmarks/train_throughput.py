@@ -64,7 +64,10 @@ def parse(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no_torch", action="store_true", help="skip the transformers PyTorch peer")
-    ap.add_argument("--torch_threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for both peers (0: all cores). On a machine shared with other jobs, 1 thread "
+                         "each compares the work done: spinning worker threads of a peer that lost its core to "
+                         "another job inflate its times")
     ap.add_argument("--random_init", action="store_true", help="random weights from the architecture name")
     ap.add_argument("--peak_flops", type=float, default=None,
                     help="peak FLOP/s for MFU (default on a GPU: 989e12, H100/H200 bf16 dense; none on a CPU)")
@@ -307,7 +310,7 @@ def measure(name, args):
         built[f"ours_{variant}"] = peer
         peer.close()
     if not args.no_torch:
-        built["torch"] = Torch(config, params, batch, args.torch_threads)
+        built["torch"] = Torch(config, params, batch, args.threads)
     if interleave:
         results.update(_run_peers(dict(built), args, name, failed))
     elif "torch" in built:
@@ -344,7 +347,8 @@ def measure(name, args):
 
 def markdown(rows, meta):
     lines = [f"Train step (forward + backward + clip + AdamW), batch {meta['batch']} x 30 s, "
-             f"{meta['target_tokens']} target tokens per row; device {meta['device']} ({meta['hardware']}); "
+             f"{meta['target_tokens']} target tokens per row; device {meta['device']} ({meta['hardware']}, "
+             f"{meta.get('threads')} threads per peer); "
              f"median of {meta['repeats']} steps, peers interleaved. CPU s: the process's CPU time per step "
              f"(all its threads), steadier than wall time on a shared machine.", "",
              "| model | peer | compute | s / step | ratio to torch | CPU s / step (ratio) | tokens/s | audio h / h "
@@ -364,6 +368,11 @@ def markdown(rows, meta):
 
 def main(argv=None):
     args = parse(argv)
+    if args.threads == 1:  # XLA's CPU thread pool can only be turned off, not sized
+        args.xla_flags = (args.xla_flags + " --xla_cpu_multi_thread_eigen=false "
+                          "intra_op_parallelism_threads=1").strip()
+    elif args.threads > 1:
+        raise SystemExit("--threads takes 0 (all cores) or 1")
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     if args.device == "cpu":
@@ -380,7 +389,7 @@ def main(argv=None):
     rows, failures = [], []
     meta = dict(device=args.device, hardware=hardware, cpu=_cpu_name(), batch=args.batch,
                 target_tokens=args.target_tokens, repeats=args.repeats, peak_flops=args.peak_flops,
-                xla_flags=args.xla_flags, jax=jax.__version__,
+                xla_flags=args.xla_flags, threads=args.threads or os.cpu_count(), jax=jax.__version__,
                 command="python benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for name in args.models:
