@@ -4,19 +4,20 @@
         [--work /tmp/whisper_t5x_finetune_domain]
 
 1. Builds a local dataset (made here with espeak-ng, never shipped as audio):
-   8 invented product names, each in 10 of 20 carrier sentences, plus the
+   8 invented product names, each in 15 of 20 carrier sentences, plus the
    name-free text of ``benchmarks/_speech_corpus.py`` read on in clips of up
    to 28 s (windows as long-form decoding sees them), every row with segment
    times (trained with timestamps at ``--timestamp_probability``); the
    same names in 4 *other* carrier sentences for the held-out split; three
    espeak-ng voices.
 2. Measures tiny.en's WER through ``FlaxWhisperPipeline`` (its defaults) on the
-   held-out sentences, on ``samples/jfk.flac`` (real speech) and on a 2.5 min
-   espeak-ng long-form passage (``tests/_speech.LONG_TEXT``).
+   held-out sentences, on ``samples/jfk.flac`` (real speech), on jfk read six
+   times (66 s of real speech, greedy) and on a 2.5 min espeak-ng long-form
+   passage (``tests/_speech.LONG_TEXT``).
 3. Fine-tunes with ``whisper-t5x train`` (decoder only, ``--freeze_encoder``)
    and measures the exported model the same way.
 
-Target: held-out WER at least halved; jfk's and the long-form WER move by
+Target: held-out WER at least halved; jfk's and the long-form WERs move by
 under 1 point. Writes ``benchmarks/results/finetune_domain.{json,md}`` and the
 loss / WER curves ``benchmarks/results/finetune_domain.png``.
 """
@@ -65,7 +66,7 @@ HELDOUT_TEMPLATES = [
     "She wrote a short guide about {p} for new staff.", "Tomorrow we will test {p} with real users.",
 ]
 VOICES = [("en", 150), ("en-us", 165), ("en+f3", 155)]
-USES_PER_PRODUCT = 10  # training sentences per product name (of the 20 carriers, a different 10 for each)
+USES_PER_PRODUCT = 15  # training sentences per product name (of the 20 carriers, a different 15 for each)
 GENERAL_PASSES = 2  # the name-free corpus read in two voices, in clips of up to 28 s (long-form windows)
 PAUSE_S = 0.3
 
@@ -155,9 +156,12 @@ def measure(model: str, heldout: list, known: Dict[str, object] = None) -> Dict[
         out["examples"] = [{"reference": t, "hypothesis": h} for (t, _, _), h in zip(heldout, hyps)]
     if "jfk_wer" not in out:
         out["jfk_wer"] = 100 * word_error_rate([JFK_TEXT], [pipe.transcribe(JFK).text])
-    if "jfk_long_wer" not in out:
-        hyp = pipe.transcribe({"array": jfk_long(), "sampling_rate": 16000}).text
-        out["jfk_long_wer"] = 100 * word_error_rate([" ".join([JFK_TEXT] * 6)], [hyp])
+    if "jfk_x6_greedy_wer" not in out:
+        # greedy: the same sentence six times makes a 30 s window's text compress 2.5x, past the fallback's
+        # 2.4, so with fallback each window is re-sampled whatever the model (a test of the policy, not of it)
+        hyp = pipe.transcribe({"array": jfk_long(), "sampling_rate": 16000},
+                              generate_kwargs={"temperature": 0.0}).text
+        out["jfk_x6_greedy_wer"] = 100 * word_error_rate([" ".join([JFK_TEXT] * 6)], [hyp])
     if "longform_wer" not in out:
         long_hyp = pipe.transcribe({"array": synthesize(LONG_TEXT), "sampling_rate": 16000}).text
         out["longform_wer"] = 100 * word_error_rate([LONG_TEXT], [long_hyp])
@@ -169,7 +173,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/whisper_t5x_finetune_domain")
     p.add_argument("--model", default="tiny.en")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=90)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=3e-5)
     p.add_argument("--label_smoothing", type=float, default=0.1)
@@ -227,7 +231,7 @@ def main(argv=None) -> int:
     with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     rows = [("held-out sentences (invented names)", "heldout_wer"), ("samples/jfk.flac", "jfk_wer"),
-            ("jfk.flac x6 with 1 s pauses (66 s, real long-form)", "jfk_long_wer"),
+            ("jfk.flac x6 with 1 s pauses (66 s, real speech, greedy)", "jfk_x6_greedy_wer"),
             ("2.5 min espeak-ng long-form (the training voice)", "longform_wer")]
     lines = [f"# Domain fine-tune: {args.model}, {args.steps} steps of {args.batch_size}, lr {args.learning_rate}, "
              "encoder frozen", "", f"`{result['command']}` ({result['cpu']}; training {train_s or 0:.0f} s)", "",
@@ -240,9 +244,10 @@ def main(argv=None) -> int:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     ok = after["heldout_wer"] <= before["heldout_wer"] / 2 and abs(after["jfk_wer"] - before["jfk_wer"]) < 1 \
-        and abs(after["jfk_long_wer"] - before["jfk_long_wer"]) < 1 and after["longform_wer"] < before["longform_wer"] + 1
-    print("targets met (held-out halved; real speech within 1 point; espeak long-form not 1 point worse)" if ok
-          else "targets NOT met")
+        and abs(after["jfk_x6_greedy_wer"] - before["jfk_x6_greedy_wer"]) < 1 \
+        and abs(after["longform_wer"] - before["longform_wer"]) < 1
+    print("targets met (held-out halved; jfk, jfk x6 and the long-form passage within 1 point)" if ok
+          else "targets NOT met (held-out halved; jfk, jfk x6 and the long-form passage within 1 point)")
     return 0
 
 
