@@ -1,6 +1,7 @@
-"""Fine-tuning and distillation on the partitioner: losses, optimizer, train state, train step, student init.
+"""Fine-tuning and distillation on the partitioner.
 
-Modules: ``losses`` (pure loss functions), ``optim`` (AdamW, schedule, masks),
-``state`` (``TrainState`` and its axes), ``step`` (the partitioned train and
-eval steps), ``student`` (a smaller decoder initialised from a teacher).
+Core: ``losses`` (pure loss functions), ``optim`` (AdamW, schedule, decay and trainable masks), ``state``
+(``TrainState`` and its axes, born sharded), ``step`` (the partitioned train and eval steps),
+``student`` (a smaller decoder initialised from a teacher). Input and the run: ``targets``, ``data``,
+``specaugment``, ``checkpointing``, ``metrics``, ``evaluate``, ``loop``.
 """
