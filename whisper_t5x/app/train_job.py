@@ -25,12 +25,13 @@ from whisper_t5x.app.label.source import SourceError
 from whisper_t5x.app.train_config import TrainConfig
 from whisper_t5x.app.train_data import open_rows
 from whisper_t5x.training import checkpointing, data, evaluate, loop, losses, optim, state as state_lib, step
-from whisper_t5x.training.student import StudentLayersError, describe_student, student_from_teacher
+from whisper_t5x.training.student import (StudentLayersError, describe_student, encoder_is_teachers,
+                                          student_from_teacher)
 from whisper_t5x.training.targets import TargetBuilder, TargetConfig, TargetError
 
 logger = logging.getLogger("whisper_t5x.app.train")
 
-__all__ = ["SETUP_ERRORS", "SetupError", "run_training"]
+__all__ = ["SETUP_ERRORS", "SetupError", "distill_teacher", "run_training"]
 
 CHECKPOINTS, EXPORT = "checkpoints", "export"
 
@@ -124,6 +125,20 @@ def _sum_over_processes(count: int):
 def _params_mesh_axes(partitioner, params_axes, params):
     logical = state_lib.params_logical_axes(params_axes, params)
     return partitioner.fit_to_shapes(partitioner.logical_to_mesh_axes(logical), params)
+
+
+def distill_teacher(config: TrainConfig, model, params, teacher, teacher_params) -> step.Teacher:
+    """The step's :class:`step.Teacher`. It reuses the student's encoder output only when that output is the
+    teacher's: the encoder frozen (``--freeze_encoder``), the same compute dtype, and the same encoder
+    configuration and parameters bit for bit, checked on the run's state (fresh or restored). A student made
+    from this teacher (``--student_decoder_layers``) shares; one loaded with ``--model`` from another
+    checkpoint, or resumed after its encoder was trained, runs the teacher's own encoder."""
+    share = (bool(config.freeze_encoder) and model.dtype == teacher.dtype
+             and encoder_is_teachers(model.config, params, teacher.config, teacher_params))
+    if config.freeze_encoder:
+        logger.info("frozen encoder: %s", "the teacher reuses the student's encoder output" if share else
+                    "the student's encoder is not the teacher's; the teacher runs its own encoder")
+    return step.Teacher(teacher.module, share_encoder=share)
 
 
 def _initial_state(config: TrainConfig, partitioner, optimizer, model, params, checkpointer):
@@ -223,7 +238,7 @@ def run_training(config: TrainConfig, process_index: int = 0, process_count: int
         dist = config.distill
         teacher_axes = _params_mesh_axes(partitioner, teacher.params_axes, teacher_params)
         teacher_params = partitioner.shard_host_params(teacher_params, teacher_axes)
-        teacher_obj = step.Teacher(teacher.module, share_encoder=bool(config.freeze_encoder))
+        teacher_obj = distill_teacher(config, model, st.params, teacher, teacher_params)
         objective = losses.distillation_objective(dist.ce_weight, dist.kl_weight, dist.temperature,
                                                   config.label_smoothing)
         eval_objective = losses.distillation_objective(dist.ce_weight, dist.kl_weight, dist.temperature, 0.0)

@@ -17,7 +17,12 @@ import numpy as np
 from whisper_t5x.checkpoints import layout
 from whisper_t5x.model.config import WhisperConfig
 
-__all__ = ["StudentLayersError", "describe_student", "kept_decoder_layers", "student_from_teacher"]
+__all__ = ["ENCODER_FIELDS", "StudentLayersError", "describe_student", "encoder_is_teachers", "kept_decoder_layers",
+           "student_from_teacher"]
+
+# The config fields the encoder's output depends on (with its parameters).
+ENCODER_FIELDS = ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
+                  "max_source_positions", "layer_norm_eps")
 
 
 class StudentLayersError(ValueError):
@@ -68,3 +73,31 @@ def describe_student(teacher_config: WhisperConfig, num_decoder_layers: int) -> 
     kept = kept_decoder_layers(teacher_config.decoder_layers, num_decoder_layers)
     return (f"student: encoder copied ({teacher_config.encoder_layers} layers), decoder layers "
             f"{list(kept)} of {teacher_config.decoder_layers}")
+
+
+def encoder_is_teachers(student_config: WhisperConfig, student_params: Mapping, teacher_config: WhisperConfig,
+                        teacher_params: Mapping) -> bool:
+    """True when the student's encoder computes exactly the teacher's: the same encoder configuration and
+    the same encoder parameters, bit for bit (same tree, shapes, dtypes and values).
+
+    This is the condition under which a distillation step may feed the
+    student's encoder output to the teacher's decoder (``step.Teacher(
+    share_encoder=True)``), as long as the encoder stays frozen. It holds
+    for a student made by :func:`student_from_teacher` and kept frozen; it
+    fails for a student loaded from another checkpoint, or one whose encoder
+    was trained before a resume. Parameters may be numpy or (sharded) jax
+    arrays, in either layout (both trees must use the same one).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    if any(getattr(student_config, f) != getattr(teacher_config, f) for f in ENCODER_FIELDS):
+        return False
+    s_leaves, s_tree = jax.tree_util.tree_flatten(student_params["encoder"])
+    t_leaves, t_tree = jax.tree_util.tree_flatten(teacher_params["encoder"])
+    if s_tree != t_tree or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(s_leaves, t_leaves)):
+        return False
+    same = jax.jit(lambda a, b: jnp.all(jnp.stack([jnp.array_equal(x, y) for x, y in zip(a, b)])))(
+        s_leaves, t_leaves)
+    # a replicated scalar: every process reads its own copy (the arrays may span processes)
+    return bool(np.asarray(same.addressable_data(0)))
