@@ -1,0 +1,444 @@
+"""Live transcription policies: which words to emit while a stream's audio still arrives.
+
+A live stream is decoded again and again. At every *update* the scheduler
+(:mod:`whisper_t5x.app.serving.streams`) asks the policy for the stream's
+:class:`StreamRow` -- the *buffer* (the audio of the current item not yet
+trimmed away, at most one 30 s window) and a *prompt* (the committed text that
+is no longer in the buffer) -- decodes the rows of every stream due in one
+batch, and hands each stream its :class:`Hypothesis` back. The policy decides
+which words of that hypothesis are *committed*: emitted once, never changed.
+
+* :class:`LocalAgreement` (LocalAgreement-2, Macháček et al. 2023): a word is
+  committed when two consecutive hypotheses agree on it (the longest common
+  prefix of their uncommitted parts).
+* :class:`AlignAtt` (Papi et al. 2023, as in SimulStreaming): a word is
+  committed while the alignment heads place it more than ``threshold_s``
+  before the end of the audio decoded; the first word closer to the end (it
+  may still be growing) and everything after it waits. Here the attention is
+  read after decoding, from the teacher-forced alignment of the hypothesis
+  (:func:`whisper_t5x.longform.alignment.find_alignment`, the word ends its DTW
+  path gives): with greedy decoding the tokens are the same as when decoding,
+  so the first word past the threshold is where AlignAtt's decoder would stop.
+
+Both trim the buffer, so the encoder never sees more than a few seconds twice:
+at the end of the last finished segment (a closed timestamp run of the
+hypothesis) or sentence (a committed word ending in ``.?!`` with a known
+end) all of whose words are committed; the text trimmed away becomes the
+prompt. The committed words still inside the buffer are recognised at the head
+of each new hypothesis (:func:`skip_committed`) and not emitted again. At the
+end of an item (:meth:`Policy.update` with ``final=True``) every remaining
+word is committed.
+
+Policies never touch a model: :func:`step` takes a ``decode`` function (rows
+in, hypotheses out), so they are tested with fakes; :func:`decoder_decode_fn`
+makes one from the long-form :class:`~whisper_t5x.longform.decoder.Decoder`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from whisper_t5x.audio.constants import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+
+__all__ = [
+    "StreamWord", "Hypothesis", "StreamRow", "StreamState", "Policy", "LocalAgreement", "AlignAtt", "POLICIES",
+    "make_policy", "skip_committed", "common_prefix", "step", "decoder_decode_fn", "stream_request",
+    "PROMPT_LENGTHS", "SENTENCE_END",
+]
+
+SENTENCE_END = ".?!\u3002\uff01\uff1f"
+PROMPT_LENGTHS = (32, 16)  # prompts are cut to one of these (or kept whole when shorter), so streams share batches
+_WORD = re.compile(r"[\w']+", re.UNICODE)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamWord:
+    """One word of a hypothesis; times in seconds from the start of the row (or, once committed, of the item)."""
+
+    text: str  # as decoded, with its leading space
+    start: Optional[float] = None  # None: unknown (no word alignment)
+    end: Optional[float] = None
+    tokens: Tuple[int, ...] = ()
+
+    def shifted(self, seconds: float) -> "StreamWord":
+        return dataclasses.replace(self, start=None if self.start is None else self.start + seconds,
+                                   end=None if self.end is None else self.end + seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hypothesis:
+    """A decoded row: its words and where its finished segments end.
+
+    ``segment_ends``: ``(words, seconds)`` of each closed segment: the number of
+    words before the boundary and its time from the row's start.
+    """
+
+    words: Tuple[StreamWord, ...] = ()
+    segment_ends: Tuple[Tuple[int, float], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamRow:
+    """What one stream asks the decoder for at one update."""
+
+    audio: np.ndarray  # float32 16 kHz, at most one window
+    prompt: Tuple[int, ...] = ()  # committed tokens before the buffer
+    language: Optional[str] = None  # a language code; None: detected
+    word_times: bool = False  # the policy needs each word's start and end
+
+
+DecodeFn = Callable[[Sequence[StreamRow]], Sequence[Hypothesis]]
+
+
+def normalize_word(text: str) -> str:
+    """The comparison form of a word: lower case, punctuation and spaces dropped."""
+    return "".join(_WORD.findall(text.lower()))
+
+
+@dataclasses.dataclass(eq=False)  # identity equality (holds an array)
+class StreamState:
+    """One stream's host state (per item: the buffer and its committed words; per stream: the prompt)."""
+
+    initial_prompt: Tuple[int, ...] = ()
+    language: Optional[str] = None
+    buffer: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    buffer_start: float = 0.0  # seconds of the item at buffer[0]
+    committed: List[StreamWord] = dataclasses.field(default_factory=list)  # this item's, times from its start
+    in_buffer: int = 0  # how many of the last committed words lie in the buffer
+    pending: Tuple[StreamWord, ...] = ()  # LocalAgreement: the last hypothesis' uncommitted words
+    history: List[int] = dataclasses.field(default_factory=list)  # committed tokens out of the buffer (all items)
+    decoded_samples: int = 0  # buffer samples the last row held
+    updates: int = 0
+
+    def append(self, audio: np.ndarray) -> None:
+        audio = np.asarray(audio, np.float32).reshape(-1)
+        if audio.size:
+            self.buffer = np.concatenate([self.buffer, audio])
+
+    @property
+    def buffer_seconds(self) -> float:
+        return self.buffer.size / SAMPLE_RATE
+
+    @property
+    def item_seconds(self) -> float:
+        """Seconds of the item received (trimmed audio included)."""
+        return self.buffer_start + self.buffer_seconds
+
+    @property
+    def new_samples(self) -> int:
+        """Buffer samples no row has held yet."""
+        return max(0, self.buffer.size - self.decoded_samples)
+
+    @property
+    def text(self) -> str:
+        """The item's committed text."""
+        return "".join(w.text for w in self.committed).strip()
+
+    def new_item(self) -> None:
+        """Start a fresh buffer (the committed text of the item stays in the prompt history)."""
+        self.history.extend(t for w in self.committed[len(self.committed) - self.in_buffer:] for t in w.tokens)
+        self.buffer = np.zeros(0, np.float32)
+        self.buffer_start = 0.0
+        self.committed = []
+        self.in_buffer = 0
+        self.pending = ()
+        self.decoded_samples = 0
+
+    def trim(self, seconds: float, words_before: int) -> None:
+        """Drop the first ``seconds`` of the buffer; ``words_before``: committed buffer words that lie before it."""
+        cut = int(round(min(max(seconds, 0.0), self.buffer_seconds) * SAMPLE_RATE))
+        if cut <= 0:
+            return
+        words_before = max(0, min(words_before, self.in_buffer))
+        first = len(self.committed) - self.in_buffer
+        self.history.extend(t for w in self.committed[first:first + words_before] for t in w.tokens)
+        self.in_buffer -= words_before
+        self.buffer = self.buffer[cut:]
+        self.buffer_start += cut / SAMPLE_RATE
+        self.decoded_samples = max(0, self.decoded_samples - cut)
+
+
+def common_prefix(a: Sequence[StreamWord], b: Sequence[StreamWord]) -> int:
+    """Length of the longest common prefix of two word sequences (compared normalised)."""
+    n = 0
+    for x, y in zip(a, b):
+        if normalize_word(x.text) != normalize_word(y.text) or not normalize_word(x.text):
+            break
+        n += 1
+    return n
+
+
+def skip_committed(committed: Sequence[StreamWord], words: Sequence[StreamWord],
+                   committed_end: Optional[float] = None) -> int:
+    """How many leading ``words`` of a new hypothesis re-transcribe the ``committed`` words in the buffer.
+
+    The hypothesis usually starts with exactly the committed words; when it
+    does not, the last one to three committed words are looked for near where
+    they should end, then (with word times) words ending before
+    ``committed_end`` (seconds from the row start) are skipped, and at last
+    as many words as were committed.
+    """
+    if not committed:
+        return 0
+    c = [normalize_word(w.text) for w in committed]
+    h = [normalize_word(w.text) for w in words]
+    if h[:len(c)] == c:
+        return len(c)
+    for n in range(min(3, len(c)), 0, -1):
+        tail = c[-n:]
+        best = None
+        for i in range(max(0, len(c) - n - 3), min(len(h) - n, len(c) - n + 3) + 1):
+            if h[i:i + n] == tail and (best is None or abs(i - (len(c) - n)) < abs(best - (len(c) - n))):
+                best = i
+        if best is not None:
+            return best + n
+    if committed_end is not None and all(w.end is not None for w in words):
+        k = 0
+        while k < len(words) and words[k].end <= committed_end + 0.1:
+            k += 1
+        return k
+    return min(len(c), len(h))
+
+
+class Policy:
+    """Base of the streaming policies: rows, committing, trimming.
+
+    Args:
+      min_audio_s: no decode before the buffer holds this much (a first row of
+        a fraction of a second only invites hallucinations).
+      max_buffer_s: a buffer longer than this is cut even without a finished
+        segment (everything decoded is committed), so it stays within one window.
+      min_trim_s: the buffer is trimmed at a finished segment only once it is this long.
+      prompt_tokens: the longest prompt (committed tokens before the buffer).
+    """
+
+    name = "policy"
+    word_times = False
+
+    def __init__(self, min_audio_s: float = 1.0, max_buffer_s: float = 20.0, min_trim_s: float = 2.0,
+                 prompt_tokens: int = PROMPT_LENGTHS[0]):
+        if not 0 < max_buffer_s <= N_SAMPLES / SAMPLE_RATE:
+            raise ValueError(f"max_buffer_s must be in (0, {N_SAMPLES // SAMPLE_RATE}], got {max_buffer_s}")
+        self.min_audio_s = float(min_audio_s)
+        self.max_buffer_s = float(max_buffer_s)
+        self.min_trim_s = float(min_trim_s)
+        self.prompt_tokens = int(prompt_tokens)
+
+    # ------------------------------------------------------------------ rows
+    def ready(self, state: StreamState, min_new_s: float = 0.0) -> bool:
+        """Whether an update would see enough new audio (and enough audio at all)."""
+        return (state.buffer_seconds >= self.min_audio_s
+                and state.new_samples >= max(1, int(min_new_s * SAMPLE_RATE)))
+
+    def prompt(self, state: StreamState) -> Tuple[int, ...]:
+        """The committed tokens before the buffer: the last 32 or 16 (a few lengths, so rows batch together)."""
+        tokens = tuple(state.initial_prompt) + tuple(state.history)
+        for n in PROMPT_LENGTHS:
+            if n <= self.prompt_tokens and len(tokens) >= n:
+                return tokens[-n:]
+        # Shorter: the session's prompt alone (a few committed words would give every stream its own length).
+        return tuple(state.initial_prompt)[-self.prompt_tokens:]
+
+    def row(self, state: StreamState) -> StreamRow:
+        audio = state.buffer[:N_SAMPLES]
+        state.decoded_samples = audio.size
+        return StreamRow(audio, self.prompt(state), state.language, self.word_times)
+
+    # ------------------------------------------------------------------ committing
+    def choose(self, state: StreamState, new: Sequence[StreamWord], row_seconds: float) -> int:
+        """How many of the hypothesis' ``new`` (uncommitted) words to commit now."""
+        raise NotImplementedError
+
+    def update(self, state: StreamState, hyp: Hypothesis, final: bool = False) -> List[StreamWord]:
+        """Commits words of ``hyp`` (the row :meth:`row` gave last); returns them (times from the item start)."""
+        state.updates += 1
+        row_seconds = state.decoded_samples / SAMPLE_RATE
+        in_buffer = state.committed[len(state.committed) - state.in_buffer:]
+        last_end = in_buffer[-1].end if in_buffer and in_buffer[-1].end is not None else None
+        skip = skip_committed(in_buffer, hyp.words, None if last_end is None else last_end - state.buffer_start)
+        new = hyp.words[skip:]
+        n = len(new) if final else self.choose(state, new, row_seconds)
+        emitted = [w.shifted(state.buffer_start) for w in new[:n]]
+        state.committed.extend(emitted)
+        state.in_buffer += len(emitted)
+        state.pending = tuple(new[n:])
+        if not final:
+            emitted += self._trim(state, hyp, skip + n, row_seconds)
+        return emitted
+
+    def _trim(self, state: StreamState, hyp: Hypothesis, done: int, row_seconds: float) -> List[StreamWord]:
+        """Trim at the last finished segment or sentence whose words (the first ``done`` of ``hyp``) are committed.
+
+        Returns the words committed by force (a buffer past ``max_buffer_s`` with nothing to trim at)."""
+        if state.buffer_seconds >= self.min_trim_s:
+            cut = None  # (seconds from the buffer start, hypothesis words before it)
+            for count, t in hyp.segment_ends:
+                if 0 < count <= done and 0 < t <= row_seconds:
+                    cut = (t, count)
+            for k in range(done):
+                w = hyp.words[k]
+                if w.end is not None and w.text.rstrip()[-1:] in SENTENCE_END and 0 < w.end <= row_seconds:
+                    if cut is None or w.end > cut[0]:
+                        cut = (w.end, k + 1)
+            if cut is not None:
+                # hypothesis words before the cut that are committed buffer words
+                state.trim(cut[0], state.in_buffer - (done - cut[1]))
+                return []
+        if state.buffer_seconds > self.max_buffer_s:
+            # No finished segment in a long buffer: commit what was decoded and start after it.
+            rest = [w.shifted(state.buffer_start) for w in state.pending]
+            state.committed.extend(rest)
+            state.in_buffer += len(rest)
+            state.pending = ()
+            state.trim(row_seconds, state.in_buffer)
+            return rest
+        return []
+
+
+class LocalAgreement(Policy):
+    """LocalAgreement-2: commit the longest prefix on which this hypothesis and the previous one agree."""
+
+    name = "local_agreement"
+
+    def choose(self, state: StreamState, new: Sequence[StreamWord], row_seconds: float) -> int:
+        return common_prefix(state.pending, new)
+
+
+class AlignAtt(Policy):
+    """AlignAtt: commit words whose aligned end lies more than ``threshold_s`` before the end of the audio."""
+
+    name = "alignatt"
+    word_times = True
+
+    def __init__(self, threshold_s: float = 0.5, **kwargs: Any):
+        super().__init__(**kwargs)
+        if threshold_s < 0:
+            raise ValueError(f"threshold_s must be >= 0, got {threshold_s}")
+        self.threshold_s = float(threshold_s)
+
+    def choose(self, state: StreamState, new: Sequence[StreamWord], row_seconds: float) -> int:
+        limit = row_seconds - self.threshold_s
+        n = 0
+        for w in new:
+            if w.end is None or w.end > limit or not normalize_word(w.text):
+                break
+            n += 1
+        return n
+
+
+POLICIES = {"local_agreement": LocalAgreement, "alignatt": AlignAtt}
+
+
+def make_policy(name: str, **kwargs: Any) -> Policy:
+    """A policy by name (``local_agreement`` or ``alignatt``); ``ValueError`` names the choices."""
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown streaming policy {name!r}; choose one of {sorted(POLICIES)}") from None
+    if cls is not AlignAtt:
+        kwargs.pop("threshold_s", None)
+    return cls(**kwargs)
+
+
+def step(policy: Policy, states: Sequence[StreamState], decode: DecodeFn, final: bool = False
+         ) -> List[List[StreamWord]]:
+    """One update of several streams: their rows decoded in one ``decode`` call; the words each commits."""
+    if not states:
+        return []
+    rows = [policy.row(s) for s in states]
+    hyps = list(decode(rows))
+    if len(hyps) != len(rows):
+        raise RuntimeError(f"decode returned {len(hyps)} hypotheses for {len(rows)} rows")
+    return [policy.update(s, h, final) for s, h in zip(states, hyps)]
+
+
+# ---------------------------------------------------------------------- the Decoder as a decode function
+def stream_request(sample_len: int = 128) -> Any:
+    """The :class:`~whisper_t5x.longform.decoder.DecodeRequest` of stream rows: transcription with timestamps
+    (segment ends), greedy only (a partial last word is no reason to re-sample), silent rows dropped."""
+    from whisper_t5x.longform.decoder import DecodeRequest
+    from whisper_t5x.longform.fallback import FallbackConfig
+
+    return DecodeRequest(task="transcribe", language=None, timestamps=True, sample_len=int(sample_len),
+                         fallback=FallbackConfig(temperatures=(0.0,)))
+
+
+def _features(audio: np.ndarray, n_mels: int) -> np.ndarray:
+    from whisper_t5x.audio.features import log_mel_spectrogram_np
+
+    return log_mel_spectrogram_np(np.asarray(audio, np.float32)[:N_SAMPLES], n_mels=n_mels)
+
+
+def decoder_decode_fn(decoder: Any, request: Any = None) -> DecodeFn:
+    """A :data:`DecodeFn` over the long-form ``decoder``: rows decoded in its batches (one call for all).
+
+    Words come from splitting each row's text tokens
+    (:func:`~whisper_t5x.longform.alignment.split_to_word_tokens`), finished
+    segments from its timestamp runs (:func:`~whisper_t5x.longform.segments.parse_row`);
+    rows that ask for ``word_times`` get word starts and ends from the
+    cross-attention alignment of the decoded text, one batched forward.
+    """
+    from whisper_t5x.longform.alignment import find_alignment, split_to_word_tokens
+    from whisper_t5x.longform.decoder import Row
+    from whisper_t5x.longform.segments import parse_row
+
+    request = request if request is not None else stream_request()
+    model = decoder.model
+    special = model.config.special_tokens
+    n_mels = model.config.num_mel_bins
+    multilingual = model.config.is_multilingual
+
+    def language_token(code: Optional[str]) -> Optional[int]:
+        return model.language_token(code) if (code and multilingual) else None
+
+    def code_of(token: Optional[int]) -> Optional[str]:
+        if not multilingual:
+            return "en"
+        return decoder.tokenizer.id_to_code.get(int(token)) if token is not None else None
+
+    def decode(rows: Sequence[StreamRow]) -> List[Hypothesis]:
+        if not rows:
+            return []
+        features = np.stack([_features(r.audio, n_mels) for r in rows])
+        decoded = decoder.decode([Row(features[i], tuple(r.prompt), language_token(r.language))
+                                  for i, r in enumerate(rows)], request)
+        parts = []
+        for r, d in zip(rows, decoded):
+            parsed = parse_row(d.tokens, special.eot, special.timestamp_begin)
+            text = [t for run in parsed.runs for t in run.tokens]
+            lang = code_of(d.language_token)
+            words, groups = split_to_word_tokens(decoder.tokenizer, text, lang) if text and not d.silent else ([], [])
+            ends, seen, k, count = [], 0, 0, 0
+            for run in parsed.runs:
+                seen += len(run.tokens)
+                while k < len(groups) and count + len(groups[k]) <= seen:
+                    count += len(groups[k])
+                    k += 1
+                if run.closed and count == seen and k:
+                    ends.append((k, float(run.end)))
+            parts.append((words, groups, tuple(ends), d))
+        timings: List[Any] = [None] * len(rows)
+        need = [i for i, r in enumerate(rows) if r.word_times and parts[i][1]]
+        if need:
+            found = find_alignment(model, decoder.params, features[need],
+                                   [[t for g in parts[i][1] for t in g] for i in need],
+                                   [rows[i].audio.shape[0] // HOP_LENGTH for i in need],
+                                   [parts[i][3].language_token if multilingual else None for i in need],
+                                   task="transcribe", programs=decoder.alignment_programs)
+            for i, f in zip(need, found):
+                timings[i] = f
+        out = []
+        for i, (words, groups, ends, _) in enumerate(parts):
+            times = timings[i]
+            if times is not None and len(times) == len(words):
+                ws = tuple(StreamWord(w, t.start, t.end, tuple(g)) for w, g, t in zip(words, groups, times))
+            else:
+                ws = tuple(StreamWord(w, None, None, tuple(g)) for w, g in zip(words, groups))
+            out.append(Hypothesis(ws, ends))
+        return out
+
+    return decode
