@@ -273,9 +273,14 @@ class TextDecoder(nn.Module):
             cache = init_cache(cfg, batch, 0, self.dtype)
         cache_len = cache.k.shape[-2] if cfg.scan_layers else cache.k[0].shape[-2]
         cache_index = jnp.asarray(cache_index, jnp.int32)
+        # A vector ``cache_index`` (batch,) gives every row its own position (decode slots of the
+        # engine, :mod:`whisper_t5x.decoding.slots`): its own position embedding, its own visible cache
+        # prefix, and its new keys/values written at its own index.
+        per_row = cache_index.ndim == 1
+        row_index = cache_index[:, None] if per_row else cache_index
 
         if positions is None:
-            positions = cache_index + jnp.arange(new_len, dtype=jnp.int32)[None, :]
+            positions = row_index + jnp.arange(new_len, dtype=jnp.int32)[None, :]
         tokens = Embed(cfg.vocab_size, cfg.d_model, (A.VOCAB, A.EMBED), name="embed_tokens", **kw)
         pos_table = Embed(
             cfg.max_target_positions, cfg.d_model, (A.LENGTH, A.EMBED), name="embed_positions", **kw
@@ -285,7 +290,7 @@ class TextDecoder(nn.Module):
 
         # Masks are built once here, not per layer. Cache slot j is visible when
         # it was written before this call (j < cache_index) and not masked out.
-        cache_ok = (jnp.arange(cache_len) < cache_index)[None, :]
+        cache_ok = jnp.arange(cache_len)[None, :] < row_index  # (1 or batch, cache_len)
         if cache_mask is not None:
             cache_ok = cache_ok & cache_mask.astype(bool)
         cache_bias = mask_to_bias(cache_ok[:, None, None, :])
@@ -313,6 +318,13 @@ class TextDecoder(nn.Module):
             new = new.astype(self.dtype)
             if not cache_len:
                 return new
+            if per_row:
+                # One scatter of every row's new positions (batch axis: 1 when layers are stacked).
+                batch_axis = new.ndim - 4
+                update = lambda o, n, i: jax.lax.dynamic_update_slice(  # noqa: E731
+                    o, n, (0,) * (n.ndim - 2) + (i, 0))
+                return jax.vmap(update, in_axes=(batch_axis, batch_axis, 0), out_axes=batch_axis)(
+                    old, new, cache_index)
             start = (0,) * (new.ndim - 2) + (cache_index, 0)
             return jax.lax.dynamic_update_slice(old, new, start)
 

@@ -1,0 +1,366 @@
+"""The decode engine: rows flow through a fixed set of device slots (continuous batching).
+
+JetStream's shape applied to Whisper. A fixed number of decode *slots* live on
+the device (self-attention cache, cross-attention K/V, next-token logits,
+position, done flag, rule state, sums, temperature and random key per slot:
+:class:`~whisper_t5x.decoding.slot_generate.WhisperSlots`). Two verbs run there:
+
+* **insert** encodes a bucket of waiting rows (encoder, cross K/V, forced
+  prefix) and writes them into free slots;
+* **generate** runs up to ``steps_per_call`` steps of every slot in one
+  compiled loop, each slot at its own position, and stops early once enough
+  slots are free for the next refill.
+
+The host loop (:meth:`Engine.decode`) pulls rows from the caller, refills free
+slots, reads which slots finished, judges each finished row with the one
+fallback policy (:mod:`whisper_t5x.longform.fallback`) and re-queues a failed
+row as ``best_of`` draws at the next temperature (the most likely draw is
+judged; a row that fails every temperature keeps its best attempt, as the
+:class:`~whisper_t5x.longform.decoder.Decoder` does). So a short row does not
+wait for the longest row of its batch, and the slots stay full while rows of
+different lengths come and go. Decode slots may outnumber the encoder batch.
+
+Compiled programs (:attr:`Engine.num_programs`, keyed in :meth:`Engine.program_keys`):
+per decode options, one allocation, one insert per encoder bucket (powers of
+two up to ``encode_batch``) and one generate per cache span
+(:func:`~whisper_t5x.decoding.generate.cache_spans`: 160 positions, then all).
+
+Scope: rows without a prompt, one beam (greedy with temperature fallback),
+with or without timestamp tokens; the caller decides (:meth:`Engine.supports`).
+Prompted rows (sequential seek, ``prompt_ids``), beam search and a partitioned
+model stay on the :class:`~whisper_t5x.longform.decoder.Decoder`. Greedy
+tokens are those of the Decoder; sampled fallback draws use per-slot random
+keys, so they differ from the Decoder's draws (same distribution).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Any, Callable, Deque, Dict, Hashable, Iterable, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from whisper_t5x.decoding import slot_generate
+from whisper_t5x.decoding.generate import DecodeOptions, cache_spans, forced_prefix
+from whisper_t5x.longform import fallback as fb
+from whisper_t5x.longform.decoder import DecodedRow, DecodeRequest
+from whisper_t5x.longform.segments import cut_at_eot, text_tokens
+from whisper_t5x.longform.windows import bucket_size
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Engine", "EngineError"]
+
+SPAN_MARGIN = 8  # a short cache span is used only while every live slot is this far from its end
+
+
+class EngineError(ValueError):
+    """A request or row the engine cannot decode."""
+
+
+@dataclasses.dataclass
+class _Row:
+    """One caller row on its way through the fallback schedule."""
+
+    key: Hashable
+    serial: int
+    features: np.ndarray
+    level: int = 0  # index into the temperature schedule
+    best: Optional[DecodedRow] = None  # best rejected attempt so far
+    draws: Dict[int, DecodedRow] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Job:
+    """One decode of one row at one temperature (a slot's occupant)."""
+
+    row: _Row
+    temperature: float
+    draw: int
+
+
+class Engine:
+    """Decode slots on the device, refilled from a queue; see the module docstring."""
+
+    def __init__(self, model: Any, slots: int = 16, encode_batch: int = 8, steps_per_call: int = 64,
+                 refill_at: Optional[int] = None, tokenizer: Any = None, stats: Any = None):
+        if slots < 1 or encode_batch < 1 or steps_per_call < 1:
+            raise EngineError(f"slots, encode_batch and steps_per_call must be positive, got "
+                              f"{slots}, {encode_batch}, {steps_per_call}")
+        self.model = model
+        self.module = model.module
+        self.config = model.config
+        self.special = model.config.special_tokens
+        self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+        self.slots = int(slots)
+        self.encode_batch = min(int(encode_batch), self.slots)
+        self.steps_per_call = int(steps_per_call)
+        self.refill_at = max(1, min(self.encode_batch, int(refill_at) if refill_at else self.encode_batch // 2))
+        self.stats: "collections.Counter[str]" = stats if stats is not None else collections.Counter()
+        self._programs: Dict[Tuple, Any] = {}
+        self._state: Optional[Tuple[DecodeOptions, Any]] = None  # (options, device slots)
+
+    # ------------------------------------------------------------------ options and programs
+    def supports(self, request: DecodeRequest, prompt: Iterable[int] = ()) -> bool:
+        """Whether rows of ``request`` (with ``prompt``) decode here: no prompt and one beam."""
+        return request.num_beams == 1 and not tuple(prompt)
+
+    def options(self, request: DecodeRequest) -> DecodeOptions:
+        """The static options (compile key) of ``request`` (no prompt, greedy program)."""
+        if not self.supports(request):
+            raise EngineError("the engine decodes rows without a prompt with one beam; use the Decoder")
+        max_length = request.max_length
+        if request.sample_len is not None:
+            prefix = (2 if self.config.is_multilingual else 0) + (0 if request.timestamps else 1)
+            max_length = min(1 + prefix + request.sample_len, self.config.max_target_positions)
+        return self.model.decode_options(
+            task=request.task, language=request.language, return_timestamps=request.timestamps,
+            max_length=max_length, num_beams=1, length_penalty=request.length_penalty, prompt_length=0,
+            sample=False, suppress_tokens=request.suppress_tokens, begin_suppress_tokens=request.begin_suppress_tokens,
+        )
+
+    @property
+    def num_programs(self) -> int:
+        """Compiled programs so far (allocation, insert per bucket, generate per span; per options)."""
+        return len(self._programs)
+
+    def program_keys(self) -> List[Tuple]:
+        """``(verb, shape detail)`` of every compiled program (the options omitted)."""
+        return [(k[0],) + k[2:] for k in self._programs]
+
+    def _program(self, key: Tuple, build: Callable[[], Any]) -> Any:
+        fn = self._programs.get(key)
+        if fn is None:
+            logger.info("engine: compiling %s %s", key[0], key[2:])
+            fn = self._programs[key] = build()
+        return fn
+
+    def _allocate(self, options: DecodeOptions) -> Any:
+        if self._state is not None and self._state[0] == options:
+            return self._state[1]
+        self._state = None  # free the old slots first
+        module, slots = self.module, self.slots
+        fn = self._program(("allocate", options, slots),
+                           lambda: jax.jit(lambda: slot_generate.empty(module, options, slots)))
+        return fn()
+
+    def _insert_fn(self, options: DecodeOptions, rows: int, audio: bool) -> Any:
+        module, n_mels = self.module, self.config.num_mel_bins
+
+        def build():
+            def run(params, state, features, slot_ids, temperature, draw_ids, seed):
+                if audio:
+                    from whisper_t5x.audio.features import log_mel_spectrogram
+
+                    features = log_mel_spectrogram(features, n_mels=n_mels)
+                base = jax.random.PRNGKey(seed)
+                keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(draw_ids)
+                return slot_generate.insert(module, params, state, features, slot_ids, temperature, keys, options)
+
+            return jax.jit(run, donate_argnums=(1,))
+
+        return self._program(("insert", options, rows, "audio" if audio else "mel"), build)
+
+    def _generate_fn(self, options: DecodeOptions, span: int) -> Any:
+        module = self.module
+
+        def build():
+            def run(params, state, steps, stop_below):
+                return slot_generate.generate_slots(module, params, state, options, steps, stop_below, span)
+
+            return jax.jit(run, donate_argnums=(1,))
+
+        return self._program(("generate", options, span), build)
+
+    # ------------------------------------------------------------------ the host loop
+    def decode(self, params: Any, rows: Iterable[Tuple[Hashable, np.ndarray]], request: DecodeRequest,
+               on_result: Optional[Callable[[Hashable, DecodedRow], None]] = None) -> Dict[Hashable, DecodedRow]:
+        """Decode ``rows`` (``(key, features)`` pairs, pulled lazily as slots free up) with temperature
+        fallback; returns ``{key: DecodedRow}`` and calls ``on_result(key, row)`` as each row ends.
+
+        ``features``: ``(n_mels, 3000)`` log-mel, or ``(480000,)`` audio (log-mel computed on the device).
+        """
+        options = self.options(request)
+        try:
+            return _Run(self, params, options, request, rows, on_result).run()
+        except BaseException:
+            self._state = None  # the slots may have been donated mid-call: allocate afresh next time
+            raise
+
+
+class _Run:
+    """One :meth:`Engine.decode` call: queue, slot table, fallback bookkeeping."""
+
+    def __init__(self, engine: Engine, params: Any, options: DecodeOptions, request: DecodeRequest,
+                 rows: Iterable[Tuple[Hashable, np.ndarray]], on_result: Optional[Callable]):
+        self.e, self.params, self.options, self.request = engine, params, options, request
+        self.cfg = request.fallback
+        self.temperatures = self.cfg.temperatures if self.cfg.enabled else self.cfg.temperatures[:1]
+        self.best_of = max(1, int(request.best_of))
+        self.source = iter(rows)
+        self.exhausted = False
+        self.serial = 0
+        self.queue: Deque[_Job] = collections.deque()
+        self.slot_job: List[Optional[_Job]] = [None] * engine.slots
+        self.slot_index = np.zeros(engine.slots, np.int64)
+        self.results: Dict[Hashable, DecodedRow] = {}
+        self.on_result = on_result
+        prefix = forced_prefix(options, engine.special, engine.config.is_multilingual)
+        self.sample_begin = 1 + len(prefix)
+        self.spans = cache_spans(self.sample_begin, options.max_length)
+
+    # -------------------------------------------------------------- queue
+    def _pull(self, wanted: int) -> None:
+        while not self.exhausted and len(self.queue) < wanted:
+            try:
+                key, features = next(self.source)
+            except StopIteration:
+                self.exhausted = True
+                break
+            features = np.asarray(features, np.float32)
+            self.queue.append(_Job(_Row(key, self.serial, features), self.temperatures[0], 0))
+            self.serial += 1
+
+    # -------------------------------------------------------------- device calls
+    def _insert(self, state: Any, jobs: List[_Job], slot_ids: List[int]) -> Any:
+        e = self.e
+        size = bucket_size(len(jobs), e.encode_batch)
+        pad = size - len(jobs)
+        feats = np.stack([j.row.features for j in jobs] + [jobs[-1].row.features] * pad)
+        ids = np.asarray(slot_ids + [e.slots] * pad, np.int32)  # padding rows go nowhere
+        temps = np.asarray([j.temperature for j in jobs] + [0.0] * pad, np.float32)
+        stride = self.best_of * len(self.temperatures)
+        draw_ids = np.asarray([j.row.serial * stride + j.row.level * self.best_of + j.draw for j in jobs]
+                              + [0] * pad, np.int32)
+        fn = e._insert_fn(self.options, size, feats.ndim == 2)
+        state = fn(self.params, state, jnp.asarray(feats), jnp.asarray(ids), jnp.asarray(temps), jnp.asarray(draw_ids),
+                   jnp.int32(self.request.seed))
+        for j, s in zip(jobs, slot_ids):
+            self.slot_job[s] = j
+            self.slot_index[s] = self.sample_begin
+        e.stats["engine_inserts"] += 1
+        e.stats["engine_insert_rows"] += len(jobs)
+        e.stats["padding_rows"] += pad
+        return state
+
+    def _refill(self, state: Any) -> Any:
+        e = self.e
+        while True:
+            self._pull(e.slots)
+            free = [s for s, j in enumerate(self.slot_job) if j is None]
+            live = e.slots - len(free)
+            if not self.queue or not free:
+                return state
+            if live and len(free) < min(e.refill_at, len(self.queue)):
+                return state
+            n = min(len(free), len(self.queue), e.encode_batch)
+            if not (self.exhausted and n == len(self.queue)):
+                n = 1 << (n.bit_length() - 1)  # a full bucket: no encoder rows wasted on padding
+            jobs = [self.queue.popleft() for _ in range(n)]
+            state = self._insert(state, jobs, free[:n])
+
+    def _span(self) -> int:
+        live = [self.slot_index[s] for s, j in enumerate(self.slot_job) if j is not None]
+        top = max(live) if live else 0
+        for span in self.spans[:-1]:
+            if top + SPAN_MARGIN < span:
+                return span
+        return self.spans[-1]
+
+    def _generate(self, state: Any) -> Tuple[Any, Any]:
+        e = self.e
+        live = sum(j is not None for j in self.slot_job)
+        if self.queue:
+            stop_below = e.slots - min(e.refill_at, len(self.queue))  # stop once a refill's worth is free
+        elif len(self.temperatures) > 1:
+            stop_below = live - 1  # the tail: a row that ends may need a retry at once
+        else:
+            stop_below = 0
+        stop_below = max(0, min(stop_below, live - 1))
+        fn = e._generate_fn(self.options, self._span())
+        state, report = fn(self.params, state, jnp.int32(e.steps_per_call), jnp.int32(stop_below))
+        report = jax.device_get(report)
+        steps = int(report.stats.steps)
+        e.stats["engine_generate_calls"] += 1
+        e.stats["engine_steps"] += steps
+        e.stats["engine_slot_steps"] += steps * e.slots
+        e.stats["engine_live_slot_steps"] += int(report.stats.live_slot_steps)
+        return state, report
+
+    # -------------------------------------------------------------- results and fallback
+    def _decoded(self, report: Any, s: int, temperature: float) -> DecodedRow:
+        eot = self.e.special.eot
+        tokens = tuple(cut_at_eot(report.seq[s, self.sample_begin:], eot))
+        text = self.e.tokenizer.decode(text_tokens(tokens, eot))
+        avg = float(report.sum_logprob[s]) / float(int(report.num_tokens[s]) + 1)
+        return DecodedRow(tokens, text, avg, float(report.no_speech_prob[s]), float(temperature),
+                          int(report.language[s]), False, fb.compression_ratio(text))
+
+    def _retry(self, row: _Row) -> None:
+        """Queue ``best_of`` draws of ``row`` at its next temperature, ahead of new rows."""
+        row.level += 1
+        row.draws = {}
+        temperature = self.temperatures[row.level]
+        for d in reversed(range(self.best_of)):
+            self.queue.appendleft(_Job(row, temperature, d))
+        self.e.stats["fallback_decodes"] += self.best_of
+
+    def _finish(self, row: _Row, result: DecodedRow, verdict: str) -> None:
+        if verdict == fb.SILENT:
+            self.e.stats["silent_rows"] += 1
+            result = dataclasses.replace(result, tokens=(), text="", silent=True, compression_ratio=0.0)
+        self.e.stats["rows"] += 1
+        self.results[row.key] = result
+        row.features = None  # type: ignore[assignment]
+        if self.on_result is not None:
+            self.on_result(row.key, result)
+
+    def _judge(self, job: _Job, result: DecodedRow) -> None:
+        row, cfg = job.row, self.cfg
+        if row.level == 0:
+            verdict = fb.judge(result.text, result.avg_logprob, result.no_speech_prob, cfg)
+            if verdict == fb.RETRY and len(self.temperatures) > 1:
+                row.best = result
+                self._retry(row)
+            else:
+                self._finish(row, result, verdict)
+            return
+        row.draws[job.draw] = result
+        if len(row.draws) < self.best_of:
+            return
+        draws = [row.draws[d] for d in sorted(row.draws)]
+        result = max(draws, key=lambda r: r.avg_logprob)  # the most likely draw (the first of equals)
+        verdict = fb.judge(result.text, result.avg_logprob, result.no_speech_prob, cfg)
+        if verdict != fb.RETRY:
+            self._finish(row, result, verdict)
+            return
+        if fb.better(result.text, result.avg_logprob, row.best.text, row.best.avg_logprob, cfg):
+            row.best = result
+        if row.level + 1 < len(self.temperatures):
+            self._retry(row)
+        else:
+            self._finish(row, row.best, fb.RETRY)  # every temperature failed: the best attempt
+
+    # -------------------------------------------------------------- the loop
+    def run(self) -> Dict[Hashable, DecodedRow]:
+        e = self.e
+        state = e._allocate(self.options)
+        e._state = None  # donated from here on; stored back when the call ends
+        while True:
+            state = self._refill(state)
+            if all(j is None for j in self.slot_job):
+                break
+            state, report = self._generate(state)
+            for s, job in enumerate(self.slot_job):
+                if job is None:
+                    continue
+                self.slot_index[s] = int(report.index[s])
+                if report.done[s]:
+                    self.slot_job[s] = None
+                    self._judge(job, self._decoded(report, s, job.temperature))
+        e._state = (self.options, state)
+        return self.results
