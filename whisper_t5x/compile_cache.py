@@ -28,10 +28,13 @@ ENV_DIR = "WHISPER_T5X_CACHE"
 ENV_DISABLE = "WHISPER_T5X_DISABLE_COMPILE_CACHE"
 _OFF = {"", "0", "off", "false", "no", "none", "disable", "disabled"}
 
-__all__ = ["ENV_DIR", "ENV_DISABLE", "default_cache_dir", "enable_compile_cache", "compile_cache_dir", "Timer"]
+__all__ = ["ENV_DIR", "ENV_DISABLE", "default_cache_dir", "enable_compile_cache", "compile_cache_dir", "env_disabled",
+           "Timer"]
 
 
-def _env_disabled() -> bool:
+def env_disabled() -> bool:
+    """True when the environment turns the caches off (``WHISPER_T5X_CACHE=off`` or
+    ``WHISPER_T5X_DISABLE_COMPILE_CACHE=1``)."""
     if os.environ.get(ENV_DISABLE, "").strip().lower() not in _OFF:
         return True
     return ENV_DIR in os.environ and os.environ[ENV_DIR].strip().lower() in _OFF
@@ -70,7 +73,7 @@ def enable_compile_cache(
     """
     import jax
 
-    if enabled is False or (enabled is None and _env_disabled()):
+    if enabled is False or (enabled is None and env_disabled()):
         logger.debug("persistent compilation cache disabled")
         return None
     current = jax.config.jax_compilation_cache_dir

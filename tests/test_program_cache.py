@@ -1,0 +1,171 @@
+"""whisper_t5x.program_cache: exported programs on disk, keyed so a stale one is never reused.
+
+Small jitted functions stand in for the model's programs; a fresh ``CachedProgram`` over the same
+directory plays the part of a new process (it has no programs in memory and must read the file).
+"""
+
+import logging
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from whisper_t5x import compile_cache, program_cache
+from whisper_t5x.program_cache import CachedProgram
+
+
+class Out(NamedTuple):
+    total: jax.Array
+    scaled: jax.Array
+
+
+def _step(params, x, extra, scale):
+    y = jnp.tanh(x @ params["w"] + params["b"]) * scale
+    if extra is not None:
+        y = y + extra
+    return Out(jnp.sum(y, axis=-1), y)
+
+
+def _other_step(params, x, extra, scale):
+    y = jnp.cos(x @ params["w"] - params["b"]) * scale  # same signature, different program
+    return Out(jnp.sum(y, axis=-1), y)
+
+
+def _args(dtype=np.float32, extra=False):
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((4, 3)).astype(dtype), "b": rng.standard_normal((3,)).astype(dtype)}
+    x = rng.standard_normal((2, 4)).astype(dtype)
+    return params, x, (np.ones((2, 3), dtype) if extra else None), jnp.float32(0.5)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A program cache under tmp_path, whatever the process's compile cache or environment says."""
+    for name in (compile_cache.ENV_DIR, compile_cache.ENV_DISABLE, program_cache.ENV_PROGRAMS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(program_cache.compile_cache, "compile_cache_dir", lambda: str(tmp_path))
+    return tmp_path / "programs"
+
+
+def _files(directory):
+    return sorted(p for p in os.listdir(directory) if p.endswith(program_cache.SUFFIX)) if directory.exists() else []
+
+
+def _same(a, b):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))  # bit-identical: the same HLO runs
+
+
+def test_exported_program_matches_traced_and_is_read_back(cache_dir):
+    traced = jax.jit(_step)
+    for extra in (False, True):
+        args = _args(extra=extra)
+        want = traced(*args)
+        first = CachedProgram(jax.jit(_step), "step", key=("model-a", "float32"))
+        got = first(*args)
+        assert type(got) is Out
+        _same(got, want)
+        again = CachedProgram(jax.jit(_step), "step", key=("model-a", "float32"))  # a "new process"
+        got2 = again(*args)
+        assert type(got2) is Out
+        _same(got2, want)
+        assert (first.stats.exported, again.stats.loaded, again.stats.exported) == (1, 1, 0)
+    assert len(_files(cache_dir)) == 2  # one per signature (extra=None and extra=array)
+
+
+def test_key_changes_never_reuse_a_stale_program(cache_dir, monkeypatch):
+    args = _args()
+    CachedProgram(jax.jit(_step), "step", key="config-1")(*args)
+    # Another model config: its own file, its own result (not _step's).
+    other = CachedProgram(jax.jit(_other_step), "step", key="config-2")
+    _same(other(*args), jax.jit(_other_step)(*args))
+    assert other.stats.exported == 1 and other.stats.loaded == 0
+    # Another dtype: another signature.
+    half = _args(dtype=jnp.bfloat16)
+    p16 = CachedProgram(jax.jit(_step), "step", key="config-1")
+    _same(p16(*half), jax.jit(_step)(*half))
+    assert p16.stats.exported == 1
+    # Another jax version / backend / source code: the environment is part of the key.
+    env = dict(program_cache._environment())
+    env["code"] = "edited"
+    monkeypatch.setattr(program_cache, "_environment", lambda: tuple(sorted(env.items())))
+    edited = CachedProgram(jax.jit(_other_step), "step", key="config-1")
+    _same(edited(*args), jax.jit(_other_step)(*args))
+    assert edited.stats.exported == 1 and edited.stats.loaded == 0
+    assert len(_files(cache_dir)) == 4
+
+
+def test_corrupt_or_foreign_file_is_ignored_with_a_warning(cache_dir, caplog):
+    args = _args()
+    want = jax.jit(_step)(*args)
+    CachedProgram(jax.jit(_step), "step", key="a")(*args)
+    (path,) = [cache_dir / f for f in _files(cache_dir)]
+    good = path.read_bytes()
+    for bad in (b"garbage", good[: len(good) // 2], good[:40] + b"x" * 20 + good[60:]):
+        path.write_bytes(bad)
+        fresh = CachedProgram(jax.jit(_step), "step", key="a")
+        with caplog.at_level(logging.WARNING, logger="whisper_t5x.program_cache"):
+            caplog.clear()
+            _same(fresh(*args), want)
+        assert "ignoring program cache file" in caplog.text
+        assert fresh.stats.failures == 1 and fresh.stats.exported == 1  # traced again and rewritten
+        assert path.read_bytes() == good or path.stat().st_size > 100
+    # A valid file of another program, copied under this one's name: its key is checked, not trusted.
+    CachedProgram(jax.jit(_other_step), "step", key="b")(*args)
+    other_path = [cache_dir / f for f in _files(cache_dir) if cache_dir / f != path][0]
+    path.write_bytes(other_path.read_bytes())
+    fresh = CachedProgram(jax.jit(_step), "step", key="a")
+    with caplog.at_level(logging.WARNING, logger="whisper_t5x.program_cache"):
+        caplog.clear()
+        _same(fresh(*args), want)
+    assert "another program" in caplog.text
+
+
+@pytest.mark.parametrize("env", [(program_cache.ENV_PROGRAMS, "off"), (compile_cache.ENV_DIR, "off"),
+                                 (compile_cache.ENV_DISABLE, "1")])
+def test_off_switches(cache_dir, monkeypatch, env):
+    monkeypatch.setenv(*env)
+    args = _args()
+    calls = []
+
+    def counted(*a):
+        calls.append(1)
+        return jax.jit(_step)(*a)
+
+    prog = CachedProgram(counted, "step", key="a")
+    _same(prog(*args), jax.jit(_step)(*args))
+    assert calls == [1] and prog.stats.bypassed == 1 and _files(cache_dir) == []
+
+
+def test_no_compile_cache_means_no_program_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(program_cache.compile_cache, "compile_cache_dir", lambda: None)
+    assert program_cache.program_cache_dir() is None
+
+
+def test_unexportable_function_falls_back_to_tracing(cache_dir, caplog):
+    def with_callback(params, x, extra, scale):
+        y = jax.pure_callback(lambda v: np.asarray(v) * 2, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+        return Out(jnp.sum(y, -1), y)
+
+    args = _args()
+    prog = CachedProgram(jax.jit(with_callback), "cb", key="a")
+    with caplog.at_level(logging.WARNING, logger="whisper_t5x.program_cache"):
+        out = prog(*args)
+        out2 = prog(*args)
+    np.testing.assert_allclose(np.asarray(out.scaled), 2 * args[1])
+    _same(out, out2)
+    assert "cannot be exported" in caplog.text and prog.stats.bypassed == 2 and _files(cache_dir) == []
+
+
+def test_sharded_arguments_are_left_alone(cache_dir):
+    if len(jax.devices()) < 2:
+        pytest.skip("needs two devices")
+    mesh = jax.make_mesh((2,), ("data",))
+    x = jax.device_put(np.ones((2, 4), np.float32), jax.sharding.NamedSharding(mesh, jax.P("data")))
+    params, _, extra, scale = _args()
+    prog = CachedProgram(jax.jit(_step), "step", key="a")
+    prog(params, x, extra, scale)
+    assert prog.stats.bypassed == 1 and _files(cache_dir) == []

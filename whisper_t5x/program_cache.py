@@ -1,0 +1,317 @@
+"""Traced programs kept on disk (``jax.export``), so a fresh process skips tracing.
+
+JAX's persistent compilation cache (:mod:`whisper_t5x.compile_cache`) saves
+the XLA compile, but a fresh process still traces the Python function to a
+jaxpr and lowers it to StableHLO before it can look the compiled program up:
+for Whisper's decode loop that is the larger part of a warm start. A
+:class:`CachedProgram` wraps a jitted function; the first call with a given
+argument signature exports it (``jax.export.export``) and writes the
+serialized StableHLO to a file; a later process deserializes that file and
+calls ``jax.jit(exported.call)``, which lowers in a fraction of the time and
+hits the compile cache (the module it lowers is the same in every process,
+so the compile cache entry written by the first process is found).
+
+Keys. A file is used only when everything that could change the program
+matches: the caller's ``key`` (for a model program: the model config, the
+compute dtype and the static decode options), the argument signature (pytree
+structure, shapes, dtypes, weak types), the jax / jaxlib / flax versions, the
+backend, its platform version, device kind and count, ``jax_enable_x64``, and
+a fingerprint of the source code of ``whisper_t5x`` and ``partitioning`` (an
+edited model file never reuses an old program). The key text is stored in
+the file and compared on load, so a file copied under another name is not
+used either.
+
+Off. Whenever the compile cache is off (``WHISPER_T5X_CACHE=off``,
+``WHISPER_T5X_DISABLE_COMPILE_CACHE=1``, ``compile_cache=False`` of the
+pipeline: ``compile_cache_dir()`` is None), and on its own with
+``WHISPER_T5X_PROGRAM_CACHE=off``. Then the wrapped function is called as
+it is.
+
+Left alone: arguments placed on more than one device (sharded programs go
+through the partitioner's own ``jit``), and any function that export cannot
+handle (host callbacks, unregistered pytree outputs, ...): a warning, then
+the traced function for the rest of the process. A file that cannot be read,
+is corrupt, or holds another key is ignored with a warning and rewritten.
+
+The files live in ``<compile cache dir>/programs``; like the compile cache
+they are trusted input: do not point them at a directory others can write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
+
+from whisper_t5x import compile_cache
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ENV_PROGRAMS", "CachedProgram", "cached_program", "program_cache_dir", "code_fingerprint"]
+
+ENV_PROGRAMS = "WHISPER_T5X_PROGRAM_CACHE"
+_OFF = {"", "0", "off", "false", "no", "none", "disable", "disabled"}
+FORMAT = 1
+SUFFIX = ".jaxexport"
+_MAGIC = b"WT5XPROG"
+_SOURCE_PACKAGES = ("whisper_t5x", "partitioning")
+_lock = threading.Lock()
+_registered_namedtuples: Dict[str, type] = {}
+
+
+def program_cache_dir() -> Optional[str]:
+    """Where exported programs are kept: ``<compile cache dir>/programs``; None when off."""
+    if compile_cache.env_disabled() or os.environ.get(ENV_PROGRAMS, "x").strip().lower() in _OFF:
+        return None
+    base = compile_cache.compile_cache_dir()
+    return None if not base else os.path.join(base, "programs")
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """sha256 of the Python sources of ``whisper_t5x`` and ``partitioning`` (path and content of each file)."""
+    digest = hashlib.sha256()
+    for package in _SOURCE_PACKAGES:
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            continue
+        root = os.path.dirname(os.path.abspath(module.__file__))
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    digest.update(os.path.relpath(path, root).encode() + b"\0")
+                    with open(path, "rb") as f:
+                        digest.update(f.read())
+                    digest.update(b"\0")
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _environment() -> Tuple[Tuple[str, str], ...]:
+    import jax
+    import jaxlib
+
+    try:
+        import flax
+
+        flax_version = flax.__version__
+    except ImportError:  # pragma: no cover - flax is a dependency
+        flax_version = "none"
+    devices = jax.devices()
+    return (
+        ("format", str(FORMAT)),
+        ("jax", jax.__version__),
+        ("jaxlib", jaxlib.__version__),
+        ("flax", flax_version),
+        ("backend", jax.default_backend()),
+        ("platform_version", str(getattr(devices[0].client, "platform_version", ""))),
+        ("device_kind", devices[0].device_kind),
+        ("device_count", str(len(devices))),
+        ("x64", str(bool(jax.config.jax_enable_x64))),
+        ("code", code_fingerprint()),
+    )
+
+
+def _signature(args: Tuple[Any, ...]) -> Optional[str]:
+    """The arguments' pytree structure and avals as text; None when some argument spans several devices."""
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    parts = [str(treedef)]
+    for x in leaves:
+        sharding = getattr(x, "sharding", None)
+        if sharding is not None and len(sharding.device_set) > 1:
+            return None
+        aval = jax.typeof(x)
+        parts.append(f"{aval.dtype}{list(aval.shape)}{'~' if getattr(aval, 'weak_type', False) else ''}")
+    return "|".join(parts)
+
+
+def _namedtuple_types(treedef: Any) -> List[type]:
+    """Every namedtuple class among the nodes of ``treedef`` (output trees to register for serialization)."""
+    found, stack = [], [treedef]
+    while stack:
+        node = stack.pop()
+        data = node.node_data()
+        if data is not None:
+            cls = data[0]
+            if isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields") and cls not in found:
+                found.append(cls)
+        stack.extend(node.children())
+    return found
+
+
+def _serialized_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _register_namedtuple(cls: type) -> None:
+    import jax
+
+    name = _serialized_name(cls)
+    with _lock:
+        if _registered_namedtuples.get(name) is cls:
+            return
+        try:
+            jax.export.register_namedtuple_serialization(cls, serialized_name=name)
+        except ValueError:
+            pass  # registered already (by us earlier, or by its owner)
+        _registered_namedtuples[name] = cls
+
+
+def _import_namedtuple(name: str) -> type:
+    module, _, qualname = name.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields")):
+        raise TypeError(f"{name} is not a namedtuple class")
+    return obj
+
+
+class ProgramFileError(ValueError):
+    """A program file that is not ours, is truncated, or holds another key."""
+
+
+def _pack(key_text: str, outputs: List[str], payload: bytes) -> bytes:
+    header = json.dumps({"key": key_text, "namedtuples": outputs}, sort_keys=True).encode()
+    return _MAGIC + len(header).to_bytes(8, "little") + header + payload
+
+
+def _unpack(blob: bytes, key_text: str) -> Tuple[List[str], bytes]:
+    if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + 8:
+        raise ProgramFileError("not a whisper_t5x program file")
+    size = int.from_bytes(blob[len(_MAGIC):len(_MAGIC) + 8], "little")
+    start = len(_MAGIC) + 8
+    if size <= 0 or start + size > len(blob):
+        raise ProgramFileError("truncated header")
+    try:
+        header = json.loads(blob[start:start + size].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProgramFileError(f"unreadable header ({e})") from None
+    if not isinstance(header, dict) or header.get("key") != key_text:
+        raise ProgramFileError("written for another program (its key differs)")
+    return list(header.get("namedtuples", [])), blob[start + size:]
+
+
+@dataclasses.dataclass
+class _Stats:
+    exported: int = 0  # programs traced and written this process
+    loaded: int = 0  # programs read from files
+    bypassed: int = 0  # calls that went to the traced function (off, sharded, failed)
+    failures: int = 0  # export / load problems (each logged)
+
+
+class CachedProgram:
+    """``fn`` (a ``jax.jit``-wrapped function of positional array pytrees) through exported programs.
+
+    ``name`` names the files (``<name>-<hash>.jaxexport``); ``key`` is anything with a stable ``repr``
+    that identifies what ``fn`` computes besides its arguments' shapes (model config, dtype, static
+    options). Calls with the same argument signature reuse one program.
+    """
+
+    def __init__(self, fn: Callable, name: str, key: Hashable = ()):
+        self.fn = fn
+        self.name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "program"
+        self.key_text = repr(key)
+        self._programs: Dict[Tuple[str, str], Callable] = {}
+        self._broken = False
+        self.stats = _Stats()
+
+    def __call__(self, *args: Any) -> Any:
+        directory = program_cache_dir()
+        if directory is None or self._broken:
+            self.stats.bypassed += 1
+            return self.fn(*args)
+        signature = _signature(args)
+        if signature is None:
+            self.stats.bypassed += 1
+            return self.fn(*args)
+        program = self._programs.get((directory, signature))
+        if program is None:
+            program = self._load_or_export(directory, signature, args)
+            if program is None:
+                self.stats.bypassed += 1
+                return self.fn(*args)
+            self._programs[(directory, signature)] = program
+        return program(*args)
+
+    def key_for(self, signature: str) -> str:
+        return json.dumps({"name": self.name, "key": self.key_text, "signature": signature,
+                           "environment": dict(_environment())}, sort_keys=True)
+
+    def path_for(self, directory: str, key_text: str) -> str:
+        return os.path.join(directory, f"{self.name}-{hashlib.sha256(key_text.encode()).hexdigest()[:32]}{SUFFIX}")
+
+    def _load_or_export(self, directory: str, signature: str, args: Tuple[Any, ...]) -> Optional[Callable]:
+        import jax
+
+        key_text = self.key_for(signature)
+        path = self.path_for(directory, key_text)
+        if os.path.exists(path):
+            try:
+                exported = self._read(path, key_text)
+                self.stats.loaded += 1
+                logger.debug("program %s from %s", self.name, path)
+                return jax.jit(exported.call)
+            except Exception as e:  # noqa: BLE001 - a bad file is ignored, never fatal
+                self.stats.failures += 1
+                logger.warning("ignoring program cache file %s (%s: %s); tracing again", path, type(e).__name__, e)
+        try:
+            exported = jax.export.export(self.fn)(*args)
+            outputs = [_serialized_name(c) for c in _namedtuple_types(exported.out_tree)]
+            for cls in _namedtuple_types(exported.out_tree):
+                _register_namedtuple(cls)
+            payload = bytes(exported.serialize())
+        except Exception as e:  # noqa: BLE001 - e.g. host callbacks: keep tracing, as without the cache
+            self.stats.failures += 1
+            self._broken = True
+            logger.warning("program %s cannot be exported (%s: %s); it is traced in every process",
+                           self.name, type(e).__name__, e)
+            return None
+        self._write(path, _pack(key_text, outputs, payload))
+        self.stats.exported += 1
+        # Call the deserialized program, as a later process will: both lower the same module, so the
+        # compile cache entry written now is the one a later process finds.
+        return jax.jit(jax.export.deserialize(bytearray(payload)).call)
+
+    @staticmethod
+    def _read(path: str, key_text: str) -> Any:
+        import jax
+
+        with open(path, "rb") as f:
+            blob = f.read()
+        outputs, payload = _unpack(blob, key_text)
+        for name in outputs:
+            _register_namedtuple(_import_namedtuple(name))
+        return jax.export.deserialize(bytearray(payload))
+
+    def _write(self, path: str, blob: bytes) -> None:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=SUFFIX)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(blob)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except OSError as e:
+            logger.warning("cannot write program cache file %s (%s); continuing without it", path, e)
+
+
+def cached_program(fn: Callable, name: str, key: Hashable = ()) -> CachedProgram:
+    """``fn`` (jitted) wrapped in a :class:`CachedProgram`; see the module docstring."""
+    return CachedProgram(fn, name, key)
