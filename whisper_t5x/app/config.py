@@ -298,6 +298,14 @@ class ServeConfig:
       warmup: compile the common programs before reporting ready.
       warmup_timestamps: also compile the timestamp and word-timestamp programs.
       ui: mount the Gradio UI at ``/``.
+      max_streams: live transcription streams (``/v1/realtime``) served at once; 0 turns them off.
+      stream_interval_ms: how often each live stream is decoded again (every stream due, one batch).
+      stream_policy: which words a live stream emits while audio arrives: ``local_agreement`` (two consecutive
+        updates agree on them) or ``alignatt`` (the alignment heads place them far enough before the end);
+        :mod:`whisper_t5x.longform.streaming`.
+      stream_threshold_s: AlignAtt's distance from the end of the audio.
+      stream_max_buffer_s: audio a stream may have waiting to be decoded; appends beyond are refused.
+      stream_idle_timeout_s: a live stream with no client event for this long is closed (0: never).
     """
 
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
@@ -314,6 +322,12 @@ class ServeConfig:
     warmup: bool = True
     warmup_timestamps: bool = True
     ui: bool = True
+    max_streams: int = 16
+    stream_interval_ms: float = 500.0
+    stream_policy: str = "local_agreement"
+    stream_threshold_s: float = 0.5
+    stream_max_buffer_s: float = 30.0
+    stream_idle_timeout_s: float = 60.0
 
     def __post_init__(self):
         check_required(self)
@@ -321,7 +335,18 @@ class ServeConfig:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"ServeConfig.port must be 1-65535 (or 0: any free port), got {port!r}")
         positive_int(self.max_queue, "ServeConfig.max_queue")
-        for name in ("max_batch_delay_ms", "max_upload_mb", "max_audio_s", "request_timeout_s"):
+        if isinstance(self.max_streams, bool) or not isinstance(self.max_streams, int) or self.max_streams < 0:
+            raise ValueError(f"ServeConfig.max_streams must be an integer >= 0, got {self.max_streams!r}")
+        from whisper_t5x.longform.streaming import POLICIES
+
+        if self.stream_policy not in POLICIES:
+            raise ValueError(f"ServeConfig.stream_policy must be one of {sorted(POLICIES)}, got {self.stream_policy!r}")
+        for name in ("stream_interval_ms", "stream_max_buffer_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"ServeConfig.{name} must be a finite number > 0, got {v!r}")
+        for name in ("max_batch_delay_ms", "max_upload_mb", "max_audio_s", "request_timeout_s", "stream_threshold_s",
+                     "stream_idle_timeout_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"ServeConfig.{name} must be a finite number >= 0, got {v!r}")

@@ -22,9 +22,10 @@ which words of that hypothesis are *committed*: emitted once, never changed.
 
 Both trim the buffer, so the encoder never sees more than a few seconds twice:
 at the end of the last finished segment (a closed timestamp run of the
-hypothesis) or sentence (a committed word ending in ``.?!`` with a known
-end) all of whose words are committed; the text trimmed away becomes the
-prompt. The committed words still inside the buffer are recognised at the head
+hypothesis) or sentence (a committed word ending in ``.?!``) all of whose
+words are committed; the text trimmed away becomes the prompt. Word times
+for the sentence cut come from the alignment, asked for (LocalAgreement) only
+when a committed word in a long enough buffer ends a sentence. The committed words still inside the buffer are recognised at the head
 of each new hypothesis (:func:`skip_committed`) and not emitted again. At the
 end of an item (:meth:`Policy.update` with ``final=True``) every remaining
 word is committed.
@@ -95,8 +96,8 @@ DecodeFn = Callable[[Sequence[StreamRow]], Sequence[Hypothesis]]
 
 
 def normalize_word(text: str) -> str:
-    """The comparison form of a word: lower case, punctuation and spaces dropped."""
-    return "".join(_WORD.findall(text.lower()))
+    """The comparison form of a word: lower case, punctuation and spaces dropped (a punctuation mark: itself)."""
+    return "".join(_WORD.findall(text.lower())) or text.strip()
 
 
 @dataclasses.dataclass(eq=False)  # identity equality (holds an array)
@@ -166,7 +167,7 @@ def common_prefix(a: Sequence[StreamWord], b: Sequence[StreamWord]) -> int:
     """Length of the longest common prefix of two word sequences (compared normalised)."""
     n = 0
     for x, y in zip(a, b):
-        if normalize_word(x.text) != normalize_word(y.text) or not normalize_word(x.text):
+        if normalize_word(x.text) != normalize_word(y.text):
             break
         n += 1
     return n
@@ -246,7 +247,14 @@ class Policy:
     def row(self, state: StreamState) -> StreamRow:
         audio = state.buffer[:N_SAMPLES]
         state.decoded_samples = audio.size
-        return StreamRow(audio, self.prompt(state), state.language, self.word_times)
+        return StreamRow(audio, self.prompt(state), state.language, self.word_times or self.could_trim(state))
+
+    def could_trim(self, state: StreamState) -> bool:
+        """Whether the buffer is long enough to trim and a committed word in it ends a sentence: then the
+        row asks for word times (the cut is placed at that word's end), otherwise not (they cost a forward)."""
+        if state.buffer_seconds < self.min_trim_s or not state.in_buffer:
+            return False
+        return any(w.text.rstrip()[-1:] in SENTENCE_END for w in state.committed[len(state.committed) - state.in_buffer:])
 
     # ------------------------------------------------------------------ committing
     def choose(self, state: StreamState, new: Sequence[StreamWord], row_seconds: float) -> int:
@@ -324,7 +332,7 @@ class AlignAtt(Policy):
         limit = row_seconds - self.threshold_s
         n = 0
         for w in new:
-            if w.end is None or w.end > limit or not normalize_word(w.text):
+            if w.end is None or w.end > limit:
                 break
             n += 1
         return n

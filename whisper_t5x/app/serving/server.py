@@ -46,6 +46,7 @@ def create_app(service: Service, start: bool = True) -> Any:
     from fastapi.responses import JSONResponse
 
     from whisper_t5x.app.serving.api import add_routes
+    from whisper_t5x.app.serving.realtime import add_realtime_route
 
     cleanups = []
 
@@ -62,6 +63,7 @@ def create_app(service: Service, start: bool = True) -> Any:
 
     app = FastAPI(title="whisper_t5x", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     add_routes(app, service)
+    add_realtime_route(app, service)
     if service.settings.ui:
         from whisper_t5x.app.serving.ui import mount_ui
 
@@ -70,7 +72,8 @@ def create_app(service: Service, start: bool = True) -> Any:
         @app.get("/")
         async def root():
             return JSONResponse({"service": "whisper_t5x", "model": service.settings.model.name,
-                                 "endpoints": ["/v1/audio/transcriptions", "/v1/audio/translations", "/health"]})
+                                 "endpoints": ["/v1/audio/transcriptions", "/v1/audio/translations", "/v1/realtime",
+                                               "/health"]})
     return app
 
 
@@ -91,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--request_timeout_s", type=float, help="per-request timeout (default 600)")
     p.add_argument("--api_key", help=f"require the key (or ${API_KEY_ENV}): 'Authorization: Bearer KEY' on /v1/*, "
                    "and a login (any user name, the key as password) for the Gradio UI and API")
+    p.add_argument("--max_streams", type=int, help="live streams (/v1/realtime) served at once (default 16; 0: off)")
+    p.add_argument("--stream_interval_ms", type=float, help="how often each live stream is decoded (default 500)")
+    p.add_argument("--stream_policy", choices=["local_agreement", "alignatt"],
+                   help="which words a live stream emits while audio arrives (default local_agreement)")
+    p.add_argument("--stream_threshold_s", type=float, help="AlignAtt: distance from the audio's end (default 0.5)")
+    p.add_argument("--stream_max_buffer_s", type=float, help="audio a stream may have waiting (default 30)")
+    p.add_argument("--stream_idle_timeout_s", type=float, help="close a silent live connection after this (default 60)")
     p.add_argument("--no_warmup", action="store_true", help="report ready without compiling first")
     p.add_argument("--no_warmup_timestamps", action="store_true", help="do not pre-compile timestamp decoding")
     p.add_argument("--no_ui", action="store_true", help="serve the REST API only")
@@ -108,7 +118,9 @@ FLAG_FIELDS = {
     "batch_size": "PartitionSection.batch_size",
     "chunk_length_s": "DecodeSection.chunk_length_s",
     **{f: f"ServeConfig.{f}" for f in ("host", "port", "max_batch_delay_ms", "max_queue", "max_upload_mb",
-                                        "max_audio_s", "request_timeout_s", "api_key")},
+                                        "max_audio_s", "request_timeout_s", "api_key", "max_streams",
+                                        "stream_interval_ms", "stream_policy", "stream_threshold_s",
+                                        "stream_max_buffer_s", "stream_idle_timeout_s")},
 }
 # --no_X flags -> ServeConfig.X = False
 OFF_FLAGS = {"no_warmup": "warmup", "no_warmup_timestamps": "warmup_timestamps", "no_ui": "ui"}

@@ -24,8 +24,10 @@ import numpy as np
 
 from whisper_t5x.app.config import ServeConfig
 from whisper_t5x.app.serving.batcher import Batcher, BatcherStopped, DecodeOptions, QueueFull
+from whisper_t5x.app.serving.streams import StreamScheduler
 from whisper_t5x.audio.constants import SAMPLE_RATE
 from whisper_t5x.audio.loading import AudioError, AudioTooLongError, EmptyAudioError, load_audio
+from whisper_t5x.longform.streaming import decoder_decode_fn, make_policy, stream_request
 from whisper_t5x.results import Transcription
 from whisper_t5x.text.tokenizer import TASKS
 
@@ -78,11 +80,15 @@ class Service:
     """
 
     def __init__(self, settings: ServeConfig, pipeline: Any = None,
-                 pipeline_factory: Optional[Callable[[ServeConfig], Any]] = None):
+                 pipeline_factory: Optional[Callable[[ServeConfig], Any]] = None,
+                 stream_decode: Optional[Callable[..., Any]] = None, stream_vad: Optional[Callable[..., Any]] = None):
         self.settings = settings
         self.pipeline = pipeline
         self._factory = pipeline_factory or _build_pipeline
         self.batcher: Optional[Batcher] = None
+        # live streams (/v1/realtime): decoded by the pipeline's Decoder unless a decode function is given
+        self.streams: Optional[StreamScheduler] = None
+        self._stream_decode, self._stream_vad = stream_decode, stream_vad
         self.state = "starting"  # starting -> loading -> warming_up -> ready | error
         self.error: Optional[str] = None
         self.started_at = time.time()
@@ -110,12 +116,15 @@ class Service:
             s = self.settings
             self.batcher = Batcher(self.pipeline, s.max_batch_size, s.max_batch_delay_ms / 1000.0, s.max_queue,
                                    s.decode, announce=True)
+            self.streams = self._make_streams()
             if s.warmup:
                 self.state = "warming_up"
                 t = time.perf_counter()
                 self._warmup()
                 self.warmup_s = time.perf_counter() - t
                 logger.info("warm-up (compilation) took %.1f s", self.warmup_s)
+            if self.streams is not None:
+                self.streams.start()
             self.state = "ready"
             self.ready_at = time.time()
             self._ready.set()
@@ -142,6 +151,36 @@ class Service:
                 kwargs = DecodeOptions(return_timestamps=bool(ts), temperature=0.0,
                                        word_timestamps=ts == "word").pipeline_kwargs(s.decode)
                 self.pipeline.transcribe([audio] * size, batch_size=s.max_batch_size, **kwargs)
+        if self.streams is not None:
+            self._warmup_streams(audio)
+
+    def _make_streams(self) -> Optional[StreamScheduler]:
+        """The live-stream scheduler over the pipeline's Decoder (None: streams off, or no Decoder)."""
+        s = self.settings
+        if s.max_streams <= 0:
+            return None
+        decode = self._stream_decode
+        if decode is None:
+            decoder = getattr(self.pipeline, "decoder", None)
+            if decoder is None:
+                logger.warning("live streams are off: the pipeline has no Decoder")
+                return None
+            decode = decoder_decode_fn(decoder, stream_request())
+        policy = make_policy(s.stream_policy, threshold_s=s.stream_threshold_s)
+        return StreamScheduler(decode, policy, s.stream_interval_ms / 1000.0, s.max_streams, s.stream_max_buffer_s,
+                               vad=self._stream_vad)
+
+    def _warmup_streams(self, audio: np.ndarray) -> None:
+        """Compile the stream rows' programs: each batch bucket up to ``max_streams``, with no prompt and with a
+        full one, word times included (the alignment forward); and the VAD."""
+        from whisper_t5x.longform.streaming import PROMPT_LENGTHS, StreamRow
+
+        sizes = [n for n in _bucket_sizes(self.settings.max_batch_size) if n <= max(1, self.settings.max_streams)]
+        tokens = tuple(self.pipeline.tokenizer.encode(" warm up" * 40))[:PROMPT_LENGTHS[0]]
+        for size in sizes:
+            for prompt in ((), tokens):
+                self.streams.decode([StreamRow(audio, prompt, None, True)] * size)
+        self.streams._vad_probabilities([audio])
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         self._ready.wait(timeout)
@@ -152,6 +191,8 @@ class Service:
         return self.state == "ready"
 
     def stop(self) -> None:
+        if self.streams is not None:
+            self.streams.stop()
         if self.batcher is not None:
             self.batcher.stop()
 
@@ -164,6 +205,9 @@ class Service:
         if self.batcher is not None:
             out["queue"] = self.batcher.queue_length
             out["batches"] = dict(self.batcher.stats)
+        if self.streams is not None:
+            out["streams"] = {"active": self.streams.active, "max": self.settings.max_streams,
+                              **dict(self.streams.stats)}
         return out
 
     # ----------------------------------------------------------------- requests
