@@ -4,6 +4,8 @@ Small jitted functions stand in for the model's programs; a fresh ``CachedProgra
 directory plays the part of a new process (it has no programs in memory and must read the file).
 """
 
+import dataclasses
+import functools
 import logging
 import os
 from typing import NamedTuple
@@ -74,6 +76,27 @@ def test_exported_program_matches_traced_and_is_read_back(cache_dir):
         _same(got2, want)
         assert (first.stats.exported, again.stats.loaded, again.stats.exported) == (1, 1, 0)
     assert len(_files(cache_dir)) == 2  # one per signature (extra=None and extra=array)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["w", "b"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    w: np.ndarray
+    b: np.ndarray
+
+
+def test_custom_pytree_inputs(cache_dir):
+    params, x, _, scale = _args()
+    weights = Weights(params["w"], params["b"])
+
+    def fn(wts, x, scale):
+        return jnp.tanh(x @ wts.w + wts.b) * scale, jnp.sum(x)
+
+    want = jax.jit(fn)(weights, x, scale)
+    _same(CachedProgram(jax.jit(fn), "dc", key="a")(weights, x, scale), want)
+    again = CachedProgram(jax.jit(fn), "dc", key="a")
+    _same(again(weights, x, scale), want)
+    assert again.stats.loaded == 1
 
 
 def test_key_changes_never_reuse_a_stale_program(cache_dir, monkeypatch):
@@ -169,3 +192,11 @@ def test_sharded_arguments_are_left_alone(cache_dir):
     prog = CachedProgram(jax.jit(_step), "step", key="a")
     prog(params, x, extra, scale)
     assert prog.stats.bypassed == 1 and _files(cache_dir) == []
+
+
+def test_inside_another_trace_is_left_alone(cache_dir):
+    inner = CachedProgram(jax.jit(_step), "step", key="a")
+    args = _args()
+    out = jax.jit(lambda *a: inner(*a).total)(*args)
+    _same(out, jax.jit(_step)(*args).total)
+    assert inner.stats.bypassed == 1 and _files(cache_dir) == []

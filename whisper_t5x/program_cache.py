@@ -27,7 +27,7 @@ pipeline: ``compile_cache_dir()`` is None), and on its own with
 ``WHISPER_T5X_PROGRAM_CACHE=off``. Then the wrapped function is called as
 it is.
 
-Left alone: arguments placed on more than one device (sharded programs go
+Left alone: calls from inside another trace, arguments placed on more than one device (sharded programs go
 through the partitioner's own ``jit``), and any function that export cannot
 handle (host callbacks, unregistered pytree outputs, ...): a warning, then
 the traced function for the rest of the process. A file that cannot be read,
@@ -123,19 +123,22 @@ def _environment() -> Tuple[Tuple[str, str], ...]:
     )
 
 
-def _signature(args: Tuple[Any, ...]) -> Optional[str]:
-    """The arguments' pytree structure and avals as text; None when some argument spans several devices."""
+def _signature(args: Tuple[Any, ...]) -> Tuple[Optional[str], List[Any]]:
+    """The arguments' leaves, and their pytree structure and avals as text (None when some argument spans
+    several devices)."""
     import jax
 
     leaves, treedef = jax.tree_util.tree_flatten(args)
     parts = [str(treedef)]
     for x in leaves:
+        if isinstance(x, jax.core.Tracer):  # called inside another trace: the outer program owns it
+            return None, leaves
         sharding = getattr(x, "sharding", None)
         if sharding is not None and len(sharding.device_set) > 1:
-            return None
+            return None, leaves
         aval = jax.typeof(x)
         parts.append(f"{aval.dtype}{list(aval.shape)}{'~' if getattr(aval, 'weak_type', False) else ''}")
-    return "|".join(parts)
+    return "|".join(parts), leaves
 
 
 def _namedtuple_types(treedef: Any) -> List[type]:
@@ -234,7 +237,7 @@ class CachedProgram:
         if directory is None or self._broken:
             self.stats.bypassed += 1
             return self.fn(*args)
-        signature = _signature(args)
+        signature, leaves = _signature(args)
         if signature is None:
             self.stats.bypassed += 1
             return self.fn(*args)
@@ -245,7 +248,7 @@ class CachedProgram:
                 self.stats.bypassed += 1
                 return self.fn(*args)
             self._programs[(directory, signature)] = program
-        return program(*args)
+        return program(*leaves)
 
     def key_for(self, signature: str) -> str:
         return json.dumps({"name": self.name, "key": self.key_text, "signature": signature,
@@ -269,7 +272,12 @@ class CachedProgram:
                 self.stats.failures += 1
                 logger.warning("ignoring program cache file %s (%s: %s); tracing again", path, type(e).__name__, e)
         try:
-            exported = jax.export.export(self.fn)(*args)
+            # Exported over the flat leaves: the input structure (custom pytree nodes included) is part
+            # of the key and never needs serializing; outputs keep theirs (namedtuples registered).
+            leaves, in_tree = jax.tree_util.tree_flatten(args)
+            fn = self.fn
+            flat = jax.jit(lambda *xs: fn(*jax.tree_util.tree_unflatten(in_tree, xs)))
+            exported = jax.export.export(flat)(*leaves)
             outputs = [_serialized_name(c) for c in _namedtuple_types(exported.out_tree)]
             for cls in _namedtuple_types(exported.out_tree):
                 _register_namedtuple(cls)

@@ -54,6 +54,7 @@ import numpy as np
 
 from whisper_t5x.audio.constants import SAMPLE_RATE
 from whisper_t5x.audio.onnx_tensors import OnnxFormatError, read_graphs
+from whisper_t5x.program_cache import cached_program
 
 __all__ = [
     "FRAME_SAMPLES",
@@ -258,8 +259,7 @@ def _lstm(w: SileroWeights, features: jax.Array, h: jax.Array, c: jax.Array):
     return jnp.swapaxes(hs, 0, 1), h, c
 
 
-@jax.jit
-def _forward(w: SileroWeights, chunk: jax.Array, h: jax.Array, c: jax.Array):
+def _forward_fn(w: SileroWeights, chunk: jax.Array, h: jax.Array, c: jax.Array):
     """(B, 64 + F * 512) samples (the 64 before the first frame, then F frames) -> (B, F) probabilities."""
     batch, length = chunk.shape
     count = (length - CONTEXT_SAMPLES) // FRAME_SAMPLES
@@ -269,6 +269,11 @@ def _forward(w: SileroWeights, chunk: jax.Array, h: jax.Array, c: jax.Array):
     hs, h, c = _lstm(w, features, h, c)
     logits = jnp.matmul(jax.nn.relu(hs), w.head_weight, precision=_HIGHEST) + w.head_bias
     return jax.nn.sigmoid(logits), h, c
+
+
+# The weights are arguments, so the program depends only on the shapes (in the program cache's key) and this
+# code (in its source fingerprint): a fresh process reads it instead of tracing it.
+_forward = cached_program(jax.jit(_forward_fn), "silero_vad", key="silero_vad_v6")
 
 
 # ---------------------------------------------------------------------- running it
