@@ -200,3 +200,22 @@ def test_inside_another_trace_is_left_alone(cache_dir):
     out = jax.jit(lambda *a: inner(*a).total)(*args)
     _same(out, jax.jit(_step)(*args).total)
     assert inner.stats.bypassed == 1 and _files(cache_dir) == []
+
+
+def test_donated_arguments_stay_donated(cache_dir):
+    def update(state, x):
+        return {"a": state["a"] + x, "b": state["b"] * 2.0}, jnp.sum(x)
+
+    def fresh():
+        return {"a": jnp.ones((8,)), "b": jnp.full((8,), 3.0)}
+
+    x = jnp.arange(8.0)
+    want_state = jax.jit(update)(fresh(), x)
+    for attempt in range(2):  # exported, then read back
+        prog = CachedProgram(jax.jit(update, donate_argnums=(0,)), "upd", key="a", donate_argnums=(0,))
+        state = fresh()
+        got = prog(state, x)
+        _same(got, want_state)
+        assert all(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state))  # donated
+        assert not x.is_deleted()
+    assert prog.stats.loaded == 1

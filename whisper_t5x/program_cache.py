@@ -48,7 +48,7 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from whisper_t5x import compile_cache
 
@@ -221,11 +221,14 @@ class CachedProgram:
 
     ``name`` names the files (``<name>-<hash>.jaxexport``); ``key`` is anything with a stable ``repr``
     that identifies what ``fn`` computes besides its arguments' shapes (model config, dtype, static
-    options). Calls with the same argument signature reuse one program.
+    options). Calls with the same argument signature reuse one program. ``donate_argnums``: the
+    positional arguments ``fn`` donates (as given to its ``jax.jit``); the exported program donates
+    the same buffers.
     """
 
-    def __init__(self, fn: Callable, name: str, key: Hashable = ()):
+    def __init__(self, fn: Callable, name: str, key: Hashable = (), donate_argnums: Sequence[int] = ()):
         self.fn = fn
+        self.donate_argnums = tuple(int(i) for i in donate_argnums)
         self.name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "program"
         self.key_text = repr(key)
         self._programs: Dict[Tuple[str, str], Callable] = {}
@@ -267,7 +270,7 @@ class CachedProgram:
                 exported = self._read(path, key_text)
                 self.stats.loaded += 1
                 logger.debug("program %s from %s", self.name, path)
-                return jax.jit(exported.call)
+                return self._jit(exported, args)
             except Exception as e:  # noqa: BLE001 - a bad file is ignored, never fatal
                 self.stats.failures += 1
                 logger.warning("ignoring program cache file %s (%s: %s); tracing again", path, type(e).__name__, e)
@@ -292,7 +295,20 @@ class CachedProgram:
         self.stats.exported += 1
         # Call the deserialized program, as a later process will: both lower the same module, so the
         # compile cache entry written now is the one a later process finds.
-        return jax.jit(jax.export.deserialize(bytearray(payload)).call)
+        return self._jit(jax.export.deserialize(bytearray(payload)), args)
+
+    def _jit(self, exported: Any, args: Tuple[Any, ...]) -> Callable:
+        import jax
+
+        if not self.donate_argnums:
+            return jax.jit(exported.call)
+        donated, start = [], 0
+        for position, arg in enumerate(args):
+            count = len(jax.tree_util.tree_leaves(arg))
+            if position in self.donate_argnums:
+                donated.extend(range(start, start + count))
+            start += count
+        return jax.jit(exported.call, donate_argnums=tuple(donated))
 
     @staticmethod
     def _read(path: str, key_text: str) -> Any:
@@ -320,6 +336,6 @@ class CachedProgram:
             logger.warning("cannot write program cache file %s (%s); continuing without it", path, e)
 
 
-def cached_program(fn: Callable, name: str, key: Hashable = ()) -> CachedProgram:
+def cached_program(fn: Callable, name: str, key: Hashable = (), donate_argnums: Sequence[int] = ()) -> CachedProgram:
     """``fn`` (jitted) wrapped in a :class:`CachedProgram`; see the module docstring."""
-    return CachedProgram(fn, name, key)
+    return CachedProgram(fn, name, key, donate_argnums)
