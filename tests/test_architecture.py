@@ -15,7 +15,7 @@ MAX_LINES = 600
 LAYERS = [
     {"whisper_t5x.audio.constants"},
     {"whisper_t5x.model", "whisper_t5x.text", "whisper_t5x.audio", "whisper_t5x.checkpoints",
-     "whisper_t5x.compile_cache", "whisper_t5x.results"},
+     "whisper_t5x.compile_cache", "whisper_t5x.program_cache", "whisper_t5x.results"},
     {"whisper_t5x.decoding", "whisper_t5x.model.pretrained"},  # the HF-style facade generates with decoding
     {"whisper_t5x.longform"},
     {"whisper_t5x.pipeline"},

@@ -186,7 +186,9 @@ class Decoder:
             return generate(module, params, features, options, prompt, temperature, rng)
 
         if self.partitioner is None:
-            fn = jax.jit(run)
+            from whisper_t5x.program_cache import cached_program
+
+            fn = cached_program(jax.jit(run), "decode", key=(module, options))
         else:
             from jax.sharding import PartitionSpec as P
 
