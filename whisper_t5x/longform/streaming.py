@@ -214,19 +214,22 @@ class Policy:
       max_buffer_s: a buffer longer than this is cut even without a finished
         segment (everything decoded is committed), so it stays within one window.
       min_trim_s: the buffer is trimmed at a finished segment only once it is this long.
+      min_keep_s: a cut leaves at least this much decoded audio after it (a buffer that starts with a
+        fraction of a second of new speech decodes badly; what follows a cut has been heard in context).
       prompt_tokens: the longest prompt (committed tokens before the buffer).
     """
 
     name = "policy"
     word_times = False
 
-    def __init__(self, min_audio_s: float = 1.0, max_buffer_s: float = 20.0, min_trim_s: float = 2.0,
-                 prompt_tokens: int = PROMPT_LENGTHS[0]):
+    def __init__(self, min_audio_s: float = 1.0, max_buffer_s: float = 20.0, min_trim_s: float = 4.0,
+                 min_keep_s: float = 1.5, prompt_tokens: int = PROMPT_LENGTHS[0]):
         if not 0 < max_buffer_s <= N_SAMPLES / SAMPLE_RATE:
             raise ValueError(f"max_buffer_s must be in (0, {N_SAMPLES // SAMPLE_RATE}], got {max_buffer_s}")
         self.min_audio_s = float(min_audio_s)
         self.max_buffer_s = float(max_buffer_s)
         self.min_trim_s = float(min_trim_s)
+        self.min_keep_s = float(min_keep_s)
         self.prompt_tokens = int(prompt_tokens)
 
     # ------------------------------------------------------------------ rows
@@ -284,12 +287,13 @@ class Policy:
         Returns the words committed by force (a buffer past ``max_buffer_s`` with nothing to trim at)."""
         if state.buffer_seconds >= self.min_trim_s:
             cut = None  # (seconds from the buffer start, hypothesis words before it)
+            last = row_seconds - self.min_keep_s
             for count, t in hyp.segment_ends:
-                if 0 < count <= done and 0 < t <= row_seconds:
+                if 0 < count <= done and 0 < t <= last:
                     cut = (t, count)
             for k in range(done):
                 w = hyp.words[k]
-                if w.end is not None and w.text.rstrip()[-1:] in SENTENCE_END and 0 < w.end <= row_seconds:
+                if w.end is not None and w.text.rstrip()[-1:] in SENTENCE_END and 0 < w.end <= last:
                     if cut is None or w.end > cut[0]:
                         cut = (w.end, k + 1)
             if cut is not None:

@@ -332,6 +332,7 @@ class StreamScheduler:
         """One round: intake, server VAD, one batched decode of the due rows, events. Returns the rows decoded."""
         with self._lock:
             streams = list(self._streams.values())
+        self.stats["ticks"] += 1
         updates: List[_Update] = []
         vad_streams = []
         for s in streams:
