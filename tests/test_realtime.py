@@ -85,7 +85,7 @@ class FakeDecode:
                 j = k
                 while j < len(codes) and codes[j] == codes[k]:
                     j += 1
-                text = f" w{codes[k]}" if j < len(codes) else " ~"
+                text = f" w{codes[k]}" if j < len(codes) else f" ~{j - k}"  # a stub changes as the word grows
                 words.append(st.StreamWord(text, k / 100, j / 100, (int(codes[k]),)))
                 k = j
             out.append(st.Hypothesis(tuple(words)))
@@ -453,3 +453,23 @@ def test_tiny_en_live_stream_transcribes_jfk_through_the_sdk():
     assert len(deltas) >= 3
     for word in ("fellow", "americans", "country"):
         assert word in text, text
+
+
+# ============================================================== the Gradio live tab
+def test_live_tab_session_grows_the_committed_text_over_the_same_scheduler(server):
+    from whisper_t5x.app.serving.ui import LiveSession, build_ui
+
+    srv, service, decode = server()
+    live = LiveSession(service)
+    pcm = (coded_speech([91, 92, 93, 94], rate=48000) * 32768).round().clip(-32768, 32767).astype(np.int16)
+    texts = []
+    for i in range(0, pcm.size, 4800):  # 0.1 s microphone chunks at 48 kHz
+        texts.append(live.feed((48000, pcm[i:i + 4800])))
+        time.sleep(0.02)
+    assert service.streams.active == 1
+    final = live.close()
+    assert final == "w91 w92 w93 w94"
+    assert any(t and t != final for t in texts)  # the text grew while the audio came in
+    assert service.streams.active == 0
+    demo = build_ui(service)
+    assert any(getattr(b, "elem_id", None) == "live-audio" for b in demo.blocks.values())

@@ -1,4 +1,4 @@
-"""The Gradio UI (microphone and file tabs), the Gradio client API, and how both are protected.
+"""The Gradio UI (microphone, file and live tabs), the Gradio client API, and how both are protected.
 
 Client usage (``gradio_client`` >= 1.0 wants files wrapped in ``handle_file``)::
 
@@ -12,6 +12,10 @@ the language detected: ``/predict_1`` (file) and ``/predict`` (microphone),
 the names of the Whisper JAX app the seed documented, and ``/transcribe``
 (file). The UI's own buttons are ``/transcribe_file`` and
 ``/transcribe_microphone``, with a language as fourth input.
+
+The *Live* tab (when the server serves live streams) streams the microphone
+to the same scheduler as ``/v1/realtime`` (:class:`LiveSession`): the
+committed text grows while you speak, each pause (server VAD) closes an item.
 
 With an API key (``--api_key`` / ``$WHISPER_T5X_API_KEY``) the UI shows
 Gradio's login form: any user name, the API key as the password. The page,
@@ -27,8 +31,11 @@ import hmac
 import os
 import shutil
 import tempfile
+import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
 
 from whisper_t5x.app.writers import cues, format_timestamp
 from whisper_t5x.app.serving.service import Service, ServiceError
@@ -90,6 +97,80 @@ def format_result(result: Transcription, timestamps: bool) -> str:
     return "\n".join(lines)
 
 
+class LiveSession:
+    """One browser's live stream: microphone chunks in, the committed text (items so far) out.
+
+    The stream is opened on the first chunk (``too_many_streams`` and the other
+    stream errors become :class:`ServiceError`), events arrive from the
+    scheduler thread; :meth:`text` is what the page shows.
+    """
+
+    def __init__(self, service: Service):
+        self.service = service
+        self.stream: Any = None
+        self._lock = threading.Lock()
+        self._done: List[str] = []  # completed items' transcripts
+        self._current = ""  # deltas of the item in progress
+        self._resampler: Any = None
+        self._rate: Optional[int] = None
+
+    def _emit(self, event: Dict[str, Any]) -> None:
+        with self._lock:
+            kind = event.get("type", "")
+            if kind.endswith("transcription.delta"):
+                self._current += event.get("delta", "")
+            elif kind.endswith("transcription.completed"):
+                if event.get("transcript"):
+                    self._done.append(event["transcript"])
+                self._current = ""
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(self._done + ([self._current.strip()] if self._current.strip() else []))
+
+    def feed(self, chunk: Any) -> str:
+        """A Gradio streaming chunk ``(rate, samples)`` (int16 or float, mono or channels last) -> the text."""
+        from whisper_t5x.app.serving.streams import StreamError, TurnDetection
+
+        if chunk is None:
+            return self.text()
+        rate, samples = chunk
+        audio = np.asarray(samples)
+        if audio.ndim > 1:
+            audio = audio.mean(axis=-1)
+        if np.issubdtype(audio.dtype, np.integer):
+            audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max + 1)
+        audio = audio.astype(np.float32)
+        if rate != self._rate:
+            import soxr
+
+            self._rate = int(rate)
+            self._resampler = None if rate == 16000 else soxr.ResampleStream(rate, 16000, 1, dtype="float32")
+        if self._resampler is not None:
+            audio = self._resampler.resample_chunk(audio)
+        try:
+            if self.stream is None:
+                self.service.check_ready()
+                if self.service.streams is None:
+                    raise ServiceError(503, "live streams are disabled on this server", "server_error")
+                self.stream = self.service.streams.open(self._emit, turn_detection=TurnDetection())
+            self.stream.append(audio)
+        except StreamError as e:
+            raise ServiceError(503, e.message, e.type, code=e.code) from None
+        return self.text()
+
+    def close(self) -> str:
+        """Recording stopped: what was said so far is committed, then the stream is closed."""
+        if self.stream is not None:
+            self.stream.commit()
+            deadline = time.monotonic() + 10
+            while self._current and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.stream.close()
+            self.stream = None
+        return self.text()
+
+
 def build_ui(service: Service, upload_dir: Optional[str] = None) -> Any:
     """The Blocks app; ``upload_dir``: where Gradio keeps uploads (the only files a request may name)."""
     import gradio as gr
@@ -143,6 +224,27 @@ def build_ui(service: Service, upload_dir: Optional[str] = None) -> Any:
                 for api_name in (("predict",) if key == "microphone" else ("predict_1", "transcribe")):
                     hidden = gr.Button(visible=False)
                     hidden.click(transcribe, [audio, task, timestamps], [text, runtime], api_name=api_name)
+        if service.settings.max_streams > 0:
+            with gr.Tab("Live", id="live"):
+                gr.Markdown("Speak: the text appears as it is committed; a pause ends a sentence.")
+                live_audio = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone",
+                                      elem_id="live-audio")
+                live_text = gr.Textbox(label="Live transcription", lines=8, elem_id="live-text")
+                session = gr.State(None)
+
+                def live_feed(chunk: Any, live: Optional[LiveSession]):
+                    live = live or LiveSession(service)
+                    try:
+                        return live.feed(chunk), live
+                    except ServiceError as e:
+                        raise gr.Error(e.message) from None
+
+                def live_stop(live: Optional[LiveSession]):
+                    return (live.close() if live is not None else ""), None
+
+                live_audio.stream(live_feed, [live_audio, session], [live_text, session], stream_every=0.5,
+                                  time_limit=3600, api_name=False, concurrency_limit=None)
+                live_audio.stop_recording(live_stop, [session], [live_text, session], api_name=False)
     limit = max(1, int(service.settings.max_batch_size) * 2)
     demo.queue(default_concurrency_limit=limit, max_size=int(service.settings.max_queue))
     return demo
