@@ -52,6 +52,7 @@ from whisper_t5x.results import Transcription, as_pipeline_dict
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
+DEFAULT_SLOTS_PER_ROW = 2  # the engine's decode slots per encoder row (benchmarks/engine_occupancy.py)
 PROGRESS_MIN_WINDOWS = 4  # a progress bar only for more windows than this
 SILENCE_PEAK = 1e-4  # windows quieter than this (-80 dBFS peak) are not decoded
 LONG_FORM_MODES = ("auto", "chunked", "sequential", "vad")
@@ -172,6 +173,13 @@ class FlaxWhisperPipeline:
         is then used only where no pause is found; only when decoding with
         timestamps. Default False: it measured no better than the fixed
         layout (``benchmarks/pipeline_options.py``).
+      engine: VAD rows (the default long-form mode) decode through the slot
+        engine (:mod:`whisper_t5x.longform.engine`: rows join and leave a
+        running batch, so no row waits for the longest of its batch); greedy
+        tokens are the Decoder's. Rows with a prompt, beam search and a
+        sharded model use the Decoder. ``False``: the Decoder always.
+      decode_slots: the engine's decode slots (default ``2 * batch_size``;
+        the encoder still takes ``batch_size`` rows at a time).
     """
 
     def __init__(
@@ -190,6 +198,8 @@ class FlaxWhisperPipeline:
         cut_at_pauses: bool = False,
         vad: VadSettings = BATCHED_VAD,
         segment_limits: SegmentLimits = SUBTITLE_LIMITS,
+        engine: bool = True,
+        decode_slots: Optional[int] = None,
     ):
         from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
@@ -236,6 +246,12 @@ class FlaxWhisperPipeline:
         self.segment_limits = segment_limits
         self._host_params = params
         self.decoder = Decoder(self.model, params, self.batch_size, feature_backend)
+        self.engine = None
+        if engine:
+            from whisper_t5x.longform.engine import Engine
+
+            slots = int(decode_slots) if decode_slots else DEFAULT_SLOTS_PER_ROW * self.batch_size
+            self.engine = Engine(self.model, slots=slots, encode_batch=self.batch_size, stats=self.decoder.stats)
         self.last_stats: Dict[str, Any] = {}
         if partitioner is not None:
             self._shard_with(partitioner)
@@ -396,6 +412,7 @@ class FlaxWhisperPipeline:
             self.decoder.batch_size = self.batch_size
         decoded = {k: self.decoder.stats[k] - before.get(k, 0) for k in self.decoder.stats}
         stats.update(fallback_decodes=decoded.get("fallback_decodes", 0), silent_windows=decoded.get("silent_rows", 0))
+        stats.update({k: v for k, v in decoded.items() if k.startswith("engine_") and v})
         self.last_stats = dict(stats, seconds=time.perf_counter() - started)
         logger.debug("transcribed %d input(s) in %.2f s (%s)", len(items), self.last_stats["seconds"], stats)
         return results[0] if single else results
@@ -408,9 +425,12 @@ class FlaxWhisperPipeline:
         if mode in ("auto", "vad"):
             from whisper_t5x.longform.vad import transcribe_vad
 
+            engine = self.engine if self.partitioner is None else None  # a sharded model: the Decoder
+            if engine is not None:
+                engine.encode_batch = min(settings.batch_size, engine.slots)
             return transcribe_vad(self.decoder, items, call.request, self.vad, call.prompt, call.words, stats,
                                   segment_timestamps=call.segment_timestamps, limits=self.segment_limits,
-                                  progress=bar.with_unit("row"))
+                                  progress=bar.with_unit("row"), engine=engine)
         return transcribe_chunked(self.decoder, items, call.request, settings, call.prompt, call.segments, bar,
                                   stats)
 

@@ -107,24 +107,44 @@ def insert(module: WhisperModule, params: Any, state: WhisperSlots, input_featur
     )
 
 
+def _first_slots(tree: Any, width: int, axis: int) -> Any:
+    return jax.tree_util.tree_map(lambda a: jax.lax.slice_in_dim(a, 0, width, axis=axis), tree)
+
+
+def _write_front(full: Any, part: Any) -> Any:
+    """``part`` written over the start of ``full`` (leaf by leaf, every axis from 0)."""
+    return jax.tree_util.tree_map(lambda a, b: jax.lax.dynamic_update_slice(a, b, (0,) * a.ndim), full, part)
+
+
 def generate_slots(module: WhisperModule, params: Any, state: WhisperSlots, options: DecodeOptions, steps: Any,
-                   stop_below: Any = 0, span: Optional[int] = None) -> Tuple[WhisperSlots, SlotReport]:
-    """Up to ``steps`` steps of every slot (see :func:`~whisper_t5x.decoding.slots.slot_steps`), reading
-    the first ``span`` cache positions (default: all)."""
+                   stop_below: Any = 0, span: Optional[int] = None,
+                   width: Optional[int] = None) -> Tuple[WhisperSlots, SlotReport]:
+    """Up to ``steps`` steps of the first ``width`` slots (default: all; the others must be free), see
+    :func:`~whisper_t5x.decoding.slots.slot_steps`, reading the first ``span`` cache positions (default: all).
+
+    A step costs in proportion to the slots it runs, so a caller that keeps its live slots at the front
+    runs a few rows (a short input, the tail of a long one) at the cost of a few."""
     check_options(options)
+    axis = _batch_axis(module.config)
     full = options.max_length
+    slots = state.loop.index.shape[0]
     span = full if span is None or span >= full else int(span)
-    cache = state.loop.cache
+    width = slots if width is None or width >= slots else int(width)
+    loop = state.loop
+    cross_kv = state.cross_kv
+    if width < slots:
+        fields = {k: jax.tree_util.tree_map(lambda a: a[:width], v)
+                  for k, v in loop._asdict().items() if k != "cache"}
+        loop = loop._replace(cache=_first_slots(loop.cache, width, axis), **fields)
+        cross_kv = _first_slots(cross_kv, width, axis)
+    cache = loop.cache
     if span < full:
         cache = jax.tree_util.tree_map(lambda a: a[..., :span, :], cache)
-    step = decoder_step(module, params, state.cross_kv, 0, vocab_table(params, options))
+    step = decoder_step(module, params, cross_kv, 0, vocab_table(params, options))
     rules = logit_rules_for(options, module.config.special_tokens)
-    loop, stats = slot_steps(step, state.loop._replace(cache=cache), rules, steps, stop_below,
+    loop, stats = slot_steps(step, loop._replace(cache=cache), rules, steps, stop_below,
                              limit=span if span < full else None)
-    if span < full:
-        back = jax.tree_util.tree_map(lambda old, part: jax.lax.dynamic_update_slice(old, part, (0,) * old.ndim),
-                                      state.loop.cache, loop.cache)
-        loop = loop._replace(cache=back)
+    loop = _write_front(state.loop, loop)  # the cache's positions and the slots that ran
     state = state._replace(loop=loop)
     report = SlotReport(loop.seq, loop.index, loop.done, loop.sum_logprob, loop.num_tokens, state.no_speech_prob,
                         state.language, stats)

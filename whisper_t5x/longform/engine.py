@@ -165,16 +165,16 @@ class Engine:
 
         return self._program(("insert", options, rows, "audio" if audio else "mel"), build)
 
-    def _generate_fn(self, options: DecodeOptions, span: int) -> Any:
+    def _generate_fn(self, options: DecodeOptions, span: int, width: int) -> Any:
         module = self.module
 
         def build():
             def run(params, state, steps, stop_below):
-                return slot_generate.generate_slots(module, params, state, options, steps, stop_below, span)
+                return slot_generate.generate_slots(module, params, state, options, steps, stop_below, span, width)
 
             return jax.jit(run, donate_argnums=(1,))
 
-        return self._program(("generate", options, span), build)
+        return self._program(("generate", options, span, width), build)
 
     # ------------------------------------------------------------------ the host loop
     def decode(self, params: Any, rows: Iterable[Tuple[Hashable, np.ndarray]], request: DecodeRequest,
@@ -281,13 +281,15 @@ class _Run:
         else:
             stop_below = 0
         stop_below = max(0, min(stop_below, live - 1))
-        fn = e._generate_fn(self.options, self._span())
+        last = max(s for s, j in enumerate(self.slot_job) if j is not None)
+        width = bucket_size(last + 1, e.slots)  # live slots sit at the front: run only the first ``width``
+        fn = e._generate_fn(self.options, self._span(), width)
         state, report = fn(self.params, state, jnp.int32(e.steps_per_call), jnp.int32(stop_below))
         report = jax.device_get(report)
         steps = int(report.stats.steps)
         e.stats["engine_generate_calls"] += 1
         e.stats["engine_steps"] += steps
-        e.stats["engine_slot_steps"] += steps * e.slots
+        e.stats["engine_slot_steps"] += steps * width
         e.stats["engine_live_slot_steps"] += int(report.stats.live_slot_steps)
         return state, report
 

@@ -236,21 +236,27 @@ def _batches(items: Sequence[Any], settings: VadSettings, batch_size: int, progr
 def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeRequest,
                    settings: VadSettings = BATCHED_VAD, prompt: Sequence[int] = (), words: bool = False,
                    stats: Optional[Dict[str, int]] = None, segment_timestamps: bool = False,
-                   limits: SegmentLimits = SUBTITLE_LIMITS, progress: Any = None) -> List[Transcription]:
+                   limits: SegmentLimits = SUBTITLE_LIMITS, progress: Any = None,
+                   engine: Any = None) -> List[Transcription]:
     """Transcribe ``items``; one :class:`Transcription` each. Rows of all inputs share batches.
 
     ``progress``: an object with ``add_total(rows)`` and ``update(rows)`` (the pipeline's bar).
     ``words`` (word timestamps) or ``segment_timestamps``: rows are aligned word by word and, unless
     ``settings.row_timestamps``, segments are cut from the words by ``limits``; ``words`` also keeps the
     words in the result. Otherwise a row is one segment.
+    ``engine``: a :class:`~whisper_t5x.longform.engine.Engine` decodes the rows in its slots when it
+    supports the request (no prompt, one beam); else the ``decoder`` decodes them in batches.
     """
-    align = words or segment_timestamps
-    from whisper_t5x.audio.features import log_mel_spectrogram_np, pad_or_trim
-
     stats = stats if stats is not None else {}
     for key in ("rows", "speech_seconds"):
         stats.setdefault(key, 0)
     request = dataclasses.replace(request, timestamps=settings.row_timestamps)
+    if engine is not None and engine.supports(request, prompt):
+        return _transcribe_with_engine(engine, decoder, items, request, settings, words, stats, segment_timestamps,
+                                       limits, progress)
+    align = words or segment_timestamps
+    from whisper_t5x.audio.features import log_mel_spectrogram_np, pad_or_trim
+
     n_mels = decoder.config.num_mel_bins
     on_device = decoder.feature_backend == "jax"
     row_words: Dict[Tuple[int, int], List[TimedWord]] = {}
@@ -292,6 +298,80 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
     if in_flight is not None:
         finish(*in_flight)
 
+    out = []
+    for i in range(len(items)):
+        inp = inputs[i]
+        decoded = [inp.decoded[k] for k in range(len(inp.rows))]
+        w = [row_words.get((i, k), []) for k in range(len(inp.rows))] if align else None
+        out.append(assemble(decoder, inp.rows, decoded, inp.duration, request.timestamps, w, limits, words))
+    return out
+
+
+def _row_features(decoder: Decoder, clips: List[np.ndarray]) -> np.ndarray:
+    """Rows' decoder input: log-mel, or padded audio when the features are computed on the device."""
+    from whisper_t5x.audio.features import log_mel_spectrogram_np, pad_or_trim
+
+    if decoder.feature_backend == "jax":
+        return np.stack([pad_or_trim(c, N_SAMPLES) for c in clips]).astype(np.float32)
+    return log_mel_spectrogram_np(clips, n_mels=decoder.config.num_mel_bins)
+
+
+def _transcribe_with_engine(engine: Any, decoder: Decoder, items: Sequence[Any], request: DecodeRequest,
+                            settings: VadSettings, words: bool, stats: Dict[str, int], segment_timestamps: bool,
+                            limits: SegmentLimits, progress: Any) -> List[Transcription]:
+    """:func:`transcribe_vad` through the engine: rows are cut and featurised a batch at a time as the
+    engine pulls them, and each row is assembled (and aligned, in batches) as it ends."""
+    from whisper_t5x.audio.features import log_mel_spectrogram_np
+
+    align = words or segment_timestamps
+    inputs: Dict[int, _Input] = {}
+    features: Dict[Tuple[int, int], np.ndarray] = {}  # rows in flight, kept for the alignment
+    row_words: Dict[Tuple[int, int], List[TimedWord]] = {}
+    to_align: List[Tuple[int, int]] = []
+
+    def rows() -> Iterator[Tuple[Tuple[int, int], np.ndarray]]:
+        nonlocal inputs
+        for inputs, batch in _batches(items, settings, decoder.batch_size, progress):
+            if not batch:
+                continue
+            clips = []
+            for i, k in batch:
+                inp = inputs[i]
+                clips.append(inp.rows[k].slice_audio(inp.audio))
+                inp.sliced += 1
+                if inp.sliced == len(inp.rows):
+                    inp.audio = None
+            stats["rows"] += len(batch)
+            stats["speech_seconds"] += sum(c.size for c in clips) / SAMPLE_RATE
+            for key, f in zip(batch, _row_features(decoder, clips)):
+                if align:
+                    features[key] = f
+                yield key, f
+
+    def flush_alignment() -> None:
+        if not to_align:
+            return
+        feats = np.stack([features.pop(key) for key in to_align])
+        if decoder.feature_backend == "jax":
+            feats = log_mel_spectrogram_np(list(feats), n_mels=decoder.config.num_mel_bins)
+        found = _row_words(decoder, [inputs[i].rows[k] for i, k in to_align], feats,
+                           [inputs[i].decoded[k] for i, k in to_align], request)
+        for key, w in zip(to_align, found):
+            row_words[key] = w
+        to_align.clear()
+
+    def on_result(key: Tuple[int, int], result: DecodedRow) -> None:
+        i, k = key
+        inputs[i].decoded[k] = result
+        if progress is not None:
+            progress.update(1)
+        if align:
+            to_align.append(key)
+            if len(to_align) >= decoder.batch_size:
+                flush_alignment()
+
+    engine.decode(decoder.params, rows(), request, on_result)
+    flush_alignment()
     out = []
     for i in range(len(items)):
         inp = inputs[i]
