@@ -23,6 +23,8 @@ through a :class:`Decoder`. It owns
 can prepare the next batch while the device works; :meth:`Pending.result`
 fetches, judges and re-decodes. :meth:`Decoder.decode` does both for rows
 that need different prompts or languages (grouped by compile key).
+Several threads may call :meth:`Decoder.decode` at once (the server's batcher and its live-stream
+scheduler share one Decoder); programs, counters and stats are guarded by a lock.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -148,6 +151,9 @@ class Decoder:
         self._dispatches = 0
         self.alignment_programs: Dict[Any, Any] = {}  # word-timestamp forwards (longform.alignment)
         self.stats: "collections.Counter[str]" = collections.Counter()
+        # decode() may be called from several threads at once (the server's batcher and its live-stream
+        # scheduler share one Decoder): programs, the dispatch counter and the stats change under this lock.
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ parameters and programs
     def set_params(self, params: Any, partitioner: Any = None, param_axes: Any = None) -> None:
@@ -180,6 +186,12 @@ class Decoder:
         fn = self._programs.get(options)
         if fn is not None:
             return fn
+        with self._lock:
+            if options not in self._programs:
+                self._programs[options] = self._build_program(options)
+            return self._programs[options]
+
+    def _build_program(self, options: DecodeOptions) -> Any:
         module = self.model.module
 
         def run(params, features, prompt, temperature, rng):
@@ -194,7 +206,6 @@ class Decoder:
 
             fn = self.partitioner.partition(run, in_axis_resources=(self.param_axes, P("data"), None, None, None),
                                             out_axis_resources=P("data"))
-        self._programs[options] = fn
         return fn
 
     @property
@@ -282,8 +293,13 @@ class Decoder:
         self._dispatches = 0
 
     def _next_dispatch(self) -> int:
-        self._dispatches += 1
-        return self._dispatches
+        with self._lock:
+            self._dispatches += 1
+            return self._dispatches
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[name] += n
 
     # ------------------------------------------------------------------ results and fallback
     def _rows(self, output: Any, options_prefix: int, count: int, temperature: float) -> List[DecodedRow]:
@@ -319,7 +335,7 @@ class Decoder:
             feats, prompt = self._pad(batch.features[idx], prompt)
             again = _Batch(feats, len(idx), prompt, batch.language, temperature, self._next_dispatch())
             found.extend(self._rows(self._dispatch(request, again), prefix, len(idx), temperature))
-        self.stats["fallback_decodes"] += len(draws)
+        self._count("fallback_decodes", len(draws))
         n = max(1, request.best_of)
         return [max(found[j * n:(j + 1) * n], key=lambda r: r.avg_logprob) for j in range(len(retry))]
 
@@ -327,8 +343,8 @@ class Decoder:
         prefix = self._prefix_length(request, batch)
         rows = self._rows(output, prefix, batch.count, batch.temperature)
         cfg = request.fallback
-        self.stats["rows"] += batch.count
-        self.stats["padding_rows"] += batch.features.shape[0] - batch.count
+        self._count("rows", batch.count)
+        self._count("padding_rows", batch.features.shape[0] - batch.count)
         logger.debug("decoded %d rows in %.2f s", batch.count, time.perf_counter() - started)
         verdict = [fb.judge(r.text, r.avg_logprob, r.no_speech_prob, cfg) for r in rows]
         retry = [k for k, v in enumerate(verdict) if v == fb.RETRY] if cfg.enabled else []
@@ -351,6 +367,6 @@ class Decoder:
             rows[k] = best[k]
         for k, v in enumerate(verdict):
             if v == fb.SILENT:
-                self.stats["silent_rows"] += 1
+                self._count("silent_rows", 1)
                 rows[k] = dataclasses.replace(rows[k], tokens=(), text="", silent=True, compression_ratio=0.0)
         return rows
