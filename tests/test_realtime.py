@@ -473,3 +473,23 @@ def test_live_tab_session_grows_the_committed_text_over_the_same_scheduler(serve
     assert service.streams.active == 0
     demo = build_ui(service)
     assert any(getattr(b, "elem_id", None) == "live-audio" for b in demo.blocks.values())
+
+
+def test_warmup_compiles_the_stream_rows_each_bucket_and_prompt_length():
+    rows_seen = []
+
+    def decode(rows):
+        rows_seen.append([(r.audio.size > 0, len(r.prompt), r.word_times) for r in rows])
+        return [st.Hypothesis() for _ in rows]
+
+    settings = serve_settings("fake", ui=False, warmup=True, max_batch_size=4, max_streams=2)
+    service = Service(settings, pipeline=FakePipeline(), stream_decode=decode, stream_vad=fake_vad)
+    service.start(background=False)
+    try:
+        assert service.ready and service.streams is not None
+        assert [len(r) for r in rows_seen] == [1, 1, 1, 2, 2, 2]  # buckets up to max_streams
+        assert [r[0][1] for r in rows_seen[:3]] == [0] + list(st.PROMPT_LENGTHS)
+        assert all(all(w for _, _, w in r) for r in rows_seen)  # with the alignment forward
+        assert service.health()["streams"]["max"] == 2
+    finally:
+        service.stop()

@@ -171,15 +171,15 @@ class Service:
                                vad=self._stream_vad)
 
     def _warmup_streams(self, audio: np.ndarray) -> None:
-        """Compile the stream rows' programs: each batch bucket up to ``max_streams``, with no prompt and with a
-        full one, word times included (the alignment forward); and the VAD."""
+        """Compile the stream rows' programs: each batch bucket up to ``max_streams``, with each prompt length
+        streams use, word times included (the alignment forward); and the VAD."""
         from whisper_t5x.longform.streaming import PROMPT_LENGTHS, StreamRow
 
         sizes = [n for n in _bucket_sizes(self.settings.max_batch_size) if n <= max(1, self.settings.max_streams)]
-        tokens = tuple(self.pipeline.tokenizer.encode(" warm up" * 40))[:PROMPT_LENGTHS[0]]
+        tokens = tuple(self.pipeline.tokenizer.encode(" warm up" * 40))
         for size in sizes:
-            for prompt in ((), tokens):
-                self.streams.decode([StreamRow(audio, prompt, None, True)] * size)
+            for length in (0,) + PROMPT_LENGTHS:
+                self.streams.decode([StreamRow(audio, tokens[:length], None, True)] * size)
         self.streams._vad_probabilities([audio])
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
