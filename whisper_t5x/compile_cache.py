@@ -12,6 +12,11 @@ compile_cache=False)``. A cache directory the user already configured through
 ``jax.config`` (``jax_compilation_cache_dir``) is kept unless a directory is
 passed explicitly.
 
+The traced programs themselves are kept beside it (``<dir>/programs``, see
+:mod:`whisper_t5x.program_cache`), so a fresh process skips Python tracing
+too; the same switches turn them off (or ``WHISPER_T5X_PROGRAM_CACHE=off``
+alone).
+
 The cache is trusted code: do not point it at a directory others can write.
 """
 
@@ -61,14 +66,16 @@ def compile_cache_dir() -> Optional[str]:
 def enable_compile_cache(
     directory: Union[None, str, os.PathLike] = None,
     enabled: Optional[bool] = None,
-    min_compile_time_secs: float = 1.0,
+    min_compile_time_secs: float = 0.1,
 ) -> Optional[str]:
     """Turn on JAX's persistent compilation cache; returns its directory, or None when off.
 
     ``enabled=None`` follows the environment (on unless disabled there);
     ``enabled=True`` overrides an environment opt-out; ``False`` changes
     nothing. Programs that compile faster than ``min_compile_time_secs`` are
-    not written. Failures (e.g. an unwritable directory) log a warning and
+    not written (0.1 s: a fresh process loads the small programs too, e.g. the
+    engine's slot allocation, instead of compiling them again; only eager
+    one-op programs are left out). Failures (e.g. an unwritable directory) log a warning and
     leave the cache off: the cache is an optimisation, never an error.
     """
     import jax
