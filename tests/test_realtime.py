@@ -412,6 +412,22 @@ def test_silence_costs_no_decoding_and_items_end_on_silence():
     assert len(decode.calls) == calls
 
 
+def test_switching_turn_detection_mid_item_ends_the_item_first():
+    decode = FakeDecode()
+    sched = StreamScheduler(decode, st.LocalAgreement(min_audio_s=0.2), interval_s=0.05, vad=fake_vad)
+    events = []
+    stream = sched.open(events.append, turn_detection=None)
+    feed(stream.append, coded_speech([85, 86], lead_s=0.0, tail_s=0.2))
+    sched.tick()
+    stream.configure(None, None, TurnDetection(silence_duration_ms=300, prefix_padding_ms=0))
+    feed(stream.append, coded_speech([87], tail_s=0.6))
+    for _ in range(3):
+        sched.tick()
+    completed = [e["transcript"] for e in events if e["type"].endswith("transcription.completed")]
+    assert completed == ["w85 w86", "w87"]
+    assert [e["type"] for e in events].count("input_audio_buffer.speech_started") == 1
+
+
 def test_speech_detector_pads_the_start_and_stops_after_the_silence():
     det = SpeechDetector(TurnDetection(threshold=0.5, prefix_padding_ms=64, silence_duration_ms=96))
     audio = np.concatenate([np.zeros(10 * 512), np.ones(5 * 512), np.zeros(10 * 512)]).astype(np.float32)

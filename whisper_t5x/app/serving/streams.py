@@ -164,7 +164,7 @@ class Stream:
         self._lock = threading.Lock()
         self._intake: List[np.ndarray] = []
         self._intake_samples = 0
-        self._requests: List[tuple] = []  # ("commit" | "clear", intake samples before it), in order
+        self._requests: List[tuple] = []  # (commit | clear | config, intake samples before it, ...), in order
         self.closed = False
         self.item_id: Optional[str] = None
         self.previous_item_id: Optional[str] = None
@@ -177,13 +177,9 @@ class Stream:
     # ------------------------------------------------------------------ client side
     def configure(self, language: Optional[str] = None, prompt: Optional[Sequence[int]] = None,
                   turn_detection: Any = "keep") -> None:
+        """New settings, applied by the scheduler in order with the audio (``turn_detection="keep"``: unchanged)."""
         with self._lock:
-            self.state.language = language
-            if prompt is not None:
-                self.state.initial_prompt = tuple(prompt)
-            if turn_detection != "keep" and turn_detection != self.turn_detection:
-                self.turn_detection = turn_detection
-                self.detector = SpeechDetector(turn_detection) if turn_detection is not None else None
+            self._requests.append(("config", self._intake_samples, (language, prompt, turn_detection)))
 
     @property
     def backlog_s(self) -> float:
@@ -206,11 +202,11 @@ class Stream:
 
     def commit(self) -> None:
         with self._lock:
-            self._requests.append(("commit", self._intake_samples))
+            self._requests.append(("commit", self._intake_samples, None))
 
     def clear(self) -> None:
         with self._lock:
-            self._requests.append(("clear", self._intake_samples))
+            self._requests.append(("clear", self._intake_samples, None))
 
     def close(self) -> None:
         """The client is gone: the slot is freed now, the state dropped at the next tick."""
@@ -339,12 +335,14 @@ class StreamScheduler:
             audio, requests = s._take()
             s.samples += audio.size
             done, committed = 0, False
-            for kind, at in requests:  # audio before a request is the buffer's it acts on
+            for kind, at, payload in requests:  # audio before a request is the buffer's it acts on
                 self._intake(s, audio[done:at], committed)
                 done = at
                 if kind == "clear":
                     self._clear(s)
                     committed = False
+                elif kind == "config":
+                    committed = self._configure(s, payload, updates) or committed
                 elif not committed:
                     committed = self._commit(s, updates)
             self._intake(s, audio[done:], committed)
@@ -374,6 +372,22 @@ class StreamScheduler:
             if s.item_id is None:
                 s._new_item_id()
             s.state.append(audio)
+
+    def _configure(self, s: Stream, payload: tuple, updates: List[_Update]) -> bool:
+        """Applies a session update; a new turn-detection rule first ends the item in progress. Returns whether
+        it did (the item is committed)."""
+        language, prompt, turn = payload
+        s.state.language = language
+        if prompt is not None:
+            s.state.initial_prompt = tuple(prompt)
+        if turn == "keep" or turn == s.turn_detection:
+            return False
+        ended = False
+        if s.item_id is not None and (s.state.buffer.size or s.state.committed):
+            ended = self._commit(s, updates)
+        s.turn_detection = turn
+        s.detector = SpeechDetector(turn) if turn is not None else None
+        return ended
 
     def _clear(self, s: Stream) -> None:
         s.state.new_item()
