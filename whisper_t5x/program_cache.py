@@ -233,6 +233,7 @@ class CachedProgram:
         self.key_text = repr(key)
         self._programs: Dict[Tuple[str, str], Callable] = {}
         self._broken = False
+        self._lock = threading.Lock()  # one export / read per signature when threads share the program
         self.stats = _Stats()
 
     def __call__(self, *args: Any) -> Any:
@@ -246,11 +247,15 @@ class CachedProgram:
             return self.fn(*args)
         program = self._programs.get((directory, signature))
         if program is None:
-            program = self._load_or_export(directory, signature, args)
+            with self._lock:
+                program = self._programs.get((directory, signature))
+                if program is None and not self._broken:
+                    program = self._load_or_export(directory, signature, args)
+                    if program is not None:
+                        self._programs[(directory, signature)] = program
             if program is None:
                 self.stats.bypassed += 1
                 return self.fn(*args)
-            self._programs[(directory, signature)] = program
         return program(*leaves)
 
     def key_for(self, signature: str) -> str:
