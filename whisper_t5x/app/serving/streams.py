@@ -458,6 +458,7 @@ class StreamScheduler:
             self.update_times.append((len(rows), seconds))
             self.stats["batches"] += 1
             self.stats["rows"] += len(rows)
+            self.stats["aligned_rows"] += sum(bool(getattr(r, "word_times", False)) for r in rows)
             self.stats["decode_ms"] += int(seconds * 1000)
             self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
         results = dict(zip((id(u) for u in due), hyps))
