@@ -221,7 +221,7 @@ def _dense(v, prefix: str, rows: Optional[slice] = None, bias: bool = True) -> D
     if rows is not None:
         w = w[rows]
         b = None if b is None else b[rows]
-    out = {"kernel": np.ascontiguousarray(w.T)}
+    out = {"kernel": w.T}  # a view: cast_params copies it once, transposed and cast in one pass
     if bias:
         out["bias"] = b if b is not None else np.zeros(w.shape[0], w.dtype)
     elif b is not None and np.any(np.asarray(b, dtype=np.float32)):
@@ -256,7 +256,7 @@ def _conv(v, prefix: str) -> Dict[str, np.ndarray]:
     w = dequantize(v, prefix)
     if w.ndim != 3:
         raise ShapeMismatchError(f"{prefix}/weight has shape {w.shape}, expected (out, in, width)")
-    return {"kernel": np.ascontiguousarray(np.transpose(w, (2, 1, 0))), "bias": v[prefix + "/bias"]}
+    return {"kernel": np.transpose(w, (2, 1, 0)), "bias": v[prefix + "/bias"]}  # copied by cast_params
 
 
 def _layer_count(v, part: str) -> int:

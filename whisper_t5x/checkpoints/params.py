@@ -10,6 +10,8 @@ formats that do not store it.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 
@@ -177,19 +179,42 @@ def check_params(params: Mapping, config, source: str) -> None:
 
 
 # ---------------------------------------------------------------------- dtypes
+_PARALLEL_BYTES = 1 << 20  # leaves at least this big are cast on a thread pool (numpy releases the GIL)
+
+
+def _map_leaves_parallel(fn: Callable[[Any], Any], tree: Mapping) -> Dict[str, Any]:
+    """:func:`map_leaves`, with the big leaves done on a few threads (a checkpoint's cast is memory-bound
+    work numpy runs without the GIL)."""
+    flat = flatten(tree)
+    big = [k for k, v in flat.items() if np.asarray(v).nbytes >= _PARALLEL_BYTES]
+    workers = min(4, os.cpu_count() or 1, len(big))
+    if workers < 2:
+        return map_leaves(fn, tree)
+    out = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {k: pool.submit(fn, flat[k]) for k in big}
+        for k, v in flat.items():
+            if k not in futures:
+                out[k] = fn(v)
+        for k, f in futures.items():
+            out[k] = f.result()
+    return unflatten({k: out[k] for k in flat})
+
+
 def cast_params(params: Mapping, dtype: Optional[Any] = None) -> Dict[str, Any]:
     """Cast every leaf to ``dtype``; with ``None`` keep float32/float16/bfloat16 as stored
-    (float64 and integers become float32, and a tree of mixed float dtypes becomes float32)."""
+    (float64 and integers become float32, and a tree of mixed float dtypes becomes float32).
+    Leaves come back C-contiguous (a transposed view is copied once, cast on the way)."""
     if dtype is not None:
         target = np.dtype(dtype)
         if not (target.kind == "f" or target == _bfloat16()):
             raise ValueError(f"dtype {dtype!r} is not a floating-point dtype")
-        return map_leaves(lambda x: np.asarray(x).astype(target, copy=False), params)
+        return _map_leaves_parallel(lambda x: np.asarray(x, dtype=target, order="C"), params)
     kept = {np.dtype(np.float32), np.dtype(np.float16), _bfloat16()}
     dtypes = {np.asarray(x).dtype for x in flatten(params).values()}
     if len(dtypes) == 1 and dtypes <= kept:
-        return map_leaves(np.asarray, params)
-    return map_leaves(lambda x: np.asarray(x).astype(np.float32, copy=False), params)
+        return _map_leaves_parallel(lambda x: np.asarray(x, order="C"), params)
+    return _map_leaves_parallel(lambda x: np.asarray(x, dtype=np.float32, order="C"), params)
 
 
 # ---------------------------------------------------------------------- positions
