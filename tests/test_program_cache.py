@@ -219,3 +219,26 @@ def test_donated_arguments_stay_donated(cache_dir):
         assert all(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state))  # donated
         assert not x.is_deleted()
     assert prog.stats.loaded == 1
+
+
+def test_cached_shapes(cache_dir, caplog):
+    calls = []
+
+    def shapes(width):
+        def fn():
+            calls.append(width)
+            init = lambda: {"dense": {"kernel": jnp.zeros((4, width)), "bias": jnp.zeros((width,), jnp.bfloat16)}}
+            return jax.eval_shape(init)
+        return fn
+
+    want = shapes(3)()
+    assert program_cache.cached_shapes(shapes(3), "params", key="w3") == want
+    assert program_cache.cached_shapes(shapes(3), "params", key="w3") == want
+    assert calls == [3, 3]  # the reference, then computed once; the third call read the file
+    assert program_cache.cached_shapes(shapes(5), "params", key="w5")["dense"]["kernel"].shape == (4, 5)
+    assert calls == [3, 3, 5]
+    (path,) = [p for p in cache_dir.iterdir() if p.name.endswith(".shapes.json") and "'w3'" in p.read_text()]
+    path.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="whisper_t5x.program_cache"):
+        assert program_cache.cached_shapes(shapes(3), "params", key="w3") == want
+    assert "ignoring shape cache file" in caplog.text and calls[-1] == 3
