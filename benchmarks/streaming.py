@@ -21,7 +21,8 @@ Reported, per configuration:
   at 1.0 the backlog grows), the mean period between two updates of a stream,
   and how long after the end of the audio its last transcript came;
   the largest N with busy < 0.9 and no growing delay is "kept in real time";
-* device time per update (one batched decode of all rows due) and per row.
+* device time per update (one batched decode of all rows due) and per row, and the
+  process's CPU time per update (both cores; what an update costs with the CPU to itself).
 
 The CPU is shared with other work on some machines: the load average before
 and after each configuration is recorded.
@@ -110,6 +111,7 @@ def run(pipe, policy_name, n, audio, speech_end_s, interval_ms, chunk_ms, thresh
     chunk = int(chunk_ms * SR / 1000)
     padded = np.concatenate([audio, np.zeros(int(tail_s * SR), np.float32)])
     load_before = os.getloadavg()
+    cpu_before = time.process_time()
     sched.start()
     t0 = time.monotonic()
     for i in range(0, padded.size, chunk):
@@ -131,13 +133,14 @@ def run(pipe, policy_name, n, audio, speech_end_s, interval_ms, chunk_ms, thresh
     while not all(finished(e) for e in events) and time.monotonic() < deadline:
         time.sleep(0.05)
     wall = time.monotonic() - t0
+    cpu = time.process_time() - cpu_before
     sched.stop()
     for s in streams:
         s.close()
     load_after = os.getloadavg()
     times = list(sched.update_times)
     busy = sum(sec for _, sec in times) / max(1e-9, fed_end - t0)
-    return dict(events=events, t0=t0, audio_end=audio_end, wall=wall, busy=busy, times=times,
+    return dict(events=events, t0=t0, audio_end=audio_end, wall=wall, busy=busy, times=times, cpu=cpu,
                 load=(load_before[0], load_after[0]), stats=dict(sched.stats))
 
 
@@ -175,6 +178,7 @@ def score(result, reference, offline_words):
         updates=len(secs), rows_per_update=round(float(np.mean(rows)), 2) if rows else 0,
         device_s_per_update=round(float(np.mean(secs)), 3) if secs else None,
         device_s_per_row=round(float(sum(secs) / max(1, sum(rows))), 3),
+        cpu_s_per_update=round(result["cpu"] / max(1, len(secs)), 3),
         load_before=round(result["load"][0], 2), load_after=round(result["load"][1], 2), stats=result["stats"],
         text_sample=texts[0][:200] if texts else "",
     )
@@ -188,13 +192,14 @@ def markdown(out) -> str:
     lines = [f"# Live transcription ({out['cpu']}, {out['cores']} cores; interval {out['interval_ms']:g} ms, "
              f"{out['seconds']:g} s of speech per stream)", "",
              "| model | policy | streams | latency mean / p50 / p90 (s) | WER streamed | WER offline | busy | "
-             "s per update (rows) | end delay (s) | load before/after |",
-             "|---|---|---:|---|---:|---:|---:|---|---:|---|"]
+             "s per update (rows) | CPU s per update | end delay (s) | load before/after |",
+             "|---|---|---:|---|---:|---:|---:|---|---:|---:|---|"]
     for r in out["runs"]:
         lines.append(
             f"| {r['model']} | {r['policy']} | {r['streams']} | {r['latency_mean_s']:.2f} / {r['latency_p50_s']:.2f}"
             f" / {r['latency_p90_s']:.2f} | {100 * r['wer_streamed']:.1f} % | {100 * r['wer_offline']:.1f} % | "
-            f"{r['busy']:.2f} | {r['device_s_per_update']} ({r['rows_per_update']}) | {r['end_delay_s']} | "
+            f"{r['busy']:.2f} | {r['device_s_per_update']} ({r['rows_per_update']}) | {r.get('cpu_s_per_update')} | "
+            f"{r['end_delay_s']} | "
             f"{r['load_before']} / {r['load_after']} |")
     lines.append("")
     for key, value in out["kept_in_real_time"].items():

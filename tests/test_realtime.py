@@ -303,6 +303,8 @@ def test_bad_events_and_bad_audio_get_error_events_and_the_connection_and_others
             assert err["code"] == code, (frame, err)
             if param is not None:
                 assert err["param"] == param, (frame, err)
+        ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription"}}))
+        assert next_of(ws, "session.updated")["session"]["audio"]["input"]["transcription"]["language"] is None
         ws.send(b"\x00\x01")  # a binary frame
         assert next_of(ws, "error")["error"]["code"] == "invalid_event"
         ws.send(json.dumps({"type": "no.such.event", "event_id": "c7"}))

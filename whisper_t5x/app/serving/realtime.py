@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import hmac
 import itertools
 import json
@@ -307,13 +308,15 @@ def add_realtime_route(app: Any, service: Service) -> None:
                     if kind in ("session.update", "transcription_session.update"):
                         beta = kind == "transcription_session.update"
                         before = config.turn_detection
-                        config.update(event.get("session"), beta)
+                        new = copy.copy(config)  # a refused update changes nothing
+                        new.update(event.get("session"), beta)
                         try:
-                            options = service.make_options(task="transcribe", language=config.language,
-                                                           prompt=config.prompt)
+                            options = service.make_options(task="transcribe", language=new.language,
+                                                           prompt=new.prompt)
                         except ServiceError as e:
                             raise _EventError(e.code or "invalid_value", e.message,
                                               "session.audio.input.transcription." + (e.param or "language")) from None
+                        config = new
                         if resample.rate != config.rate:
                             resample = _Resampler(config.rate)
                         stream.configure(options.language, options.prompt_ids,
