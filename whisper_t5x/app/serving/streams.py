@@ -171,7 +171,6 @@ class Stream:
         self.samples = 0  # samples received since the stream opened (its clock)
         self.item_words = 0
         self.started = time.monotonic()
-        self.emitted: "collections.deque[tuple]" = collections.deque(maxlen=100000)  # (time, item, delta text)
         self.carry = np.zeros(0, np.float32)  # audio appended after a commit, for the next item
 
     # ------------------------------------------------------------------ client side
@@ -482,7 +481,6 @@ class StreamScheduler:
                 text = text.lstrip()
             if text:
                 s.item_words += len(words)
-                s.emitted.append((time.monotonic(), s.item_id, text))
                 s._send({"type": "conversation.item.input_audio_transcription.delta", "item_id": s.item_id,
                          "content_index": 0, "delta": text})
             if u.final:
