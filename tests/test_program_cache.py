@@ -43,6 +43,14 @@ def _args(dtype=np.float32, extra=False):
     return params, x, (np.ones((2, 3), dtype) if extra else None), jnp.float32(0.5)
 
 
+@pytest.fixture(params=["executable", "export"])
+def tier(request, monkeypatch):
+    """Both tiers: compiled executables kept too (the default), or exported programs only."""
+    if request.param == "export":
+        monkeypatch.setenv(program_cache.ENV_PROGRAMS, "export")
+    return request.param
+
+
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     """A program cache under tmp_path, whatever the process's compile cache or environment says."""
@@ -50,6 +58,10 @@ def cache_dir(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(program_cache.compile_cache, "compile_cache_dir", lambda: str(tmp_path))
     return tmp_path / "programs"
+
+
+def _read_back(stats, tier):
+    return stats.executables if tier == "executable" else stats.loaded
 
 
 def _files(directory):
@@ -61,7 +73,7 @@ def _same(a, b):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))  # bit-identical: the same HLO runs
 
 
-def test_exported_program_matches_traced_and_is_read_back(cache_dir):
+def test_exported_program_matches_traced_and_is_read_back(cache_dir, tier):
     traced = jax.jit(_step)
     for extra in (False, True):
         args = _args(extra=extra)
@@ -74,8 +86,10 @@ def test_exported_program_matches_traced_and_is_read_back(cache_dir):
         got2 = again(*args)
         assert type(got2) is Out
         _same(got2, want)
-        assert (first.stats.exported, again.stats.loaded, again.stats.exported) == (1, 1, 0)
+        assert (first.stats.exported, _read_back(again.stats, tier), again.stats.exported) == (1, 1, 0)
     assert len(_files(cache_dir)) == 2  # one per signature (extra=None and extra=array)
+    executables = [p for p in os.listdir(cache_dir) if p.endswith(program_cache.EXECUTABLE_SUFFIX)]
+    assert len(executables) == (2 if tier == "executable" else 0)
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["w", "b"], meta_fields=[])
@@ -85,7 +99,7 @@ class Weights:
     b: np.ndarray
 
 
-def test_custom_pytree_inputs(cache_dir):
+def test_custom_pytree_inputs(cache_dir, tier):
     params, x, _, scale = _args()
     weights = Weights(params["w"], params["b"])
 
@@ -96,16 +110,16 @@ def test_custom_pytree_inputs(cache_dir):
     _same(CachedProgram(jax.jit(fn), "dc", key="a")(weights, x, scale), want)
     again = CachedProgram(jax.jit(fn), "dc", key="a")
     _same(again(weights, x, scale), want)
-    assert again.stats.loaded == 1
+    assert _read_back(again.stats, tier) == 1
 
 
-def test_key_changes_never_reuse_a_stale_program(cache_dir, monkeypatch):
+def test_key_changes_never_reuse_a_stale_program(cache_dir, monkeypatch, tier):
     args = _args()
     CachedProgram(jax.jit(_step), "step", key="config-1")(*args)
     # Another model config: its own file, its own result (not _step's).
     other = CachedProgram(jax.jit(_other_step), "step", key="config-2")
     _same(other(*args), jax.jit(_other_step)(*args))
-    assert other.stats.exported == 1 and other.stats.loaded == 0
+    assert other.stats.exported == 1 and other.stats.loaded == 0 and other.stats.executables == 0
     # Another dtype: another signature.
     half = _args(dtype=jnp.bfloat16)
     p16 = CachedProgram(jax.jit(_step), "step", key="config-1")
@@ -117,15 +131,20 @@ def test_key_changes_never_reuse_a_stale_program(cache_dir, monkeypatch):
     monkeypatch.setattr(program_cache, "_environment", lambda: tuple(sorted(env.items())))
     edited = CachedProgram(jax.jit(_other_step), "step", key="config-1")
     _same(edited(*args), jax.jit(_other_step)(*args))
-    assert edited.stats.exported == 1 and edited.stats.loaded == 0
+    assert edited.stats.exported == 1 and edited.stats.loaded == 0 and edited.stats.executables == 0
     assert len(_files(cache_dir)) == 4
 
 
-def test_corrupt_or_foreign_file_is_ignored_with_a_warning(cache_dir, caplog):
+def _tier_files(directory, tier):
+    suffix = program_cache.EXECUTABLE_SUFFIX if tier == "executable" else program_cache.SUFFIX
+    return sorted(directory / p for p in os.listdir(directory) if p.endswith(suffix))
+
+
+def test_corrupt_or_foreign_file_is_ignored_with_a_warning(cache_dir, caplog, tier):
     args = _args()
     want = jax.jit(_step)(*args)
     CachedProgram(jax.jit(_step), "step", key="a")(*args)
-    (path,) = [cache_dir / f for f in _files(cache_dir)]
+    (path,) = _tier_files(cache_dir, tier)
     good = path.read_bytes()
     for bad in (b"garbage", good[: len(good) // 2], good[:40] + b"x" * 20 + good[60:]):
         path.write_bytes(bad)
@@ -134,11 +153,15 @@ def test_corrupt_or_foreign_file_is_ignored_with_a_warning(cache_dir, caplog):
             caplog.clear()
             _same(fresh(*args), want)
         assert "ignoring program cache file" in caplog.text
-        assert fresh.stats.failures == 1 and fresh.stats.exported == 1  # traced again and rewritten
-        assert path.read_bytes() == good or path.stat().st_size > 100
+        assert fresh.stats.failures == 1
+        if tier == "export":
+            assert fresh.stats.exported == 1  # traced again and rewritten
+        else:
+            assert fresh.stats.loaded == 1  # compiled again from the exported program, and rewritten
+        assert path.stat().st_size > 100
     # A valid file of another program, copied under this one's name: its key is checked, not trusted.
     CachedProgram(jax.jit(_other_step), "step", key="b")(*args)
-    other_path = [cache_dir / f for f in _files(cache_dir) if cache_dir / f != path][0]
+    other_path = [p for p in _tier_files(cache_dir, tier) if p != path][0]
     path.write_bytes(other_path.read_bytes())
     fresh = CachedProgram(jax.jit(_step), "step", key="a")
     with caplog.at_level(logging.WARNING, logger="whisper_t5x.program_cache"):
@@ -202,7 +225,7 @@ def test_inside_another_trace_is_left_alone(cache_dir):
     assert inner.stats.bypassed == 1 and _files(cache_dir) == []
 
 
-def test_donated_arguments_stay_donated(cache_dir):
+def test_donated_arguments_stay_donated(cache_dir, tier):
     def update(state, x):
         return {"a": state["a"] + x, "b": state["b"] * 2.0}, jnp.sum(x)
 
@@ -218,7 +241,7 @@ def test_donated_arguments_stay_donated(cache_dir):
         _same(got, want_state)
         assert all(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state))  # donated
         assert not x.is_deleted()
-    assert prog.stats.loaded == 1
+    assert _read_back(prog.stats, tier) == 1
 
 
 def test_cached_shapes(cache_dir, caplog):

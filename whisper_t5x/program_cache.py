@@ -21,11 +21,20 @@ edited model file never reuses an old program). The key text is stored in
 the file and compared on load, so a file copied under another name is not
 used either.
 
+Executables. Where the arguments live on the default device, the program is
+also compiled ahead of time and the executable kept beside it
+(``jax.experimental.serialize_executable``, ``.jaxexec``): a later process
+loads that and skips the lowering and the compile-cache lookup as well. Its
+key adds the host CPU's model and instruction-set flags and ``XLA_FLAGS``
+(compiled CPU code is only valid where they match). It is read with pickle:
+trusted input, exactly as JAX's compile cache is.
+
 Off. Whenever the compile cache is off (``WHISPER_T5X_CACHE=off``,
 ``WHISPER_T5X_DISABLE_COMPILE_CACHE=1``, ``compile_cache=False`` of the
 pipeline: ``compile_cache_dir()`` is None), and on its own with
 ``WHISPER_T5X_PROGRAM_CACHE=off``. Then the wrapped function is called as
-it is.
+it is. ``WHISPER_T5X_PROGRAM_CACHE=export`` keeps the exported programs but
+no executables.
 
 Left alone: calls from inside another trace, arguments placed on more than one device (sharded programs go
 through the partitioner's own ``jit``), and any function that export cannot
@@ -46,6 +55,8 @@ import importlib
 import json
 import logging
 import os
+import pickle
+import platform
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -61,6 +72,7 @@ ENV_PROGRAMS = "WHISPER_T5X_PROGRAM_CACHE"
 _OFF = {"", "0", "off", "false", "no", "none", "disable", "disabled"}
 FORMAT = 1
 SUFFIX = ".jaxexport"
+EXECUTABLE_SUFFIX = ".jaxexec"
 _MAGIC = b"WT5XPROG"
 _SOURCE_PACKAGES = ("whisper_t5x", "partitioning")
 _lock = threading.Lock()
@@ -120,8 +132,28 @@ def _environment() -> Tuple[Tuple[str, str], ...]:
         ("device_kind", devices[0].device_kind),
         ("device_count", str(len(devices))),
         ("x64", str(bool(jax.config.jax_enable_x64))),
+        ("xla_flags", os.environ.get("XLA_FLAGS", "")),
+        ("host_cpu", _host_cpu()),
         ("code", code_fingerprint()),
     )
+
+
+def _host_cpu() -> str:
+    """The host CPU's model and instruction-set flags (compiled CPU code is only valid where they match)."""
+    found = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name in ("model name", "flags", "Features", "CPU implementer", "CPU part") and name not in found:
+                    found[name] = " ".join(sorted(value.split()))
+                if not line.strip() and found:
+                    break
+    except OSError:
+        pass
+    text = json.dumps(found, sort_keys=True) if found else f"{platform.machine()} {platform.processor()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _signature(args: Tuple[Any, ...]) -> Tuple[Optional[str], List[Any]]:
@@ -140,6 +172,22 @@ def _signature(args: Tuple[Any, ...]) -> Tuple[Optional[str], List[Any]]:
         aval = jax.typeof(x)
         parts.append(f"{aval.dtype}{list(aval.shape)}{'~' if getattr(aval, 'weak_type', False) else ''}")
     return "|".join(parts), leaves
+
+
+def _executables_enabled() -> bool:
+    return os.environ.get(ENV_PROGRAMS, "").strip().lower() != "export"
+
+
+def _on_default_device(args: Tuple[Any, ...]) -> bool:
+    """Every array argument on the default device (or on the host): a compiled executable is tied to it."""
+    import jax
+
+    default = jax.devices()[0]
+    for x in jax.tree_util.tree_leaves(args):
+        sharding = getattr(x, "sharding", None)
+        if sharding is not None and sharding.device_set != {default}:
+            return False
+    return True
 
 
 def _namedtuple_types(treedef: Any) -> List[type]:
@@ -212,7 +260,9 @@ def _unpack(blob: bytes, key_text: str) -> Tuple[List[str], bytes]:
 @dataclasses.dataclass
 class _Stats:
     exported: int = 0  # programs traced and written this process
-    loaded: int = 0  # programs read from files
+    loaded: int = 0  # programs read from files (exported StableHLO, then lowered and compiled or found in the
+    # compile cache)
+    executables: int = 0  # programs read as compiled executables (no lowering, no compile-cache lookup)
     bypassed: int = 0  # calls that went to the traced function (off, sharded, failed)
     failures: int = 0  # export / load problems (each logged)
 
@@ -267,16 +317,44 @@ class CachedProgram:
         return os.path.join(directory, f"{self.name}-{hashlib.sha256(key_text.encode()).hexdigest()[:32]}{SUFFIX}")
 
     def _load_or_export(self, directory: str, signature: str, args: Tuple[Any, ...]) -> Optional[Callable]:
-        import jax
-
         key_text = self.key_for(signature)
         path = self.path_for(directory, key_text)
+        executable_path = path[: -len(SUFFIX)] + EXECUTABLE_SUFFIX
+        use_executables = _executables_enabled() and _on_default_device(args)
+        if use_executables and os.path.exists(executable_path):
+            try:
+                compiled = self._read_executable(executable_path, key_text)
+                self.stats.executables += 1
+                return compiled
+            except Exception as e:  # noqa: BLE001 - a bad file is ignored, never fatal
+                self.stats.failures += 1
+                logger.warning("ignoring program cache file %s (%s: %s)", executable_path, type(e).__name__, e)
+        exported = self._exported(path, key_text, args)
+        if exported is None:
+            return None
+        jitted = self._jit(exported, args)
+        if not use_executables:
+            return jitted
+        import jax
+
+        try:
+            compiled = jitted.lower(*jax.tree_util.tree_leaves(args)).compile()
+        except Exception as e:  # noqa: BLE001 - the jitted call will report any real problem
+            logger.debug("program %s: no ahead-of-time compile (%s)", self.name, e)
+            return jitted
+        self._write_executable(executable_path, key_text, compiled)
+        return compiled
+
+    def _exported(self, path: str, key_text: str, args: Tuple[Any, ...]) -> Any:
+        """The program's ``Exported``: read from ``path``, or traced, exported and written there."""
+        import jax
+
         if os.path.exists(path):
             try:
                 exported = self._read(path, key_text)
                 self.stats.loaded += 1
                 logger.debug("program %s from %s", self.name, path)
-                return self._jit(exported, args)
+                return exported
             except Exception as e:  # noqa: BLE001 - a bad file is ignored, never fatal
                 self.stats.failures += 1
                 logger.warning("ignoring program cache file %s (%s: %s); tracing again", path, type(e).__name__, e)
@@ -299,9 +377,30 @@ class CachedProgram:
             return None
         self._write(path, _pack(key_text, outputs, payload))
         self.stats.exported += 1
-        # Call the deserialized program, as a later process will: both lower the same module, so the
+        # Use the deserialized program, as a later process will: both lower the same module, so the
         # compile cache entry written now is the one a later process finds.
-        return self._jit(jax.export.deserialize(bytearray(payload)), args)
+        return jax.export.deserialize(bytearray(payload))
+
+    @staticmethod
+    def _read_executable(path: str, key_text: str) -> Any:
+        import jax
+        from jax.experimental import serialize_executable
+
+        with open(path, "rb") as f:
+            _, payload = _unpack(f.read(), key_text)
+        executable, in_tree, out_tree = pickle.loads(payload)  # trusted, as the compile cache is
+        return serialize_executable.deserialize_and_load(executable, in_tree, out_tree,
+                                                         execution_devices=[jax.devices()[0]])
+
+    def _write_executable(self, path: str, key_text: str, compiled: Any) -> None:
+        from jax.experimental import serialize_executable
+
+        try:
+            payload = pickle.dumps(serialize_executable.serialize(compiled), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - not every backend serializes executables
+            logger.debug("program %s: executable not serializable (%s)", self.name, e)
+            return
+        self._write(path, _pack(key_text, [], payload))
 
     def _jit(self, exported: Any, args: Tuple[Any, ...]) -> Callable:
         import jax
