@@ -134,7 +134,7 @@ def run(pipe, policy_name, n, audio, speech_end_s, interval_ms, chunk_ms, thresh
         time.sleep(0.05)
     wall = time.monotonic() - t0
     cpu = time.process_time() - cpu_before
-    sched.stop()
+    sched.stop(timeout=120)  # an update in flight finishes (a thread left running aborts the interpreter at exit)
     for s in streams:
         s.close()
     load_after = os.getloadavg()
