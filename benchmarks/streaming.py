@@ -124,13 +124,14 @@ def run(pipe, policy_name, n, audio, speech_end_s, interval_ms, chunk_ms, thresh
     fed_end = time.monotonic()
     audio_end = t0 + speech_end_s
 
-    def finished(evs):  # the item holding the last speech is complete
-        done = [e for _, e in evs if e["type"].endswith("transcription.completed")]
-        started = [e for _, e in evs if e["type"] == "input_audio_buffer.speech_started"]
-        return started and len(done) >= len(started)
+    def drained(stream, evs):  # every sample fed has been through the VAD and every item is complete
+        detector = stream.detector
+        return (any(e["type"].endswith("transcription.completed") for _, e in evs) and stream.item_id is None
+                and stream.backlog_s < 0.05 and not stream.vad_ops
+                and (detector is None or (detector.pending.size < 2 * 512 and not detector.speaking)))
 
-    deadline = time.monotonic() + 120
-    while not all(finished(e) for e in events) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300
+    while not all(drained(s, e) for s, e in zip(streams, events)) and time.monotonic() < deadline:
         time.sleep(0.05)
     wall = time.monotonic() - t0
     cpu = time.process_time() - cpu_before

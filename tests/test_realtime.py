@@ -414,6 +414,20 @@ def test_silence_costs_no_decoding_and_items_end_on_silence():
     assert len(decode.calls) == calls
 
 
+def test_several_items_arriving_within_one_tick_each_get_their_transcript():
+    sched = StreamScheduler(FakeDecode(), st.LocalAgreement(min_audio_s=0.2), vad=fake_vad)
+    events = []
+    stream = sched.open(events.append, turn_detection=TurnDetection(silence_duration_ms=300, prefix_padding_ms=0))
+    stream.append(np.concatenate([coded_speech([11, 12], tail_s=0.8), coded_speech([13], tail_s=0.8),
+                                  coded_speech([14, 15], tail_s=0.8)]))  # a client far ahead of the scheduler
+    for _ in range(4):
+        sched.tick()
+    completed = [e["transcript"] for e in events if e["type"].endswith("transcription.completed")]
+    assert completed == ["w11 w12", "w13", "w14 w15"]
+    started = [e["audio_start_ms"] for e in events if e["type"] == "input_audio_buffer.speech_started"]
+    assert started == sorted(started) and len(started) == 3
+
+
 def test_switching_turn_detection_mid_item_ends_the_item_first():
     decode = FakeDecode()
     sched = StreamScheduler(decode, st.LocalAgreement(min_audio_s=0.2), interval_s=0.05, vad=fake_vad)
@@ -439,7 +453,10 @@ def test_speech_detector_pads_the_start_and_stops_after_the_silence():
     assert kinds[0] == "start" and kinds[-1] == "stop"
     assert ops[0][1] == 10 * 512 - 2 * 512  # two 32 ms frames of padding
     assert ops[-1][1] == (10 + 5 + 3) * 512  # three silent frames
-    assert det.pending.size == 7 * 512  # the rest is scored again next time
+    assert det.pending.size == 0 and not det.speaking
+    det.add(np.concatenate([np.zeros(3 * 512), np.ones(512)]).astype(np.float32))
+    again = det.apply(fake_vad([det.windows()])[0])
+    assert [o[0] for o in again] == ["start"] and again[0][1] == (25 + 3 - 2) * 512
 
 
 # ============================================================== real model

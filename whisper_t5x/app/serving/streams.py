@@ -88,8 +88,8 @@ class SpeechDetector:
     :meth:`windows` gives the samples to score (the last ~1 s again, then the
     new whole frames); :meth:`apply` takes their probabilities and returns the
     operations in order: ``("start", start_sample, audio)``, ``("audio", audio)``,
-    ``("stop", end_sample)``. It stops at a ``stop``: frames after it are scored
-    again at the next tick (after the ended item is decoded).
+    ``("stop", end_sample)``. The scheduler applies them up to the first ``stop``;
+    the rest wait until the ended item is decoded.
     """
 
     def __init__(self, turn: TurnDetection):
@@ -137,7 +137,6 @@ class SpeechDetector:
             if self.silent_frames >= need:
                 self.speaking, self.silent_frames = False, 0
                 ops.append(("stop", start + FRAME))
-                break
         consumed = self.pending[:used * FRAME]
         self.context = np.concatenate([self.context, consumed])[-VAD_CONTEXT_FRAMES * FRAME:]
         self.pending = self.pending[used * FRAME:]
@@ -172,6 +171,7 @@ class Stream:
         self.item_words = 0
         self.started = time.monotonic()
         self.carry = np.zeros(0, np.float32)  # audio appended after a commit, for the next item
+        self.vad_ops: List[tuple] = []  # VAD operations not applied yet (after an end of speech)
 
     # ------------------------------------------------------------------ client side
     def configure(self, language: Optional[str] = None, prompt: Optional[Sequence[int]] = None,
@@ -386,11 +386,13 @@ class StreamScheduler:
             ended = self._commit(s, updates)
         s.turn_detection = turn
         s.detector = SpeechDetector(turn) if turn is not None else None
+        s.vad_ops = []
         return ended
 
     def _clear(self, s: Stream) -> None:
         s.state.new_item()
         s.carry = np.zeros(0, np.float32)
+        s.vad_ops = []
         if s.detector is not None:
             s.detector = SpeechDetector(s.detector.turn)
         s.item_id = None
@@ -410,27 +412,38 @@ class StreamScheduler:
 
     def _run_vad(self, streams: List[Stream], updates: List[_Update]) -> None:
         todo = [(s, w) for s in streams for w in [s.detector.windows()] if w is not None]
-        if not todo:
-            return
-        t0 = time.perf_counter()
-        probs = self._vad_probabilities([w for _, w in todo])
-        self.stats["vad_ms"] += int((time.perf_counter() - t0) * 1000)
-        for (s, _), p in zip(todo, probs):
-            for op in s.detector.apply(p):
-                if op[0] == "start":
-                    item = s._new_item_id()
-                    s.state.new_item()
-                    s.state.append(op[2])
-                    s._send({"type": "input_audio_buffer.speech_started", "audio_start_ms": _ms(op[1]),
-                             "item_id": item})
-                elif op[0] == "audio":
-                    s.state.append(op[1])
-                else:  # stop
-                    s._send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": _ms(op[1]),
-                             "item_id": s.item_id})
-                    s._send({"type": "input_audio_buffer.committed", "previous_item_id": s.previous_item_id,
-                             "item_id": s.item_id})
-                    updates.append(_Update(s, True))
+        if todo:
+            t0 = time.perf_counter()
+            probs = self._vad_probabilities([w for _, w in todo])
+            self.stats["vad_ms"] += int((time.perf_counter() - t0) * 1000)
+            for (s, _), p in zip(todo, probs):
+                s.vad_ops.extend(s.detector.apply(p))
+        for s in streams:
+            self._apply_vad(s, updates)
+
+    def _apply_vad(self, s: Stream, updates: Optional[List[_Update]]) -> None:
+        """Applies the stream's VAD operations in order, up to the first end of speech (its item then needs
+        its final decode: added to ``updates``; with ``None`` the end and what follows wait)."""
+        while s.vad_ops:
+            op = s.vad_ops[0]
+            if op[0] == "stop" and updates is None:
+                return
+            s.vad_ops.pop(0)
+            if op[0] == "start":
+                item = s._new_item_id()
+                s.state.new_item()
+                s.state.append(op[2])
+                s._send({"type": "input_audio_buffer.speech_started", "audio_start_ms": _ms(op[1]),
+                         "item_id": item})
+            elif op[0] == "audio":
+                s.state.append(op[1])
+            else:  # stop
+                s._send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": _ms(op[1]),
+                         "item_id": s.item_id})
+                s._send({"type": "input_audio_buffer.committed", "previous_item_id": s.previous_item_id,
+                         "item_id": s.item_id})
+                updates.append(_Update(s, True))
+                return
 
     def _vad_probabilities(self, audios: List[np.ndarray]) -> List[np.ndarray]:
         if self._vad is None:
@@ -490,6 +503,8 @@ class StreamScheduler:
                          "usage": {"type": "duration", "seconds": round(seconds, 3)}})
                 s.state.new_item()
                 s.item_id = None
+                if s.detector is not None:  # speech that came after the end: the next item
+                    self._apply_vad(s, None)
                 if s.carry.size:  # audio appended after the commit: the next item's
                     s._new_item_id()
                     s.state.append(s.carry)
