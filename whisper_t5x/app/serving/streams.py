@@ -183,7 +183,10 @@ class Stream:
     @property
     def backlog_s(self) -> float:
         """Seconds of audio received and not yet decoded."""
-        return (self._intake_samples + self.state.new_samples) / SAMPLE_RATE
+        detector, ops = self.detector, list(self.vad_ops)
+        waiting = (detector.pending.size if detector is not None else 0) + sum(op[-1].size for op in ops
+                                                                               if op[0] != "stop")
+        return (self._intake_samples + self.state.new_samples + waiting) / SAMPLE_RATE
 
     def append(self, audio: np.ndarray) -> None:
         """Queue 16 kHz float32 samples (``input_audio_buffer_overflow`` past ``max_buffer_s`` waiting)."""
