@@ -238,8 +238,8 @@ def main(argv=None) -> int:
         for policy in args.policies:
             best = 0
             for n in sorted(args.streams):
-                result = run(pipe, policy, n, audio, off_words[-1][1], args.interval_ms, args.chunk_ms, args.threshold_s, args.tail_s,
-                             warmed)
+                result = run(pipe, policy, n, audio, off_words[-1][1], args.interval_ms, args.chunk_ms,
+                             args.threshold_s, args.tail_s, warmed)
                 r = dict(model=model, policy=policy, streams=n, wer_offline=round(off_wer, 4),
                          **score(result, reference, off_words))
                 r["real_time"] = real_time(r)

@@ -25,8 +25,9 @@ at the end of the last finished segment (a closed timestamp run of the
 hypothesis) or sentence (a committed word ending in ``.?!``) all of whose
 words are committed; the text trimmed away becomes the prompt. Word times
 for the sentence cut come from the alignment, asked for (LocalAgreement) only
-when a committed word in a long enough buffer ends a sentence. The committed words still inside the buffer are recognised at the head
-of each new hypothesis (:func:`skip_committed`) and not emitted again. At the
+when a committed word in a long enough buffer ends a sentence. The
+committed words still inside the buffer are recognised at the head of each
+new hypothesis (:func:`skip_committed`) and not emitted again. At the
 end of an item (:meth:`Policy.update` with ``final=True``) every remaining
 word is committed.
 
@@ -257,7 +258,8 @@ class Policy:
         row asks for word times (the cut is placed at that word's end), otherwise not (they cost a forward)."""
         if state.buffer_seconds < self.min_trim_s or not state.in_buffer:
             return False
-        return any(w.text.rstrip()[-1:] in SENTENCE_END for w in state.committed[len(state.committed) - state.in_buffer:])
+        in_buffer = state.committed[len(state.committed) - state.in_buffer:]
+        return any(w.text.rstrip()[-1:] in SENTENCE_END for w in in_buffer)
 
     # ------------------------------------------------------------------ committing
     def choose(self, state: StreamState, new: Sequence[StreamWord], row_seconds: float) -> int:

@@ -2,9 +2,9 @@
 
 ::
 
-    client audio ─► Stream.append ─► (tick) ─► server VAD ─► item buffer ─► policy rows ─┐
-                                                                                        ├─► one decode ─► policy ─► events
-    client audio ─► Stream.append ─► (tick) ─► server VAD ─► item buffer ─► policy rows ─┘
+    client ─► Stream.append ─► (tick) ─► server VAD ─► item buffer ─► policy row ─┐
+                                                                                 ├─► one decode ─► policy ─► events
+    client ─► Stream.append ─► (tick) ─► server VAD ─► item buffer ─► policy row ─┘
 
 Every ``interval_s`` the :class:`StreamScheduler` thread takes the audio each
 :class:`Stream` received since the last tick, runs the server VAD of all
