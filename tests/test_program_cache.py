@@ -265,3 +265,14 @@ def test_cached_shapes(cache_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="whisper_t5x.program_cache"):
         assert program_cache.cached_shapes(shapes(3), "params", key="w3") == want
     assert "ignoring shape cache file" in caplog.text and calls[-1] == 3
+
+
+def test_folder_kept_under_its_size_limit(cache_dir, monkeypatch):
+    args = _args()
+    CachedProgram(jax.jit(_step), "step", key="old")(*args)
+    old = set(os.listdir(cache_dir))
+    os.utime(cache_dir / sorted(old)[0], (1, 1))  # the least recently used
+    monkeypatch.setenv(program_cache.ENV_MAX_MB, str(0.5 * sum(os.path.getsize(cache_dir / f) for f in old) / 2**20))
+    CachedProgram(jax.jit(_other_step), "step", key="new")(*args)
+    left = set(os.listdir(cache_dir))
+    assert sorted(old)[0] not in left and left - old  # the oldest went, the new files stayed

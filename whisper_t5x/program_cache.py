@@ -36,14 +36,18 @@ pipeline: ``compile_cache_dir()`` is None), and on its own with
 it is. ``WHISPER_T5X_PROGRAM_CACHE=export`` keeps the exported programs but
 no executables.
 
-Left alone: calls from inside another trace, arguments placed on more than one device (sharded programs go
-through the partitioner's own ``jit``), and any function that export cannot
-handle (host callbacks, unregistered pytree outputs, ...): a warning, then
-the traced function for the rest of the process. A file that cannot be read,
-is corrupt, or holds another key is ignored with a warning and rewritten.
+Left alone: calls from inside another trace, arguments placed on more than
+one device (sharded programs go through the partitioner's own ``jit``), and
+any function that export cannot handle (host callbacks, unregistered pytree
+outputs, ...): a warning, then the traced function for the rest of the
+process. A file that cannot be read, is corrupt, or holds another key is
+ignored with a warning and rewritten.
 
 The files live in ``<compile cache dir>/programs``; like the compile cache
 they are trusted input: do not point them at a directory others can write.
+Every edit of the sources keys new files, so the folder is kept under
+``WHISPER_T5X_PROGRAM_CACHE_MB`` (default 2048): after a write, the least
+recently used files go first (a read refreshes a file's time).
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ENV_PROGRAMS", "CachedProgram", "cached_program", "cached_shapes", "program_cache_dir", "code_fingerprint"]
 
 ENV_PROGRAMS = "WHISPER_T5X_PROGRAM_CACHE"
+ENV_MAX_MB = "WHISPER_T5X_PROGRAM_CACHE_MB"
+DEFAULT_MAX_MB = 2048
 _OFF = {"", "0", "off", "false", "no", "none", "disable", "disabled"}
 FORMAT = 1
 SUFFIX = ".jaxexport"
@@ -232,6 +238,41 @@ def _import_namedtuple(name: str) -> type:
     return obj
 
 
+def _touch(path: str) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def _evict(directory: str, keep: str) -> None:
+    """Delete the least recently used files until the folder is under its size limit (never ``keep``)."""
+    try:
+        limit = float(os.environ.get(ENV_MAX_MB, DEFAULT_MAX_MB)) * 2**20
+    except ValueError:
+        limit = DEFAULT_MAX_MB * 2**20
+    try:
+        entries = []
+        with os.scandir(directory) as it:
+            for entry in it:
+                if entry.is_file() and not entry.name.startswith("."):
+                    st = entry.stat()
+                    entries.append((st.st_mtime, st.st_size, entry.path))
+    except OSError:
+        return
+    total = sum(size for _, size, _ in entries)
+    for _, size, path in sorted(entries):
+        if total <= limit:
+            break
+        if path == keep:
+            continue
+        try:
+            os.unlink(path)
+            total -= size
+        except OSError:
+            pass
+
+
 class ProgramFileError(ValueError):
     """A program file that is not ours, is truncated, or holds another key."""
 
@@ -388,6 +429,7 @@ class CachedProgram:
 
         with open(path, "rb") as f:
             _, payload = _unpack(f.read(), key_text)
+        _touch(path)
         executable, in_tree, out_tree = pickle.loads(payload)  # trusted, as the compile cache is
         return serialize_executable.deserialize_and_load(executable, in_tree, out_tree,
                                                          execution_devices=[jax.devices()[0]])
@@ -421,6 +463,7 @@ class CachedProgram:
 
         with open(path, "rb") as f:
             blob = f.read()
+        _touch(path)
         outputs, payload = _unpack(blob, key_text)
         for name in outputs:
             _register_namedtuple(_import_namedtuple(name))
@@ -443,6 +486,8 @@ class CachedProgram:
                 raise
         except OSError as e:
             logger.warning("cannot write program cache file %s (%s); continuing without it", path, e)
+            return
+        _evict(os.path.dirname(path), keep=path)
 
 
 def cached_program(fn: Callable, name: str, key: Hashable = (), donate_argnums: Sequence[int] = ()) -> CachedProgram:
