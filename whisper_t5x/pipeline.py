@@ -52,7 +52,7 @@ from whisper_t5x.results import Transcription, as_pipeline_dict
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
-DEFAULT_SLOTS_PER_ROW = 2  # the engine's decode slots per encoder row (benchmarks/engine_occupancy.py)
+DEFAULT_SLOTS_PER_ROW = 1  # the engine's decode slots per encoder row (benchmarks/engine_occupancy.py)
 PROGRESS_MIN_WINDOWS = 4  # a progress bar only for more windows than this
 SILENCE_PEAK = 1e-4  # windows quieter than this (-80 dBFS peak) are not decoded
 LONG_FORM_MODES = ("auto", "chunked", "sequential", "vad")
@@ -178,8 +178,10 @@ class FlaxWhisperPipeline:
         running batch, so no row waits for the longest of its batch); greedy
         tokens are the Decoder's. Rows with a prompt, beam search and a
         sharded model use the Decoder. ``False``: the Decoder always.
-      decode_slots: the engine's decode slots (default ``2 * batch_size``;
-        the encoder still takes ``batch_size`` rows at a time).
+      decode_slots: the engine's decode slots (default ``batch_size``: on a
+        CPU a step costs in proportion to its rows, so more slots than the
+        encoder batch did not pay; the encoder takes ``batch_size`` rows at a
+        time whatever the slots).
     """
 
     def __init__(

@@ -31,7 +31,7 @@ from whisper_t5x.model.whisper import CrossKV, WhisperModule, init_cache
 
 Array = jax.Array
 
-__all__ = ["WhisperSlots", "SlotReport", "check_options", "empty", "insert", "generate_slots"]
+__all__ = ["WhisperSlots", "SlotReport", "check_options", "empty", "insert", "generate_slots", "reorder"]
 
 
 class WhisperSlots(NamedTuple):
@@ -105,6 +105,17 @@ def insert(module: WhisperModule, params: Any, state: WhisperSlots, input_featur
         no_speech_prob=state.no_speech_prob.at[slot_ids].set(begin.no_speech_prob, mode="drop"),
         language=state.language.at[slot_ids].set(begin.language, mode="drop"),
     )
+
+
+def reorder(module: WhisperModule, state: WhisperSlots, order: Array) -> WhisperSlots:
+    """Slot ``i`` of the result is slot ``order[i]`` of ``state`` (the engine moves live slots to the front)."""
+    axis = _batch_axis(module.config)
+    take = lambda a, ax=0: jnp.take(a, order, axis=ax)  # noqa: E731
+    loop = state.loop
+    fields = {k: jax.tree_util.tree_map(take, v) for k, v in loop._asdict().items() if k != "cache"}
+    loop = loop._replace(cache=jax.tree_util.tree_map(lambda a: take(a, axis), loop.cache), **fields)
+    return WhisperSlots(loop, jax.tree_util.tree_map(lambda a: take(a, axis), state.cross_kv),
+                        take(state.no_speech_prob), take(state.language))
 
 
 def _first_slots(tree: Any, width: int, axis: int) -> Any:

@@ -20,10 +20,17 @@ judged; a row that fails every temperature keeps its best attempt, as the
 wait for the longest row of its batch, and the slots stay full while rows of
 different lengths come and go. Decode slots may outnumber the encoder batch.
 
+A generate call runs only the first ``width`` slots (a power of two that
+holds every live slot): rows are inserted into the lowest free slots, and at
+the tail (nothing waiting) the live slots are moved to the front when that
+halves the width, so the last rows of a long input, or a short input's few
+rows, cost a few rows per step.
+
 Compiled programs (:attr:`Engine.num_programs`, keyed in :meth:`Engine.program_keys`):
-per decode options, one allocation, one insert per encoder bucket (powers of
-two up to ``encode_batch``) and one generate per cache span
-(:func:`~whisper_t5x.decoding.generate.cache_spans`: 160 positions, then all).
+per decode options, one allocation, one reorder, one insert per encoder bucket
+(powers of two up to ``encode_batch``) and one generate per cache span
+(:func:`~whisper_t5x.decoding.generate.cache_spans`: 160 positions, then all)
+and width (powers of two up to ``slots``).
 
 Scope: rows without a prompt, one beam (greedy with temperature fallback),
 with or without timestamp tokens; the caller decides (:meth:`Engine.supports`).
@@ -99,10 +106,23 @@ class Engine:
         self.slots = int(slots)
         self.encode_batch = min(int(encode_batch), self.slots)
         self.steps_per_call = int(steps_per_call)
-        self.refill_at = max(1, min(self.encode_batch, int(refill_at) if refill_at else self.encode_batch // 2))
+        self._refill_at = None if refill_at is None else int(refill_at)
         self.stats: "collections.Counter[str]" = stats if stats is not None else collections.Counter()
+        # Keep the slots allocated between calls (a server); else they are freed when a call ends
+        # (the cross K/V of every slot: 37 MB each for ``base`` in float32).
+        self.keep_slots = False
         self._programs: Dict[Tuple, Any] = {}
         self._state: Optional[Tuple[DecodeOptions, Any]] = None  # (options, device slots)
+
+    @property
+    def refill_at(self) -> int:
+        """Free slots that end a generate call and trigger a refill (default: half an encoder batch)."""
+        wanted = self._refill_at if self._refill_at is not None else self.encode_batch // 2
+        return max(1, min(self.encode_batch, wanted))
+
+    @refill_at.setter
+    def refill_at(self, value: Optional[int]) -> None:
+        self._refill_at = None if value is None else int(value)
 
     # ------------------------------------------------------------------ options and programs
     def supports(self, request: DecodeRequest, prompt: Iterable[int] = ()) -> bool:
@@ -164,6 +184,11 @@ class Engine:
             return jax.jit(run, donate_argnums=(1,))
 
         return self._program(("insert", options, rows, "audio" if audio else "mel"), build)
+
+    def _reorder_fn(self, options: DecodeOptions) -> Any:
+        module = self.module
+        return self._program(("reorder", options), lambda: jax.jit(
+            lambda state, order: slot_generate.reorder(module, state, order), donate_argnums=(0,)))
 
     def _generate_fn(self, options: DecodeOptions, span: int, width: int) -> Any:
         module = self.module
@@ -271,15 +296,30 @@ class _Run:
                 return span
         return self.spans[-1]
 
+    def _compact(self, state: Any) -> Any:
+        """Move the live slots to the front when that halves (or better) the slots a step runs."""
+        e = self.e
+        live = [s for s, j in enumerate(self.slot_job) if j is not None]
+        if not live or bucket_size(len(live), e.slots) >= bucket_size(live[-1] + 1, e.slots):
+            return state
+        order = live + [s for s, j in enumerate(self.slot_job) if j is None]
+        state = e._reorder_fn(self.options)(state, jnp.asarray(order, jnp.int32))
+        self.slot_job = [self.slot_job[s] for s in order]
+        self.slot_index = self.slot_index[order]
+        e.stats["engine_reorders"] += 1
+        return state
+
     def _generate(self, state: Any) -> Tuple[Any, Any]:
         e = self.e
+        if not self.queue:
+            state = self._compact(state)  # the tail: no rows to fill the holes with
         live = sum(j is not None for j in self.slot_job)
         if self.queue:
             stop_below = e.slots - min(e.refill_at, len(self.queue))  # stop once a refill's worth is free
         elif len(self.temperatures) > 1:
             stop_below = live - 1  # the tail: a row that ends may need a retry at once
         else:
-            stop_below = 0
+            stop_below = bucket_size(live, e.slots) // 2  # the tail: stop when half the slots could go
         stop_below = max(0, min(stop_below, live - 1))
         last = max(s for s, j in enumerate(self.slot_job) if j is not None)
         width = bucket_size(last + 1, e.slots)  # live slots sit at the front: run only the first ``width``
@@ -364,5 +404,5 @@ class _Run:
                 if report.done[s]:
                     self.slot_job[s] = None
                     self._judge(job, self._decoded(report, s, job.temperature))
-        e._state = (self.options, state)
+        e._state = (self.options, state) if e.keep_slots else None
         return self.results

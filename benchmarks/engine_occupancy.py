@@ -1,0 +1,138 @@
+"""Slot occupancy and wall time of VAD rows: the Decoder's batches vs the slot engine.
+
+    python benchmarks/engine_occupancy.py --seconds 600 --model base [--slots 8 16] [--fallback]
+
+Occupancy is the fraction of slot-steps doing useful work: a slot-step is one row of one decoding step
+that the device computes; it is useful when its row is still decoding (its tokens and the end-of-text).
+Before (``engine=False``): a batch of ``batch_size`` rows (the last one padded) steps until its longest
+row ends, so slot-steps = rows x steps per batch (read from each batch's token counts). After: the
+engine's own count (``last_stats``: ``engine_live_slot_steps / engine_slot_steps``, slot-steps over the
+slots each generate call runs). The speech corpus is :mod:`_speech_corpus` (espeak-ng reading, as
+``vad_options.py``); each configuration is warmed up on the first 90 s (compiles), then timed on the
+whole clip. CPU s is the process's CPU time (every thread), the work done; wall times depend on the
+machine's load (printed, a shared machine's wall times are noisy); occupancy depends on neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import _speech_corpus as corpus  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class DecoderCounter:
+    """Counts the Decoder's slot-steps by wrapping its result reader (each batch's token counts)."""
+
+    def __init__(self, decoder):
+        import numpy as np
+
+        self.slot_steps = self.useful = self.batches = 0
+        original = decoder._rows
+
+        def rows(output, prefix, count, temperature):
+            import jax
+
+            host = jax.device_get(output)
+            num = np.asarray(host.num_tokens)
+            cap = np.asarray(host.sequences).shape[1] - (1 + prefix)  # steps until max_length
+            lived = np.minimum(num + 1, cap)  # the row's tokens and its end-of-text
+            self.slot_steps += int(num.shape[0] * lived.max())
+            self.useful += int(lived[:count].sum())
+            self.batches += 1
+            return original(host, prefix, count, temperature)
+
+        decoder._rows = rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=600)
+    ap.add_argument("--model", default="base")
+    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--slots", type=int, nargs="*", default=[8, 16], help="engine decode slots to measure")
+    ap.add_argument("--refill_at", type=int, nargs="*", default=[4, 1],
+                    help="free slots that trigger a refill (the engine's default: half the batch)")
+    ap.add_argument("--fallback", action="store_true", help="temperature fallback on (default: greedy only)")
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "engine_occupancy.json"))
+    args = ap.parse_args(argv)
+    from whisper_t5x import FlaxWhisperPipeline
+
+    audio, text = corpus.make_audio(args.seconds)
+    kwargs = dict(language="en", task="transcribe", progress=False)
+    configs = [("Decoder (batches)", dict(engine=False))] + [
+        (f"engine, {s} slots, refill at {r} free", dict(decode_slots=s, refill_at=r))
+        for s in args.slots for r in args.refill_at]
+    results, texts = [], {}
+    model = None
+    for name, extra in configs:
+        extra = dict(extra)
+        refill_at = extra.pop("refill_at", None)
+        pipe = FlaxWhisperPipeline(model or args.model, batch_size=args.batch_size, fallback=args.fallback, **extra)
+        if refill_at is not None:
+            pipe.engine.refill_at = refill_at
+        model = (pipe.model, pipe.decoder.params)
+        counter = DecoderCounter(pipe.decoder) if not extra.get("engine", True) else None
+        pipe(audio[:90 * 16000], **kwargs)  # compiles
+        if counter is not None:
+            counter.slot_steps = counter.useful = counter.batches = 0
+        load = os.getloadavg()[0]
+        t, cpu0 = time.perf_counter(), time.process_time()
+        out = pipe(audio, **kwargs)
+        wall, cpu_s = time.perf_counter() - t, time.process_time() - cpu0
+        st = pipe.last_stats
+        if counter is not None:
+            total, useful = counter.slot_steps, counter.useful
+        else:
+            total, useful = st.get("engine_slot_steps", 0), st.get("engine_live_slot_steps", 0)
+        texts[name] = out["text"]
+        row = dict(config=name, wall_s=round(wall, 2), cpu_s=round(cpu_s, 2), rows=st.get("rows"), slot_steps=total, useful_slot_steps=useful,
+                   occupancy=round(useful / max(1, total), 4), wer=round(corpus.wer(text, out["text"]), 4),
+                   fallback_decodes=st.get("fallback_decodes", 0), loadavg=round(load, 1),
+                   generate_calls=st.get("engine_generate_calls"), inserts=st.get("engine_inserts"),
+                   reorders=st.get("engine_reorders"),
+                   programs=None if pipe.engine is None or counter is not None else pipe.engine.num_programs,
+                   same_text_as_decoder=out["text"] == texts[configs[0][0]])
+        results.append(row)
+        print(row, flush=True)
+        del pipe
+    cpu = cpu_name()
+    header = (f"{args.model}, {args.seconds:.0f} s speech corpus, VAD rows (default mode), batch {args.batch_size}, "
+              f"{'fallback on' if args.fallback else 'greedy, no fallback'}, language en; CPU: {cpu}, "
+              f"{os.cpu_count()} cores")
+    print("\n" + header + "\n")
+    print("| decoding | rows | slot-steps | useful | occupancy | CPU s | wall s | WER % | same text | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for r in results:
+        print(f"| {r['config']} | {r['rows']} | {r['slot_steps']} | {r['useful_slot_steps']} | "
+              f"{100 * r['occupancy']:.1f}% | {r['cpu_s']:.1f} | {r['wall_s']:.1f} | {100 * r['wer']:.2f} | "
+              f"{'yes' if r['same_text_as_decoder'] else 'no'} | {r['loadavg']:.1f} |")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(dict(cpu=cpu, cores=os.cpu_count(), model=args.model, seconds=args.seconds,
+                       batch_size=args.batch_size, fallback=args.fallback, results=results), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
