@@ -276,3 +276,87 @@ def test_folder_kept_under_its_size_limit(cache_dir, monkeypatch):
     CachedProgram(jax.jit(_other_step), "step", key="new")(*args)
     left = set(os.listdir(cache_dir))
     assert sorted(old)[0] not in left and left - old  # the oldest went, the new files stayed
+
+
+def test_prefetch_loads_what_the_last_process_used(cache_dir, monkeypatch):
+    import atexit
+
+    monkeypatch.setattr(atexit, "register", lambda fn: fn)
+    monkeypatch.setattr(program_cache, "_session", {})
+    monkeypatch.setattr(program_cache, "_prefetched", {})
+    args = _args()
+    want = jax.jit(_step)(*args)
+    assert program_cache.prefetch("base|float32") == 0  # nothing known yet
+    CachedProgram(jax.jit(_step), "step", key="a")(*args)
+    program_cache._save_session()  # what the process does at exit
+    # the next process
+    monkeypatch.setattr(program_cache, "_session", {})
+    monkeypatch.setattr(program_cache, "_prefetched", {})
+    assert program_cache.prefetch("base|float32") == 1
+    prog = CachedProgram(jax.jit(_step), "step", key="a")
+    _same(prog(*args), want)
+    assert (prog.stats.prefetched, prog.stats.executables) == (1, 1)
+    # a listed file whose key is not the caller's is never used (another model under the same tag)
+    monkeypatch.setattr(program_cache, "_session", {})
+    monkeypatch.setattr(program_cache, "_prefetched", {})
+    assert program_cache.prefetch("base|float32") == 1
+    (listed,) = program_cache._prefetched
+    other = CachedProgram(jax.jit(_other_step), "step", key="b")
+    monkeypatch.setattr(other, "path_for", lambda directory, key_text: listed[: -len(".jaxexec")] + ".jaxexport")
+    _same(other(*args), jax.jit(_other_step)(*args))
+    assert other.stats.prefetched == 0
+    assert program_cache.prefetch("other tag") == 0
+
+
+def test_an_executable_that_fails_to_run_is_replaced(cache_dir, caplog, monkeypatch):
+    args = _args()
+    want = jax.jit(_step)(*args)
+    CachedProgram(jax.jit(_step), "step", key="a")(*args)
+    (path,) = _tier_files(cache_dir, "executable")
+
+    def broken(*leaves):
+        raise RuntimeError("NOT_FOUND: Function wrapped_broadcast not found")
+
+    monkeypatch.setattr(CachedProgram, "_read_executable", staticmethod(lambda p, k: broken))
+    fresh = CachedProgram(jax.jit(_step), "step", key="a")
+    with caplog.at_level(logging.WARNING, logger="whisper_t5x.program_cache"):
+        _same(fresh(*args), want)
+        _same(fresh(*args), want)
+    assert "failed to run" in caplog.text and not path.exists() and fresh.stats.failures == 1
+
+
+_COMPILE_CACHE_HIT = """
+import sys, jax, numpy as np, jax.numpy as jnp
+from whisper_t5x import compile_cache, program_cache
+compile_cache.enable_compile_cache(sys.argv[1], enabled=True, min_compile_time_secs=0.0)
+prog = program_cache.CachedProgram(jax.jit(lambda x: {"a": jnp.zeros((4, 512, 8)) + x, "b": jnp.full((4,), 3)}),
+                                   "fill", key="k")
+out = prog(jnp.float32(1.0))
+assert float(out["a"].sum()) == 4 * 512 * 8 and int(out["b"].sum()) == 12
+print(prog.stats)
+"""
+
+
+def test_executable_from_the_compile_cache_is_not_kept(tmp_path):
+    """jaxlib 0.10 re-serializes an executable read from its compile cache without its kernels, so the
+    program cache keeps only executables it compiled itself (the second process below would otherwise
+    write a file that fails to run in the third)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_T5X")}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+
+    def run(mode):
+        return subprocess.run([sys.executable, "-c", _COMPILE_CACHE_HIT, str(tmp_path / "jax")], env=dict(
+            env, WHISPER_T5X_PROGRAM_CACHE=mode), capture_output=True, text=True, timeout=120)
+
+    first = run("export")  # the exported program compiled and put in JAX's compile cache
+    assert first.returncode == 0, first.stderr
+    second = run("on")  # its executable now comes from the compile cache: not written
+    assert second.returncode == 0, second.stderr
+    programs = tmp_path / "jax" / "programs"
+    assert [p for p in os.listdir(programs) if p.endswith(program_cache.EXECUTABLE_SUFFIX)] == []
+    third = run("on")
+    assert third.returncode == 0, third.stderr

@@ -70,7 +70,8 @@ from whisper_t5x import compile_cache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENV_PROGRAMS", "CachedProgram", "cached_program", "cached_shapes", "program_cache_dir", "code_fingerprint"]
+__all__ = ["ENV_PROGRAMS", "CachedProgram", "cached_program", "cached_shapes", "prefetch", "program_cache_dir",
+           "code_fingerprint"]
 
 ENV_PROGRAMS = "WHISPER_T5X_PROGRAM_CACHE"
 ENV_MAX_MB = "WHISPER_T5X_PROGRAM_CACHE_MB"
@@ -304,6 +305,7 @@ class _Stats:
     loaded: int = 0  # programs read from files (exported StableHLO, then lowered and compiled or found in the
     # compile cache)
     executables: int = 0  # programs read as compiled executables (no lowering, no compile-cache lookup)
+    prefetched: int = 0  # of which loaded ahead by prefetch()
     bypassed: int = 0  # calls that went to the traced function (off, sharded, failed)
     failures: int = 0  # export / load problems (each logged)
 
@@ -364,9 +366,14 @@ class CachedProgram:
         use_executables = _executables_enabled() and _on_default_device(args)
         if use_executables and os.path.exists(executable_path):
             try:
-                compiled = self._read_executable(executable_path, key_text)
+                compiled = _take_prefetched(executable_path, key_text)
+                if compiled is not None:
+                    self.stats.prefetched += 1
+                else:
+                    compiled = self._read_executable(executable_path, key_text)
                 self.stats.executables += 1
-                return compiled
+                _note_used(executable_path)
+                return _FirstCallGuard(compiled, lambda: self._fallback(path, key_text, args), executable_path)
             except Exception as e:  # noqa: BLE001 - a bad file is ignored, never fatal
                 self.stats.failures += 1
                 logger.warning("ignoring program cache file %s (%s: %s)", executable_path, type(e).__name__, e)
@@ -378,13 +385,29 @@ class CachedProgram:
             return jitted
         import jax
 
+        hits = _compile_cache_hits()
         try:
-            compiled = jitted.lower(*jax.tree_util.tree_leaves(args)).compile()
+            with _aot_lock:
+                before = hits[0]
+                compiled = jitted.lower(*jax.tree_util.tree_leaves(args)).compile()
+                from_disk = hits[0] != before
         except Exception as e:  # noqa: BLE001 - the jitted call will report any real problem
             logger.debug("program %s: no ahead-of-time compile (%s)", self.name, e)
             return jitted
-        self._write_executable(executable_path, key_text, compiled)
+        if from_disk:
+            # An executable read from JAX's compile cache serializes without its kernels (jaxlib 0.10:
+            # "Function ... not found" when the copy runs), so only freshly compiled ones are kept.
+            logger.debug("program %s came from the compile cache; its executable is not kept", self.name)
+        else:
+            self._write_executable(executable_path, key_text, compiled)
+            _note_used(executable_path)
         return compiled
+
+    def _fallback(self, path: str, key_text: str, args: Tuple[Any, ...]) -> Callable:
+        """The exported program, jitted: what replaces an executable that fails its first call."""
+        self.stats.failures += 1
+        exported = self._exported(path, key_text, args)
+        return self.fn if exported is None else self._jit(exported, args)
 
     def _exported(self, path: str, key_text: str, args: Tuple[Any, ...]) -> Any:
         """The program's ``Exported``: read from ``path``, or traced, exported and written there."""
@@ -423,16 +446,8 @@ class CachedProgram:
         return jax.export.deserialize(bytearray(payload))
 
     @staticmethod
-    def _read_executable(path: str, key_text: str) -> Any:
-        import jax
-        from jax.experimental import serialize_executable
-
-        with open(path, "rb") as f:
-            _, payload = _unpack(f.read(), key_text)
-        _touch(path)
-        executable, in_tree, out_tree = pickle.loads(payload)  # trusted, as the compile cache is
-        return serialize_executable.deserialize_and_load(executable, in_tree, out_tree,
-                                                         execution_devices=[jax.devices()[0]])
+    def _read_executable(path: str, key_text: Optional[str]) -> Any:
+        return _load_executable(path, key_text)[1]
 
     def _write_executable(self, path: str, key_text: str, compiled: Any) -> None:
         from jax.experimental import serialize_executable
@@ -488,6 +503,159 @@ class CachedProgram:
             logger.warning("cannot write program cache file %s (%s); continuing without it", path, e)
             return
         _evict(os.path.dirname(path), keep=path)
+
+
+class _FirstCallGuard:
+    """A loaded executable whose first call, if it fails, deletes its file and runs ``fallback()`` (the
+    program compiled the ordinary way) instead: an executable that loads but cannot run (one missing a
+    kernel) costs one retry, never a failed transcription. The first call waits for its outputs."""
+
+    def __init__(self, compiled: Any, fallback: Callable[[], Callable], path: str):
+        self._compiled, self._fallback, self._path = compiled, fallback, path
+        self._checked = False
+
+    def __call__(self, *leaves: Any) -> Any:
+        if self._checked:
+            return self._compiled(*leaves)
+        import jax
+
+        try:
+            out = jax.block_until_ready(self._compiled(*leaves))
+        except Exception as e:  # noqa: BLE001 - any failure of a cached executable: compile the program instead
+            logger.warning("program cache file %s failed to run (%s: %s); removed, compiling the program",
+                           self._path, type(e).__name__, e)
+            try:
+                os.unlink(self._path)
+            except OSError:
+                pass
+            self._compiled = self._fallback()
+            out = self._compiled(*leaves)
+        self._checked, self._fallback = True, None  # the fallback holds the first call's arguments
+        return out
+
+
+_aot_lock = threading.Lock()
+_hits: List[int] = []
+
+
+def _compile_cache_hits() -> List[int]:
+    """A one-element list counting JAX's persistent compile cache hits in this process."""
+    if not _hits:
+        from jax import monitoring
+
+        _hits.append(0)
+
+        def count(event: str, **_: Any) -> None:
+            if event == "/jax/compilation_cache/cache_hits":
+                _hits[0] += 1
+
+        monitoring.register_event_listener(count)
+    return _hits
+
+
+# ---------------------------------------------------------------------- prefetch
+# A job names itself with a tag (model, dtype, batch); the executables a process with that tag used are
+# listed in <programs>/recent.json at exit, and the next process with the tag loads them on a background
+# thread while it loads its model. A listed file is used only if its stored key matches the one the
+# program computes when it is called: a stale list costs a background load, never a wrong program.
+_RECENT = "recent.json"
+_MAX_RECENT = 16
+_prefetch_lock = threading.Lock()
+_prefetched: Dict[str, Any] = {}  # executable path -> Future of (stored key text, Compiled)
+_session: Dict[str, Any] = {}  # "tag", "directory", "used" (executable names in the order of first use)
+
+
+def _load_executable(path: str, key_text: Optional[str]) -> Tuple[str, Any]:
+    """(stored key text, loaded executable) of ``path``; ``key_text`` None: any key (checked later)."""
+    import jax
+    from jax.experimental import serialize_executable
+
+    with open(path, "rb") as f:
+        blob = f.read()
+    stored = _stored_key(blob)
+    _, payload = _unpack(blob, stored if key_text is None else key_text)
+    _touch(path)
+    executable, in_tree, out_tree = pickle.loads(payload)  # trusted, as the compile cache is
+    return stored, serialize_executable.deserialize_and_load(executable, in_tree, out_tree,
+                                                             execution_devices=[jax.devices()[0]])
+
+
+def _stored_key(blob: bytes) -> str:
+    try:
+        size = int.from_bytes(blob[len(_MAGIC):len(_MAGIC) + 8], "little")
+        return json.loads(blob[len(_MAGIC) + 8:len(_MAGIC) + 8 + size].decode())["key"]
+    except Exception as e:  # noqa: BLE001
+        raise ProgramFileError(f"unreadable header ({e})") from None
+
+
+def _take_prefetched(path: str, key_text: str) -> Any:
+    with _prefetch_lock:
+        future = _prefetched.pop(path, None)
+    if future is None:
+        return None
+    try:
+        stored, compiled = future.result()
+    except Exception as e:  # noqa: BLE001 - read it again in the caller, which reports problems
+        logger.debug("prefetch of %s failed: %s", path, e)
+        return None
+    return compiled if stored == key_text else None
+
+
+def _note_used(path: str) -> None:
+    with _prefetch_lock:
+        used = _session.get("used")
+        name = os.path.basename(path)
+        if used is not None and os.path.dirname(path) == _session.get("directory") and name not in used:
+            used.append(name)
+
+
+def _read_recent(directory: str) -> Dict[str, List[str]]:
+    try:
+        with open(os.path.join(directory, _RECENT), encoding="utf-8") as f:
+            recent = json.load(f)
+        return recent if isinstance(recent, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_session() -> None:
+    with _prefetch_lock:
+        tag, directory, used = _session.get("tag"), _session.get("directory"), list(_session.get("used") or ())
+    if not tag or not directory or not used:
+        return
+    recent = _read_recent(directory)
+    if recent.get(tag) == used[:_MAX_RECENT]:
+        return
+    recent[tag] = used[:_MAX_RECENT]
+    CachedProgram._write_blob(os.path.join(directory, _RECENT), json.dumps(recent, indent=1).encode())
+
+
+def prefetch(tag: str) -> int:
+    """Start loading, on a background thread, the executables the last process tagged ``tag`` used, and
+    record this process's under ``tag`` at exit. Returns how many are being loaded (0 when the cache is
+    off or nothing is known). Call it before the slow part of start-up (loading the model)."""
+    import atexit
+    import concurrent.futures
+
+    directory = program_cache_dir()
+    if directory is None or not _executables_enabled():
+        return 0
+    with _prefetch_lock:
+        first = not _session
+        _session.update(tag=str(tag), directory=directory, used=[])
+    if first:
+        atexit.register(_save_session)
+    paths = [os.path.join(directory, n) for n in _read_recent(directory).get(str(tag), [])
+             if isinstance(n, str) and os.sep not in n and n.endswith(EXECUTABLE_SUFFIX)]
+    paths = [p for p in paths if os.path.exists(p) and p not in _prefetched]
+    if not paths:
+        return 0
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="program-prefetch")
+    with _prefetch_lock:
+        for path in paths:
+            _prefetched[path] = pool.submit(_load_executable, path, None)
+    pool.shutdown(wait=False)
+    return len(paths)
 
 
 def cached_program(fn: Callable, name: str, key: Hashable = (), donate_argnums: Sequence[int] = ()) -> CachedProgram:

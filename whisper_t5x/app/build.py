@@ -13,12 +13,12 @@ import importlib
 import logging
 from typing import Any, Callable, Dict, Optional
 
-from whisper_t5x.app.config import ModelSection, PartitionSection
+from whisper_t5x.app.config import DEFAULT_PIPELINE, ModelSection, PartitionSection
 
 logger = logging.getLogger("whisper_t5x.app.build")
 
 __all__ = ["PipelineBuildError", "build_partitioner", "build_pipeline", "check_batch_size", "load_pipeline",
-           "resolve_callable"]
+           "prefetch_programs", "resolve_callable"]
 
 
 class PipelineBuildError(RuntimeError):
@@ -82,11 +82,26 @@ def check_batch_size(batch_size: Optional[int], partitioner: Any) -> None:
                          f"size {data} (devices / num_partitions)")
 
 
+def prefetch_programs(model: ModelSection, partition: PartitionSection, batch: Optional[int]) -> int:
+    """For the default pipeline on one device: turn on the compile cache (as the pipeline would) and start
+    loading, in the background, the compiled programs the last such job used, while the model loads
+    (:func:`whisper_t5x.program_cache.prefetch`). Returns how many are being loaded."""
+    if partition.pipeline != DEFAULT_PIPELINE or partition.partitioner is not None:
+        return 0
+    from whisper_t5x import compile_cache, program_cache
+
+    if compile_cache.enable_compile_cache() is None:
+        return 0
+    return program_cache.prefetch(f"{DEFAULT_PIPELINE}|{model.name}|{model.dtype}|{model.max_length}|{batch}")
+
+
 def build_pipeline(model: ModelSection, partition: PartitionSection, process_count: int = 1,
                    batch_size: Optional[int] = None):
     """The pipeline the sections name; ``batch_size`` overrides ``partition.batch_size``."""
-    factory = resolve_callable(partition.pipeline)
     batch = partition.batch_size if batch_size is None else batch_size
+    if process_count <= 1:
+        prefetch_programs(model, partition, batch)
+    factory = resolve_callable(partition.pipeline)
     partitioner = build_partitioner(partition.partitioner, process_count)
     check_batch_size(batch, partitioner)
     kwargs: Dict[str, Any] = dict(checkpoint=model.name, batch_size=batch, max_length=model.max_length,
