@@ -15,8 +15,9 @@ child's first line, plus the console script itself timed from outside) and ``Fla
 * warm cache: a fresh process with the persistent compile cache and the exported programs present;
 * warm process: the second call in the same process;
 
-each with the program cache (``jax.export``) on and off (``WHISPER_T5X_PROGRAM_CACHE=off``, the compile
-cache alone), next to faster-whisper's fresh process on the same clip (``WhisperModel(dir,
+each with the program cache off (``WHISPER_T5X_PROGRAM_CACHE=off``: the compile cache alone), exported
+programs only (``=export``: no tracing) and on (the default: exported programs and compiled executables,
+no tracing, lowering or compile-cache lookup), next to faster-whisper's fresh process on the same clip (``WhisperModel(dir,
 device="cpu")`` with its defaults: compute type ``default`` (float16 weights run as float32 on a CPU
 without fast float16), beam 5, language detection, temperature fallback; also int8). Warm runs are
 repeated ``--runs`` times, interleaved, and the minimum wall and CPU time are kept: the machine is shared.
@@ -104,6 +105,7 @@ class _Probe:
             probe.programs.append(obj)
 
         program_cache.CachedProgram.__init__ = tracked
+        self._timed("whisper_t5x.program_cache", "CachedProgram", "_load_or_export", "program_cache_s")
         self._timed("whisper_t5x.audio.vad", "SileroVad", "batch_probabilities", "vad_s")
         self._timed("whisper_t5x.audio.features", None, "log_mel_spectrogram_np", "features_s")
         self._timed("whisper_t5x.model.pretrained", "FlaxWhisperForConditionalGeneration", "from_pretrained",
@@ -152,10 +154,15 @@ def _child_cli(out_dir: str) -> dict:
 
     probe.marks["import_cli_s"] = time.perf_counter() - T0
     argv = ["whisper-t5x", "transcribe", JFK, "--output_dir", out_dir, "--overwrite", "--quiet"]
+    written = os.path.join(out_dir, "jfk.txt")
+    if os.path.exists(written):
+        os.unlink(written)
     t = time.perf_counter()
     rc = cli.main(argv)
     first = time.perf_counter() - t
-    text = open(os.path.join(out_dir, "jfk.txt"), encoding="utf-8").read().strip()
+    if rc != 0:
+        raise SystemExit(f"whisper-t5x exited with {rc}")
+    text = open(written, encoding="utf-8").read().strip()
     result = probe.result(rc=rc, main_s=round(first, 3), text=text)
     # warm process: the same command again with the pipeline kept (as a second file of one run would be)
     from whisper_t5x import FlaxWhisperPipeline
@@ -261,7 +268,8 @@ def _startup(args) -> dict:
     out_dir = tempfile.mkdtemp(prefix="startup-out-")
     fw_dir = _faster_whisper_dir()
     caches = {}
-    variants = {"compile cache only": "off", "compile cache + programs": "on"}
+    variants = {"compile cache only": "off", "compile cache + exported programs": "export",
+                "compile cache + exported programs + executables": "on"}
     for label in variants:
         caches[label] = tempfile.mkdtemp(prefix="startup-cache-")
 
@@ -311,6 +319,11 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _short(label: str) -> str:
+    return {"compile cache only": "off", "compile cache + exported programs": "export",
+            "compile cache + exported programs + executables": "on (default)"}.get(label, label)
+
+
 def _startup_markdown(runs: dict, meta: dict) -> str:
     def pick(name):
         return runs.get(name, [])
@@ -322,6 +335,7 @@ def _startup_markdown(runs: dict, meta: dict) -> str:
              f"{meta['load_min']:.1f}-{meta['load_max']:.1f}; jax {meta['jax']}; {meta['runs']} warm runs "
              f"interleaved, the minimum kept (cold: one run each).\n",
              f"Command: `{meta['command']}`\n",
+             (meta.get("note") or "") + "\n",
              "| what | program cache | state | wall s (min) | CPU s (min) | x faster-whisper wall | x its CPU |",
              "|---|---|---|---:|---:|---:|---:|"]
     for name, rows in runs.items():
@@ -331,11 +345,11 @@ def _startup_markdown(runs: dict, meta: dict) -> str:
         wall, cpu = _best(rows, "wall_s"), _best(rows, "fresh_cpu_s")
         what = {"cli": "CLI (`cli.main`, in-process)", "console": "CLI (`whisper-t5x` script)",
                 "pipeline": "pipeline (`FlaxWhisperPipeline` + `transcribe`)"}[kind]
-        lines.append(f"| {what} | {'on' if 'programs' in label else 'off'} | {state} | {wall:.2f} | {cpu:.2f} | "
+        lines.append(f"| {what} | {_short(label)} | {state} | {wall:.2f} | {cpu:.2f} | "
                      f"{wall / fw_wall:.2f} | {cpu / fw_cpu:.2f} |")
         warm = _best(rows, "warm_process_s")
         if warm is not None and state == "warm cache":
-            lines.append(f"| {what} | {'on' if 'programs' in label else 'off'} | warm process (2nd call) | "
+            lines.append(f"| {what} | {_short(label)} | warm process (2nd call) | "
                          f"{warm:.2f} | | | |")
     for ct in ("default", "int8"):
         rows = pick(f"faster_whisper | {ct} | fresh")
@@ -346,22 +360,27 @@ def _startup_markdown(runs: dict, meta: dict) -> str:
                          f"{_best(rows, 'warm_process_s'):.2f} | | | |")
     lines += ["", "Breakdown of the fastest in-process CLI run of each state (seconds, from the child's first line; "
               "trace/lower/compile summed over every program, eager ops included; `compile or load` includes the "
-              "compile cache's executable load):", "",
+              "compile cache's executable load; `program cache`: time inside the program cache (cold: trace, "
+              "export and compile; export: reading the exported program; on: loading the executable); the run "
+              "itself is the rest of `cli.main`):", "",
               "| program cache | state | import jax | model load | VAD | features | trace | lower | compile or load "
-              "| of which cache load | cli.main | total in child | programs (exported/loaded) |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "| of which cache load | program cache (export / read) | cli.main | total in child "
+              "| programs exported / read / executables read |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, rows in runs.items():
         kind, label, state = name.split(" | ")
         if kind != "cli":
             continue
         r = min(rows, key=lambda x: x["wall_s"])
         p = r.get("programs", {})
-        lines.append(f"| {'on' if 'programs' in label else 'off'} | {state} | {r['import_jax_s']:.2f} | "
+        lines.append(f"| {_short(label)} | {state} | {r['import_jax_s']:.2f} | "
                      f"{r.get('model_load_s', 0):.2f} | {r.get('vad_s', 0):.2f} | {r.get('features_s', 0):.2f} | "
                      f"{r.get('trace_s', 0):.2f} | {r.get('lower_s', 0):.2f} | {r.get('compile_or_load_s', 0):.2f} | "
-                     f"{r.get('cache_load_s', 0):.2f} | {r['main_s']:.2f} | {r['total_s']:.2f} | "
-                     f"{p.get('exported', 0)}/{p.get('loaded', 0)} |")
-    lines += ["", "Texts: ours " + repr(pick("cli | compile cache + programs | warm cache")[0].get("text", ""))
+                     f"{r.get('cache_load_s', 0):.2f} | {r.get('program_cache_s', 0):.2f} | {r['main_s']:.2f} | "
+                     f"{r['total_s']:.2f} | {p.get('exported', 0)} / {p.get('loaded', 0)} / "
+                     f"{p.get('executables', 0)} ({p.get('prefetched', 0)} prefetched) |")
+    lines += ["", "Texts: ours " + repr(pick("cli | compile cache + exported programs + executables | warm cache")[0]
+                                       .get("text", ""))
               + "; faster-whisper " + repr(fw[0].get("text", "") if fw else "")]
     return "\n".join(lines) + "\n"
 
@@ -375,6 +394,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=os.path.join(HERE, "results", "cold_compile.json"))
     ap.add_argument("--startup", action="store_true", help="the jfk start-up benchmark instead of --modes")
     ap.add_argument("--runs", type=int, default=3, help="warm runs of each start-up case (minimum kept)")
+    ap.add_argument("--note", default="", help="a line for the results (e.g. which tree was measured)")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -396,7 +416,7 @@ def main(argv=None) -> int:
         loads = [r["loadavg"] for rows in runs.values() for r in rows]
         meta = dict(cpu=_cpu_name(), cores=os.cpu_count(), jax=jax.__version__, runs=args.runs,
                     load_min=min(loads), load_max=max(loads),
-                    command="python benchmarks/cold_compile.py --startup --runs " + str(args.runs))
+                    command="python benchmarks/cold_compile.py --startup --runs " + str(args.runs), note=args.note)
         md = _startup_markdown(runs, meta)
         print(md)
         os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
