@@ -1,10 +1,10 @@
 """A domain fine-tune that helps: invented product names tiny.en misspells, learned in a short CPU run.
 
-    python benchmarks/finetune_domain.py [--steps 60] [--batch_size 8] [--learning_rate 1e-4] \
+    python benchmarks/finetune_domain.py [--steps 60] [--batch_size 8] [--learning_rate 3e-5] \
         [--work /tmp/whisper_t5x_finetune_domain]
 
 1. Builds a local dataset (made here with espeak-ng, never shipped as audio):
-   8 invented product names, each in 15 of 20 carrier sentences, plus the
+   8 invented product names, each in 10 of 20 carrier sentences, plus the
    name-free text of ``benchmarks/_speech_corpus.py`` read on in clips of up
    to 28 s (windows as long-form decoding sees them), every row with segment
    times (trained with timestamps at ``--timestamp_probability``); the
@@ -66,7 +66,9 @@ HELDOUT_TEMPLATES = [
     "She wrote a short guide about {p} for new staff.", "Tomorrow we will test {p} with real users.",
 ]
 VOICES = [("en", 150), ("en-us", 165), ("en+f3", 155)]
-USES_PER_PRODUCT = 15  # training sentences per product name (of the 20 carriers, a different 15 for each)
+# training sentences per product name (of the 20 carriers, a different 10 for each): with 60 steps, the
+# run in benchmarks/results/finetune_domain.* (108 training rows)
+USES_PER_PRODUCT = 10
 GENERAL_PASSES = 2  # the name-free corpus read in two voices, in clips of up to 28 s (long-form windows)
 PAUSE_S = 0.3
 
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/whisper_t5x_finetune_domain")
     p.add_argument("--model", default="tiny.en")
-    p.add_argument("--steps", type=int, default=90)
+    p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=3e-5)
     p.add_argument("--label_smoothing", type=float, default=0.1)

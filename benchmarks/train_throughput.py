@@ -22,7 +22,10 @@ installed are initialised at random from their architecture (``--random_init`` f
         --models large-v3 large-v3-turbo --batch 32 --variants scan_remat_cudnn scan_dots_cudnn
 
 Variants (``--variants``): ``loop`` (unscanned layers, donated state: the default), ``scan`` (scanned
-layers), ``scan_remat`` (scanned, full rematerialisation), ``no_donate`` (loop, state not donated);
+layers), ``scan_remat`` (scanned, full rematerialisation), ``no_donate`` (loop, state not donated),
+``xla_attention`` (loop, the encoder's attention through ``jax.nn.dot_product_attention``'s XLA
+implementation instead of the per-head CPU loop), ``loop_dots`` (loop, matrix products saved and the
+elementwise work recomputed in the backward pass);
 on a GPU ``scan_remat_cudnn`` and ``scan_dots_cudnn`` (the encoder's attention in cuDNN's fused kernel,
 with full rematerialisation or with every matrix product saved). A variant that fails (out of memory,
 a kernel the device lacks) is reported as such and the others still run.
@@ -46,6 +49,13 @@ VARIANTS = {
     "scan": dict(scan_layers=True, remat_policy="none", donate=True),
     "scan_remat": dict(scan_layers=True, remat_policy="full", donate=True),
     "no_donate": dict(scan_layers=False, remat_policy="none", donate=False),
+    # CPU lever: the encoder's attention through jax.nn.dot_product_attention's XLA implementation
+    # (one fused softmax(QK^T)V per layer, autodiff gradient) instead of the per-head loop with its
+    # hand-written flash-style gradient.
+    "xla_attention": dict(scan_layers=False, remat_policy="none", donate=True, attention_impl="xla"),
+    # CPU lever: keep the matrix products' outputs, recompute the elementwise work in the backward pass
+    # (less memory traffic per step, more arithmetic).
+    "loop_dots": dict(scan_layers=False, remat_policy="dots", donate=True),
     # GPU levers: the encoder's attention through cuDNN's fused kernel (WhisperConfig.attention_impl),
     # with full rematerialisation or saving every matrix product (no recompute of them).
     "scan_remat_cudnn": dict(scan_layers=True, remat_policy="full", donate=True, attention_impl="cudnn"),
