@@ -172,6 +172,7 @@ class Stream:
         self.started = time.monotonic()
         self.carry = np.zeros(0, np.float32)  # audio appended after a commit, for the next item
         self.vad_ops: List[tuple] = []  # VAD operations not applied yet (after an end of speech)
+        self.vad_failed = False
 
     # ------------------------------------------------------------------ client side
     def configure(self, language: Optional[str] = None, prompt: Optional[Sequence[int]] = None,
@@ -417,7 +418,17 @@ class StreamScheduler:
         todo = [(s, w) for s in streams for w in [s.detector.windows()] if w is not None]
         if todo:
             t0 = time.perf_counter()
-            probs = self._vad_probabilities([w for _, w in todo])
+            try:
+                probs = self._vad_probabilities([w for _, w in todo])
+            except Exception as e:  # noqa: BLE001 - transcription goes on: all audio counts as speech
+                logger.warning("server VAD failed (%s: %s): audio is treated as speech", type(e).__name__, e)
+                self.stats["vad_errors"] += 1
+                probs = [np.ones(w.size // FRAME + 1, np.float32) for _, w in todo]
+                for s, _ in todo:
+                    if not s.vad_failed:
+                        s.vad_failed = True
+                        s._send(error_event("vad_failed", "the server's voice activity detection failed; items "
+                                            "now end only on input_audio_buffer.commit", type="server_error"))
             self.stats["vad_ms"] += int((time.perf_counter() - t0) * 1000)
             for (s, _), p in zip(todo, probs):
                 s.vad_ops.extend(s.detector.apply(p))
