@@ -56,7 +56,7 @@ def cache_dir(tmp_path, monkeypatch):
     """A program cache under tmp_path, whatever the process's compile cache or environment says."""
     for name in (compile_cache.ENV_DIR, compile_cache.ENV_DISABLE, program_cache.ENV_PROGRAMS):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(program_cache.compile_cache, "compile_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(compile_cache, "compile_cache_dir", lambda: str(tmp_path))
     return tmp_path / "programs"
 
 
@@ -126,9 +126,9 @@ def test_key_changes_never_reuse_a_stale_program(cache_dir, monkeypatch, tier):
     _same(p16(*half), jax.jit(_step)(*half))
     assert p16.stats.exported == 1
     # Another jax version / backend / source code: the environment is part of the key.
-    env = dict(program_cache._environment())
+    env = dict(program_cache.keys.environment())
     env["code"] = "edited"
-    monkeypatch.setattr(program_cache, "_environment", lambda: tuple(sorted(env.items())))
+    monkeypatch.setattr(program_cache.keys, "environment", lambda: tuple(sorted(env.items())))
     edited = CachedProgram(jax.jit(_other_step), "step", key="config-1")
     _same(edited(*args), jax.jit(_other_step)(*args))
     assert edited.stats.exported == 1 and edited.stats.loaded == 0 and edited.stats.executables == 0
@@ -187,7 +187,7 @@ def test_off_switches(cache_dir, monkeypatch, env):
 
 
 def test_no_compile_cache_means_no_program_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(program_cache.compile_cache, "compile_cache_dir", lambda: None)
+    monkeypatch.setattr(compile_cache, "compile_cache_dir", lambda: None)
     assert program_cache.program_cache_dir() is None
 
 
@@ -282,25 +282,25 @@ def test_prefetch_loads_what_the_last_process_used(cache_dir, monkeypatch):
     import atexit
 
     monkeypatch.setattr(atexit, "register", lambda fn: fn)
-    monkeypatch.setattr(program_cache, "_session", {})
-    monkeypatch.setattr(program_cache, "_prefetched", {})
+    monkeypatch.setattr(program_cache.recent, "_session", {})
+    monkeypatch.setattr(program_cache.recent, "_prefetched", {})
     args = _args()
     want = jax.jit(_step)(*args)
     assert program_cache.prefetch("base|float32") == 0  # nothing known yet
     CachedProgram(jax.jit(_step), "step", key="a")(*args)
-    program_cache._save_session()  # what the process does at exit
+    program_cache.recent.save_session()  # what the process does at exit
     # the next process
-    monkeypatch.setattr(program_cache, "_session", {})
-    monkeypatch.setattr(program_cache, "_prefetched", {})
+    monkeypatch.setattr(program_cache.recent, "_session", {})
+    monkeypatch.setattr(program_cache.recent, "_prefetched", {})
     assert program_cache.prefetch("base|float32") == 1
     prog = CachedProgram(jax.jit(_step), "step", key="a")
     _same(prog(*args), want)
     assert (prog.stats.prefetched, prog.stats.executables) == (1, 1)
     # a listed file whose key is not the caller's is never used (another model under the same tag)
-    monkeypatch.setattr(program_cache, "_session", {})
-    monkeypatch.setattr(program_cache, "_prefetched", {})
+    monkeypatch.setattr(program_cache.recent, "_session", {})
+    monkeypatch.setattr(program_cache.recent, "_prefetched", {})
     assert program_cache.prefetch("base|float32") == 1
-    (listed,) = program_cache._prefetched
+    (listed,) = program_cache.recent._prefetched
     other = CachedProgram(jax.jit(_other_step), "step", key="b")
     monkeypatch.setattr(other, "path_for", lambda directory, key_text: listed[: -len(".jaxexec")] + ".jaxexport")
     _same(other(*args), jax.jit(_other_step)(*args))
