@@ -110,15 +110,16 @@ class FakeEngine(Engine):
         super().__init__(model, **kw)
         self.table, self.inserted, self.widths = table, [], []
 
-    def _allocate(self, options):
-        s = self.slots
+    def _allocate(self, options, capacity):
+        self._program(("allocate", options, capacity), lambda: None)
+        s = capacity
         return dict(seq=np.full((s, self.MAX_LEN), EOT_E, np.int32), index=np.zeros(s, np.int64),
                     done=np.ones(s, bool), script=[None] * s, avg=np.zeros(s))
 
-    def _insert_fn(self, options, rows, audio):
+    def _insert_fn(self, options, capacity, rows, audio):
         def run(params, state, feats, ids, temps, draw_ids, seed):
             for f, s, t, d in zip(np.asarray(feats), np.asarray(ids), np.asarray(temps), np.asarray(draw_ids)):
-                if s >= self.slots:
+                if s >= capacity:
                     continue
                 row, t = int(f[0, 0]), round(float(t), 3)
                 toks, avg = self.table.get((row, t, int(d) % 3), self.table.get((row, t)))
@@ -129,18 +130,18 @@ class FakeEngine(Engine):
                 state["index"][s], state["done"][s], state["avg"][s] = 2, False, avg
             return state
 
-        return self._program(("insert", options, rows, "mel"), lambda: run)
+        return self._program(("insert", options, capacity, rows, "mel"), lambda: run)
 
-    def _reorder_fn(self, options):
+    def _reorder_fn(self, options, capacity):
         def run(state, order):
             order = np.asarray(order)
             out = {k: v[order] for k, v in state.items() if k != "script"}
             out["script"] = [state["script"][s] for s in order]
             return out
 
-        return self._program(("reorder", options), lambda: run)
+        return self._program(("reorder", options, capacity), lambda: run)
 
-    def _generate_fn(self, options, span, width):
+    def _generate_fn(self, options, capacity, span, width):
         self.widths.append(width)
 
         def run(params, state, steps, stop_below):
@@ -156,12 +157,12 @@ class FakeEngine(Engine):
             num = np.asarray([max(0, i - 3) for i in state["index"]])
             report = types.SimpleNamespace(
                 seq=state["seq"].copy(), index=state["index"].copy(), done=state["done"].copy(),
-                sum_logprob=state["avg"] * (num + 1), num_tokens=num, no_speech_prob=np.zeros(self.slots),
-                language=np.full(self.slots, SPECIAL.first_language),
+                sum_logprob=state["avg"] * (num + 1), num_tokens=num, no_speech_prob=np.zeros(capacity),
+                language=np.full(capacity, SPECIAL.first_language),
                 stats=types.SimpleNamespace(steps=n, live_slot_steps=useful))
             return state, report
 
-        return self._program(("generate", options, span, width), lambda: run)
+        return self._program(("generate", options, capacity, span, width), lambda: run)
 
 
 EOT_E = SPECIAL.eot
@@ -213,6 +214,17 @@ def test_a_failing_row_reenters_hotter_and_ends():
     assert inserted[(1, 0.0)] == 1 and inserted[(1, 0.5)] == 3 and (1, 1.0) not in inserted
     assert inserted[(2, 0.5)] == 3 and inserted[(2, 1.0)] == 3
     assert eng.stats["fallback_decodes"] == 9 and eng.stats["rows"] == 4
+
+
+def test_a_few_rows_get_a_few_slots():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jax, "device_get", lambda x: x)
+        eng = FakeEngine({(0, 0.0): ([5], -0.1), (1, 0.0): ([6, 7], -0.1)}, slots=8, encode_batch=8)
+        greedy = DecodeRequest(task=None, timestamps=False, fallback=fb.FallbackConfig(temperatures=(0.0,)))
+        got = eng.decode(None, _feats([0, 1]), greedy)
+        assert eng.decode(None, [], greedy) == {}  # no rows: nothing allocated or run
+    assert got[0].tokens == (5,) and got[1].tokens == (6, 7)
+    assert {k[0]: k[1] for k in eng.program_keys()}["allocate"] == 2
 
 
 def test_requests_it_cannot_take_are_named_errors():

@@ -159,16 +159,16 @@ class Engine:
             fn = self._programs[key] = build()
         return fn
 
-    def _allocate(self, options: DecodeOptions) -> Any:
-        if self._state is not None and self._state[0] == options:
+    def _allocate(self, options: DecodeOptions, capacity: int) -> Any:
+        if self._state is not None and self._state[0] == (options, capacity):
             return self._state[1]
         self._state = None  # free the old slots first
-        module, slots = self.module, self.slots
-        fn = self._program(("allocate", options, slots),
-                           lambda: jax.jit(lambda: slot_generate.empty(module, options, slots)))
+        module = self.module
+        fn = self._program(("allocate", options, capacity),
+                           lambda: jax.jit(lambda: slot_generate.empty(module, options, capacity)))
         return fn()
 
-    def _insert_fn(self, options: DecodeOptions, rows: int, audio: bool) -> Any:
+    def _insert_fn(self, options: DecodeOptions, capacity: int, rows: int, audio: bool) -> Any:
         module, n_mels = self.module, self.config.num_mel_bins
 
         def build():
@@ -183,14 +183,14 @@ class Engine:
 
             return jax.jit(run, donate_argnums=(1,))
 
-        return self._program(("insert", options, rows, "audio" if audio else "mel"), build)
+        return self._program(("insert", options, capacity, rows, "audio" if audio else "mel"), build)
 
-    def _reorder_fn(self, options: DecodeOptions) -> Any:
+    def _reorder_fn(self, options: DecodeOptions, capacity: int) -> Any:
         module = self.module
-        return self._program(("reorder", options), lambda: jax.jit(
+        return self._program(("reorder", options, capacity), lambda: jax.jit(
             lambda state, order: slot_generate.reorder(module, state, order), donate_argnums=(0,)))
 
-    def _generate_fn(self, options: DecodeOptions, span: int, width: int) -> Any:
+    def _generate_fn(self, options: DecodeOptions, capacity: int, span: int, width: int) -> Any:
         module = self.module
 
         def build():
@@ -199,7 +199,7 @@ class Engine:
 
             return jax.jit(run, donate_argnums=(1,))
 
-        return self._program(("generate", options, span, width), build)
+        return self._program(("generate", options, capacity, span, width), build)
 
     # ------------------------------------------------------------------ the host loop
     def decode(self, params: Any, rows: Iterable[Tuple[Hashable, np.ndarray]], request: DecodeRequest,
@@ -230,8 +230,9 @@ class _Run:
         self.exhausted = False
         self.serial = 0
         self.queue: Deque[_Job] = collections.deque()
-        self.slot_job: List[Optional[_Job]] = [None] * engine.slots
-        self.slot_index = np.zeros(engine.slots, np.int64)
+        self.capacity = engine.slots  # slots allocated for this call (fewer for a few rows)
+        self.slot_job: List[Optional[_Job]] = []
+        self.slot_index = np.zeros(0, np.int64)
         self.results: Dict[Hashable, DecodedRow] = {}
         self.on_result = on_result
         prefix = forced_prefix(options, engine.special, engine.config.is_multilingual)
@@ -256,12 +257,12 @@ class _Run:
         size = bucket_size(len(jobs), e.encode_batch)
         pad = size - len(jobs)
         feats = np.stack([j.row.features for j in jobs] + [jobs[-1].row.features] * pad)
-        ids = np.asarray(slot_ids + [e.slots] * pad, np.int32)  # padding rows go nowhere
+        ids = np.asarray(slot_ids + [self.capacity] * pad, np.int32)  # padding rows go nowhere
         temps = np.asarray([j.temperature for j in jobs] + [0.0] * pad, np.float32)
         stride = self.best_of * len(self.temperatures)
         draw_ids = np.asarray([j.row.serial * stride + j.row.level * self.best_of + j.draw for j in jobs]
                               + [0] * pad, np.int32)
-        fn = e._insert_fn(self.options, size, feats.ndim == 2)
+        fn = e._insert_fn(self.options, self.capacity, size, feats.ndim == 2)
         state = fn(self.params, state, jnp.asarray(feats), jnp.asarray(ids), jnp.asarray(temps), jnp.asarray(draw_ids),
                    jnp.int32(self.request.seed))
         for j, s in zip(jobs, slot_ids):
@@ -277,7 +278,7 @@ class _Run:
         while True:
             self._pull(e.slots)
             free = [s for s, j in enumerate(self.slot_job) if j is None]
-            live = e.slots - len(free)
+            live = self.capacity - len(free)
             if not self.queue or not free:
                 return state
             if live and len(free) < min(e.refill_at, len(self.queue)):
@@ -300,10 +301,10 @@ class _Run:
         """Move the live slots to the front when that halves (or better) the slots a step runs."""
         e = self.e
         live = [s for s, j in enumerate(self.slot_job) if j is not None]
-        if not live or bucket_size(len(live), e.slots) >= bucket_size(live[-1] + 1, e.slots):
+        if not live or bucket_size(len(live), self.capacity) >= bucket_size(live[-1] + 1, self.capacity):
             return state
         order = live + [s for s, j in enumerate(self.slot_job) if j is None]
-        state = e._reorder_fn(self.options)(state, jnp.asarray(order, jnp.int32))
+        state = e._reorder_fn(self.options, self.capacity)(state, jnp.asarray(order, jnp.int32))
         self.slot_job = [self.slot_job[s] for s in order]
         self.slot_index = self.slot_index[order]
         e.stats["engine_reorders"] += 1
@@ -315,15 +316,15 @@ class _Run:
             state = self._compact(state)  # the tail: no rows to fill the holes with
         live = sum(j is not None for j in self.slot_job)
         if self.queue:
-            stop_below = e.slots - min(e.refill_at, len(self.queue))  # stop once a refill's worth is free
+            stop_below = self.capacity - min(e.refill_at, len(self.queue))  # stop once a refill's worth is free
         elif len(self.temperatures) > 1:
             stop_below = live - 1  # the tail: a row that ends may need a retry at once
         else:
-            stop_below = bucket_size(live, e.slots) // 2  # the tail: stop when half the slots could go
+            stop_below = bucket_size(live, self.capacity) // 2  # the tail: stop when half the slots could go
         stop_below = max(0, min(stop_below, live - 1))
         last = max(s for s, j in enumerate(self.slot_job) if j is not None)
-        width = bucket_size(last + 1, e.slots)  # live slots sit at the front: run only the first ``width``
-        fn = e._generate_fn(self.options, self._span(), width)
+        width = bucket_size(last + 1, self.capacity)  # live slots sit at the front: run only the first ``width``
+        fn = e._generate_fn(self.options, self.capacity, self._span(), width)
         state, report = fn(self.params, state, jnp.int32(e.steps_per_call), jnp.int32(stop_below))
         report = jax.device_get(report)
         steps = int(report.stats.steps)
@@ -390,7 +391,16 @@ class _Run:
     # -------------------------------------------------------------- the loop
     def run(self) -> Dict[Hashable, DecodedRow]:
         e = self.e
-        state = e._allocate(self.options)
+        self._pull(e.slots)
+        if not self.queue:
+            return self.results
+        if self.exhausted and not e.keep_slots:
+            # All the rows are known and fewer than the slots: allocate only what they fill (a short
+            # input's cross K/V is one row's, not ``slots`` rows'); fallback draws queue for these slots.
+            self.capacity = bucket_size(min(len(self.queue), e.slots), e.slots)
+        self.slot_job = [None] * self.capacity
+        self.slot_index = np.zeros(self.capacity, np.int64)
+        state = e._allocate(self.options, self.capacity)
         e._state = None  # donated from here on; stored back when the call ends
         while True:
             state = self._refill(state)
@@ -404,5 +414,5 @@ class _Run:
                 if report.done[s]:
                     self.slot_job[s] = None
                     self._judge(job, self._decoded(report, s, job.temperature))
-        e._state = (self.options, state) if e.keep_slots else None
+        e._state = ((self.options, self.capacity), state) if e.keep_slots else None
         return self.results
