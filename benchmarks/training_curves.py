@@ -5,8 +5,10 @@
 
 Each ``OUT`` is a ``whisper-t5x train`` / ``distill`` output directory (or its
 ``metrics.jsonl``). Left: the training loss (per target token, each log
-interval) and the eval loss; right: the eval WER (%). Several runs share the
-axes, one colour each. Prints a one-line summary per run.
+interval) and the eval loss, with a distillation run's parts (``ce`` on the
+labels, ``kl`` to the teacher, per token before weighting) dotted; right: the
+eval WER (%). Several runs share the axes, one colour each. Prints a one-line
+summary per run.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def plot(runs: Dict[str, List[dict]], output: str, title: str = "") -> str:
         color = f"C{k}"
         x, y = series(records, "train", "loss")
         ax_loss.plot(x, y, color=color, lw=1.2, label=f"{name} train")
+        for part, style in (("ce", ":"), ("kl", "-.")):  # a distillation run's parts (per token, unweighted)
+            x, y = series(records, "train", part)
+            if x:
+                ax_loss.plot(x, y, style, color=color, lw=0.9, alpha=0.8, label=f"{name} train {part}")
         x, y = series(records, "eval", "loss")
         if x:
             ax_loss.plot(x, y, "o--", color=color, ms=4, label=f"{name} eval")
