@@ -153,10 +153,9 @@ def _child_cli(out_dir: str) -> dict:
     from whisper_t5x.app import cli
 
     probe.marks["import_cli_s"] = time.perf_counter() - T0
+    out_dir = tempfile.mkdtemp(prefix="jfk-", dir=out_dir)  # a fresh folder: no earlier output is read
     argv = ["whisper-t5x", "transcribe", JFK, "--output_dir", out_dir, "--overwrite", "--quiet"]
     written = os.path.join(out_dir, "jfk.txt")
-    if os.path.exists(written):
-        os.unlink(written)
     t = time.perf_counter()
     rc = cli.main(argv)
     first = time.perf_counter() - t
