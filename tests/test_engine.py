@@ -21,7 +21,7 @@ from whisper_t5x.decoding.rules_state import LogitRules
 from whisper_t5x.decoding.slots import empty_slots, put_rows, slot_steps
 from whisper_t5x.longform import fallback as fb
 from whisper_t5x.longform.decoder import DecodeRequest
-from whisper_t5x.longform.engine import Engine, EngineError
+from whisper_t5x.longform.engine import Engine, EngineError, LiveRows
 from whisper_t5x.model.config import SpecialTokens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +109,7 @@ class FakeEngine(Engine):
                                       decode_options=decode_options)
         super().__init__(model, **kw)
         self.table, self.inserted, self.widths = table, [], []
+        self.on_generate = None  # called with (generate calls so far, state) before each
 
     def _allocate(self, options, capacity):
         self._program(("allocate", options, capacity), lambda: None)
@@ -145,6 +146,8 @@ class FakeEngine(Engine):
         self.widths.append(width)
 
         def run(params, state, steps, stop_below):
+            if self.on_generate is not None:
+                self.on_generate(len(self.widths), state)
             n = useful = 0
             while n < int(steps) and (~state["done"]).sum() > int(stop_below):
                 for s in np.nonzero(~state["done"][:width])[0]:
@@ -225,6 +228,30 @@ def test_a_few_rows_get_a_few_slots():
         assert eng.decode(None, [], greedy) == {}  # no rows: nothing allocated or run
     assert got[0].tokens == (5,) and got[1].tokens == (6, 7)
     assert {k[0]: k[1] for k in eng.program_keys()}["allocate"] == 2
+
+
+def test_rows_arriving_while_others_decode_join_at_the_next_refill():
+    table = {(0, 0.0): ([1] * 20, -0.1), (1, 0.0): ([2] * 20, -0.1), (2, 0.0): ([3, 4], -0.1)}
+    live = LiveRows()
+    live.put(0, _feats([0])[0][1])
+    live.put(1, _feats([1])[0][1])
+    eng = FakeEngine(table, slots=4, encode_batch=2, steps_per_call=5)
+    seen = {}
+
+    def arrive(calls, state):
+        if calls == 2:  # rows 0 and 1 are 5 steps in: a request arrives
+            live.put(2, _feats([2])[0][1])
+        if calls == 3:
+            seen["live_when_2_runs"] = int((~state["done"]).sum())
+            live.close()
+
+    eng.on_generate = arrive
+    greedy = DecodeRequest(task=None, timestamps=False, fallback=fb.FallbackConfig(temperatures=(0.0,)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jax, "device_get", lambda x: x)
+        got = eng.decode(None, live, greedy)
+    assert [got[k].tokens for k in range(3)] == [(1,) * 20, (2,) * 20, (3, 4)]
+    assert seen["live_when_2_runs"] == 3  # row 2 runs beside rows 0 and 1, which had not ended
 
 
 def test_requests_it_cannot_take_are_named_errors():

@@ -45,6 +45,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import queue as queue_lib
 from typing import Any, Callable, Deque, Dict, Hashable, Iterable, List, Optional, Tuple
 
 import jax
@@ -60,13 +61,42 @@ from whisper_t5x.longform.windows import bucket_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Engine", "EngineError"]
+__all__ = ["Engine", "EngineError", "LiveRows"]
 
 SPAN_MARGIN = 8  # a short cache span is used only while every live slot is this far from its end
 
 
 class EngineError(ValueError):
     """A request or row the engine cannot decode."""
+
+
+class LiveRows:
+    """Rows that arrive while the engine runs (a server's requests, a live stream): :meth:`put` from any
+    thread, :meth:`close` when no more will come. Passed as ``rows`` to :meth:`Engine.decode`, a row put
+    while others decode joins them at the next refill instead of waiting for them to end."""
+
+    _CLOSED = object()
+
+    def __init__(self):
+        self._queue: "queue_lib.Queue[Any]" = queue_lib.Queue()
+
+    def put(self, key: Hashable, features: np.ndarray) -> None:
+        self._queue.put((key, features))
+
+    def close(self) -> None:
+        self._queue.put(self._CLOSED)
+
+    def take(self, block: bool) -> Any:
+        """The next ``(key, features)``; None when nothing is waiting (``block=False``); raises
+        StopIteration once closed."""
+        try:
+            item = self._queue.get(block=block)
+        except queue_lib.Empty:
+            return None
+        if item is self._CLOSED:
+            self._queue.put(item)  # stays closed
+            raise StopIteration
+        return item
 
 
 @dataclasses.dataclass
@@ -208,6 +238,8 @@ class Engine:
         fallback; returns ``{key: DecodedRow}`` and calls ``on_result(key, row)`` as each row ends.
 
         ``features``: ``(n_mels, 3000)`` log-mel, or ``(480000,)`` audio (log-mel computed on the device).
+        ``rows`` may be a :class:`LiveRows`: the call then runs until it is closed and every row has ended,
+        and rows put meanwhile join the running slots at the next refill (within ``steps_per_call`` steps).
         """
         options = self.options(request)
         try:
@@ -226,7 +258,8 @@ class _Run:
         self.cfg = request.fallback
         self.temperatures = self.cfg.temperatures if self.cfg.enabled else self.cfg.temperatures[:1]
         self.best_of = max(1, int(request.best_of))
-        self.source = iter(rows)
+        self.live = rows if isinstance(rows, LiveRows) else None
+        self.source = None if self.live is not None else iter(rows)
         self.exhausted = False
         self.serial = 0
         self.queue: Deque[_Job] = collections.deque()
@@ -240,13 +273,18 @@ class _Run:
         self.spans = cache_spans(self.sample_begin, options.max_length)
 
     # -------------------------------------------------------------- queue
-    def _pull(self, wanted: int) -> None:
+    def _pull(self, wanted: int, block: bool = False) -> None:
+        """Queue rows from the source until ``wanted`` wait; a live source is not waited for unless
+        ``block`` (nothing decoding: wait for the first)."""
         while not self.exhausted and len(self.queue) < wanted:
             try:
-                key, features = next(self.source)
+                item = next(self.source) if self.live is None else self.live.take(block and not self.queue)
             except StopIteration:
                 self.exhausted = True
                 break
+            if item is None:
+                break
+            key, features = item
             features = np.asarray(features, np.float32)
             self.queue.append(_Job(_Row(key, self.serial, features), self.temperatures[0], 0))
             self.serial += 1
@@ -391,7 +429,7 @@ class _Run:
     # -------------------------------------------------------------- the loop
     def run(self) -> Dict[Hashable, DecodedRow]:
         e = self.e
-        self._pull(e.slots)
+        self._pull(e.slots, block=True)
         if not self.queue:
             return self.results
         if self.exhausted and not e.keep_slots:
@@ -405,7 +443,10 @@ class _Run:
         while True:
             state = self._refill(state)
             if all(j is None for j in self.slot_job):
-                break
+                if self.exhausted and not self.queue:
+                    break
+                self._pull(e.slots, block=True)  # a live source: nothing decoding, wait for rows
+                continue
             state, report = self._generate(state)
             for s, job in enumerate(self.slot_job):
                 if job is None:
