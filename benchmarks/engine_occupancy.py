@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         else:
             total, useful = st.get("engine_slot_steps", 0), st.get("engine_live_slot_steps", 0)
         texts[name] = out["text"]
-        row = dict(config=name, wall_s=round(wall, 2), cpu_s=round(cpu_s, 2), rows=st.get("rows"), slot_steps=total, useful_slot_steps=useful,
+        row = dict(config=name, wall_s=round(wall, 2), cpu_s=round(cpu_s, 2), rows=st.get("rows"), slot_steps=total,
+                   useful_slot_steps=useful,
                    occupancy=round(useful / max(1, total), 4), wer=round(corpus.wer(text, out["text"]), 4),
                    fallback_decodes=st.get("fallback_decodes", 0), loadavg=round(load, 1),
                    generate_calls=st.get("engine_generate_calls"), inserts=st.get("engine_inserts"),

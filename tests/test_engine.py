@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests._speech import LONG_TEXT, needs_espeak, synthesize
 from whisper_t5x.decoding.greedy import greedy_search
 from whisper_t5x.decoding.rules_state import LogitRules
 from whisper_t5x.decoding.slots import empty_slots, put_rows, slot_steps
@@ -65,8 +66,9 @@ def test_slot_loop_equals_greedy_for_rows_entering_at_different_times():
     state = insert(state, [0, 1], [0, 1])
     got, waiting = {}, [2, 3, 4]
     occupant = {0: 0, 1: 1}
+    run = jax.jit(lambda st, stop_below: slot_steps(step, st, rules, 3, stop_below))  # one compile
     while occupant:
-        state, stats = slot_steps(step, state, rules, steps=3, stop_below=len(occupant) - 1)
+        state, stats = run(state, len(occupant) - 1)
         assert int(stats.steps) <= 3
         for s, r in list(occupant.items()):
             if bool(state.done[s]):
@@ -334,9 +336,8 @@ def test_vad_rows_through_the_engine_give_the_decoders_text(pipes):
 
 
 @pytest.mark.slow
+@needs_espeak
 def test_two_minutes_of_vad_rows_unchanged_by_the_engine(pipes):
-    from tests._speech import LONG_TEXT, needs_espeak, synthesize  # noqa: F401
-
     on, off = pipes
     audio = synthesize(LONG_TEXT)
     assert on(audio)["text"] == off(audio)["text"]

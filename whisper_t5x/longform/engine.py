@@ -46,6 +46,7 @@ import collections
 import dataclasses
 import logging
 import queue as queue_lib
+import threading
 from typing import Any, Callable, Deque, Dict, Hashable, Iterable, List, Optional, Tuple
 
 import jax
@@ -142,7 +143,8 @@ class Engine:
         # (the cross K/V of every slot: 37 MB each for ``base`` in float32).
         self.keep_slots = False
         self._programs: Dict[Tuple, Any] = {}
-        self._state: Optional[Tuple[DecodeOptions, Any]] = None  # (options, device slots)
+        self._lock = threading.Lock()  # callers on several threads (server, streams) build programs once
+        self._state: Optional[Tuple[Tuple[DecodeOptions, int], Any]] = None  # ((options, capacity), slots)
 
     @property
     def refill_at(self) -> int:
@@ -183,11 +185,12 @@ class Engine:
         return [(k[0],) + k[2:] for k in self._programs]
 
     def _program(self, key: Tuple, build: Callable[[], Any]) -> Any:
-        fn = self._programs.get(key)
-        if fn is None:
-            logger.info("engine: compiling %s %s", key[0], key[2:])
-            fn = self._programs[key] = build()
-        return fn
+        with self._lock:
+            fn = self._programs.get(key)
+            if fn is None:
+                logger.info("engine: compiling %s %s", key[0], key[2:])
+                fn = self._programs[key] = build()
+            return fn
 
     def _allocate(self, options: DecodeOptions, capacity: int) -> Any:
         if self._state is not None and self._state[0] == (options, capacity):
