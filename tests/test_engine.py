@@ -335,6 +335,22 @@ def test_vad_rows_through_the_engine_give_the_decoders_text(pipes):
     assert "engine_generate_calls" not in off.last_stats
 
 
+def test_audio_rows_with_device_features_and_word_alignment(pipes):
+    """``feature_backend="jax"``: rows reach the engine as audio and the insert program computes log-mel;
+    segment timestamps align the engine's rows word by word."""
+    from whisper_t5x import FlaxWhisperPipeline
+    from whisper_t5x.audio.loading import load_audio
+
+    on, _ = pipes
+    jfk = load_audio(os.path.join(ROOT, "samples", "jfk.flac"))
+    dev = FlaxWhisperPipeline((on.model, on.decoder.params), feature_backend="jax", fallback=False)
+    ref = FlaxWhisperPipeline((on.model, on.decoder.params), feature_backend="jax", fallback=False, engine=False)
+    assert dev(jfk)["text"] == ref(jfk)["text"]
+    assert ("insert", 1, 1, "audio") in dev.engine.program_keys()
+    timed = dev(jfk, return_timestamps=True)["chunks"]
+    assert len(timed) >= 2 and timed[0]["timestamp"][0] < 1.0 and timed[-1]["timestamp"][1] > 9.0
+
+
 @pytest.mark.slow
 @needs_espeak
 def test_two_minutes_of_vad_rows_unchanged_by_the_engine(pipes):
