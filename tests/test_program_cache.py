@@ -45,9 +45,8 @@ def _args(dtype=np.float32, extra=False):
 
 @pytest.fixture(params=["executable", "export"])
 def tier(request, monkeypatch):
-    """Both tiers: compiled executables kept too (the default), or exported programs only."""
-    if request.param == "export":
-        monkeypatch.setenv(program_cache.ENV_PROGRAMS, "export")
+    """Both tiers: compiled executables kept too (on request), or exported programs only (the default)."""
+    monkeypatch.setenv(program_cache.ENV_PROGRAMS, "executables" if request.param == "executable" else "export")
     return request.param
 
 
@@ -282,6 +281,7 @@ def test_prefetch_loads_what_the_last_process_used(cache_dir, monkeypatch):
     import atexit
 
     monkeypatch.setattr(atexit, "register", lambda fn: fn)
+    monkeypatch.setenv(program_cache.ENV_PROGRAMS, "executables")
     monkeypatch.setattr(program_cache.recent, "_session", {})
     monkeypatch.setattr(program_cache.recent, "_prefetched", {})
     args = _args()
@@ -309,6 +309,7 @@ def test_prefetch_loads_what_the_last_process_used(cache_dir, monkeypatch):
 
 
 def test_an_executable_that_fails_to_run_is_replaced(cache_dir, caplog, monkeypatch):
+    monkeypatch.setenv(program_cache.ENV_PROGRAMS, "executables")
     args = _args()
     want = jax.jit(_step)(*args)
     CachedProgram(jax.jit(_step), "step", key="a")(*args)
@@ -354,9 +355,9 @@ def test_executable_from_the_compile_cache_is_not_kept(tmp_path):
 
     first = run("export")  # the exported program compiled and put in JAX's compile cache
     assert first.returncode == 0, first.stderr
-    second = run("on")  # its executable now comes from the compile cache: not written
+    second = run("executables")  # its executable now comes from the compile cache: not written
     assert second.returncode == 0, second.stderr
     programs = tmp_path / "jax" / "programs"
     assert [p for p in os.listdir(programs) if p.endswith(program_cache.EXECUTABLE_SUFFIX)] == []
-    third = run("on")
+    third = run("executables")
     assert third.returncode == 0, third.stderr

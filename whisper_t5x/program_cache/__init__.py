@@ -22,7 +22,7 @@ the file and compared on load, so a file copied under another name is not
 used either.
 
 Executables. Where the arguments live on the default device, the program is
-also compiled ahead of time and the executable kept beside it
+also, on request (``WHISPER_T5X_PROGRAM_CACHE=executables``), compiled ahead of time and the executable kept beside it
 (``jax.experimental.serialize_executable``, ``.jaxexec``): a later process
 loads that and skips the lowering and the compile-cache lookup as well. Its
 key adds the host CPU's model and instruction-set flags and ``XLA_FLAGS``
@@ -33,7 +33,7 @@ Off. Whenever the compile cache is off (``WHISPER_T5X_CACHE=off``,
 ``WHISPER_T5X_DISABLE_COMPILE_CACHE=1``, ``compile_cache=False`` of the
 pipeline: ``compile_cache_dir()`` is None), and on its own with
 ``WHISPER_T5X_PROGRAM_CACHE=off``. Then the wrapped function is called as
-it is. ``WHISPER_T5X_PROGRAM_CACHE=export`` keeps the exported programs but
+it is. By default (or ``WHISPER_T5X_PROGRAM_CACHE=export``) the exported programs are kept but
 no executables.
 
 Left alone: calls from inside another trace, arguments placed on more than
