@@ -71,6 +71,14 @@ class EngineError(ValueError):
     """A request or row the engine cannot decode."""
 
 
+def _kept(fn: Any, name: str, key: Tuple, donate_argnums: Tuple[int, ...]) -> Any:
+    """A jitted program kept on disk by the program cache (:mod:`whisper_t5x.program_cache`), as the
+    Decoder's are: a fresh process skips tracing it (the shapes are part of that cache's own key)."""
+    from whisper_t5x.program_cache import cached_program
+
+    return cached_program(fn, name, key=key, donate_argnums=donate_argnums)
+
+
 class LiveRows:
     """Rows that arrive while the engine runs (a server's requests, a live stream): :meth:`put` from any
     thread, :meth:`close` when no more will come. Passed as ``rows`` to :meth:`Engine.decode`, a row put
@@ -214,14 +222,15 @@ class Engine:
                 keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(draw_ids)
                 return slot_generate.insert(module, params, state, features, slot_ids, temperature, keys, options)
 
-            return jax.jit(run, donate_argnums=(1,))
+            return _kept(jax.jit(run, donate_argnums=(1,)), "engine_insert", (module, options, audio), (1,))
 
         return self._program(("insert", options, capacity, rows, "audio" if audio else "mel"), build)
 
     def _reorder_fn(self, options: DecodeOptions, capacity: int) -> Any:
         module = self.module
-        return self._program(("reorder", options, capacity), lambda: jax.jit(
-            lambda state, order: slot_generate.reorder(module, state, order), donate_argnums=(0,)))
+        return self._program(("reorder", options, capacity), lambda: _kept(jax.jit(
+            lambda state, order: slot_generate.reorder(module, state, order), donate_argnums=(0,)),
+            "engine_reorder", (module, options), (0,)))
 
     def _generate_fn(self, options: DecodeOptions, capacity: int, span: int, width: int) -> Any:
         module = self.module
@@ -230,7 +239,7 @@ class Engine:
             def run(params, state, steps, stop_below):
                 return slot_generate.generate_slots(module, params, state, options, steps, stop_below, span, width)
 
-            return jax.jit(run, donate_argnums=(1,))
+            return _kept(jax.jit(run, donate_argnums=(1,)), "engine_generate", (module, options, span, width), (1,))
 
         return self._program(("generate", options, capacity, span, width), build)
 
