@@ -10,11 +10,14 @@
    against the dataset's text); a later run with the same ``--work`` reuses them.
 3. ``whisper-t5x distill --labels ... --teacher base --student_decoder_layers 2``
    (encoder copied and frozen; decoder layers 0 and 5 of 6 kept).
-4. Held-out WER against the true text through ``FlaxWhisperPipeline``: the
-   teacher, the student as initialised, the distilled student; decode time of
-   teacher and student on the same clips (second of two runs, compiled); the
-   export loaded by transformers PyTorch (greedy generate, WER) and converted
-   by CTranslate2's converter (and decoded with it).
+4. Held-out WER against the true text through ``FlaxWhisperPipeline`` (greedy,
+   no fallback, at most 96 tokens): the teacher, the student as initialised,
+   the distilled student; decode time of teacher and student on the same clips
+   (second of two passes, compiled), as decoded and at equal work (end-of-text
+   suppressed, ``--fixed_tokens`` per clip); the export loaded by transformers
+   PyTorch (greedy generate on 8 clips, WER) and converted by CTranslate2's
+   converter (and decoded with it). ``--measure_only`` repeats step 4 on the
+   finished run in ``--work``.
 
 Writes ``benchmarks/results/distill_demo.{json,md,png}``.
 """
