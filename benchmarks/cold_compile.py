@@ -62,6 +62,7 @@ def _worker(mode: str, seconds: float, model: str, batch: int) -> dict:
     second = time.perf_counter() - t
     return dict(mode=mode, first_call_s=round(first, 2), second_call_s=round(second, 2),
                 compile_s=round(first - second, 2), decode_programs=pipe.decoder.num_programs,
+                engine_programs=0 if pipe.engine is None else pipe.engine.num_programs,
                 rows=pipe.last_stats.get("rows", pipe.last_stats.get("windows")), loadavg=os.getloadavg()[0])
 
 

@@ -86,8 +86,13 @@ class FlaxWhisperForConditionalGeneration:
 
     @functools.cached_property
     def params_shape_tree(self) -> Any:
-        features, ids = self.dummy_inputs()
-        return jax.eval_shape(self.module.init, jax.random.PRNGKey(0), features, ids)["params"]
+        from whisper_t5x.program_cache import cached_shapes
+
+        def shapes():
+            features, ids = self.dummy_inputs()
+            return jax.eval_shape(self.module.init, jax.random.PRNGKey(0), features, ids)["params"]
+
+        return cached_shapes(shapes, "params_shapes", key=self.module)
 
     @functools.cached_property
     def params_axes(self) -> Any:
