@@ -373,9 +373,12 @@ def test_degenerate_long_prompt_keeps_the_transcript(tiny, jfk_audio):
     assert len(prompt) > 10000
     out = tiny(jfk_audio, generate_kwargs={"prompt_ids": prompt})
     assert wer(JFK_TEXT, out["text"]) < 0.15 and normalize(out["text"]).count("fellow") == 1, out["text"]
-    programs = tiny.decoder.num_programs
+    lengths = {o.prompt_length for o in tiny.decoder._programs}
+    assert max(lengths) == 223, lengths
     tiny(jfk_audio, generate_kwargs={"prompt_ids": prompt[:-7]})  # another length, same bucket
-    assert tiny.decoder.num_programs == programs
+    # No new prompt length compiles (0 may join: whether a fallback draw runs hotter than 0.5, and so drops
+    # the prompt, depends on this CPU's numerics, so the count of programs alone is not a stable check).
+    assert {o.prompt_length for o in tiny.decoder._programs} <= lengths | {0}
 
 
 def test_sampling_is_reproducible_call_by_call(tiny, jfk_audio):
