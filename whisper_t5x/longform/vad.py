@@ -255,7 +255,7 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
         return _transcribe_with_engine(engine, decoder, items, request, settings, words, stats, segment_timestamps,
                                        limits, progress)
     align = words or segment_timestamps
-    from whisper_t5x.audio.features import log_mel_spectrogram_np, pad_or_trim
+    from whisper_t5x.audio.features import log_mel_spectrogram_np
 
     n_mels = decoder.config.num_mel_bins
     on_device = decoder.feature_backend == "jax"
@@ -278,19 +278,7 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
     for inputs, batch in _batches(items, settings, decoder.batch_size, progress):
         if not batch:
             continue
-        clips = []
-        for i, k in batch:
-            inp = inputs[i]
-            clips.append(inp.rows[k].slice_audio(inp.audio))
-            inp.sliced += 1
-            if inp.sliced == len(inp.rows):
-                inp.audio = None  # bounded memory: only inputs with rows still to cut stay loaded
-        stats["rows"] += len(batch)
-        stats["speech_seconds"] += sum(c.size for c in clips) / SAMPLE_RATE
-        if on_device:
-            feats = np.stack([pad_or_trim(c, N_SAMPLES) for c in clips]).astype(np.float32)
-        else:
-            feats = log_mel_spectrogram_np(clips, n_mels=n_mels)
+        feats = _row_features(decoder, _cut_rows(inputs, batch, stats))
         dispatched = (batch, feats, decoder.submit(feats, request, prompt))
         if in_flight is not None:
             finish(*in_flight)
@@ -305,6 +293,21 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
         w = [row_words.get((i, k), []) for k in range(len(inp.rows))] if align else None
         out.append(assemble(decoder, inp.rows, decoded, inp.duration, request.timestamps, w, limits, words))
     return out
+
+
+def _cut_rows(inputs: Dict[int, Any], batch: Sequence[Tuple[int, int]], stats: Dict[str, Any]) -> List[np.ndarray]:
+    """The audio of a batch's rows; an input's audio is dropped once its last row is cut (bounded memory:
+    only inputs with rows still to cut stay loaded)."""
+    clips = []
+    for i, k in batch:
+        inp = inputs[i]
+        clips.append(inp.rows[k].slice_audio(inp.audio))
+        inp.sliced += 1
+        if inp.sliced == len(inp.rows):
+            inp.audio = None
+    stats["rows"] += len(batch)
+    stats["speech_seconds"] += sum(c.size for c in clips) / SAMPLE_RATE
+    return clips
 
 
 def _row_features(decoder: Decoder, clips: List[np.ndarray]) -> np.ndarray:
@@ -334,16 +337,7 @@ def _transcribe_with_engine(engine: Any, decoder: Decoder, items: Sequence[Any],
         for inputs, batch in _batches(items, settings, decoder.batch_size, progress):
             if not batch:
                 continue
-            clips = []
-            for i, k in batch:
-                inp = inputs[i]
-                clips.append(inp.rows[k].slice_audio(inp.audio))
-                inp.sliced += 1
-                if inp.sliced == len(inp.rows):
-                    inp.audio = None
-            stats["rows"] += len(batch)
-            stats["speech_seconds"] += sum(c.size for c in clips) / SAMPLE_RATE
-            for key, f in zip(batch, _row_features(decoder, clips)):
+            for key, f in zip(batch, _row_features(decoder, _cut_rows(inputs, batch, stats))):
                 if align:
                     features[key] = f
                 yield key, f
