@@ -31,7 +31,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -309,14 +308,7 @@ def _best(rows, key):
     return min(values) if values else None
 
 
-def _cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _machine import cpu_name as _cpu_name  # noqa: E402
 
 
 def _short(label: str) -> str:

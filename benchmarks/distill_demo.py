@@ -300,11 +300,7 @@ def _kept(labels: str) -> str:
     return f"{sum(1 for r in rows if r.get('keep'))} of {len(rows)}"
 
 
-def _cpu() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+from _machine import cpu_name as _cpu  # noqa: E402
 
 
 if __name__ == "__main__":

@@ -253,14 +253,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _cpu() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+from _machine import cpu_name as _cpu  # noqa: E402
 
 
 if __name__ == "__main__":

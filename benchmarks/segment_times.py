@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from typing import Dict, List, Tuple
@@ -114,12 +112,7 @@ def score(segments, truth: List[Tuple[float, float]]) -> Dict[str, float]:
                 spanning_silence=int(spanning), utterances_without_segment=missed, segments=len(segments))
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001
-        return platform.processor() or "unknown"
+from _machine import cpu_name  # noqa: E402
 
 
 def main(argv=None) -> int:

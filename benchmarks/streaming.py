@@ -37,8 +37,6 @@ import argparse
 import difflib
 import json
 import os
-import platform
-import subprocess
 import sys
 import threading
 import time
@@ -53,15 +51,7 @@ from benchmarks._speech_corpus import make_audio, normalize, wer  # noqa: E402
 SR = 16000
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from _machine import cpu_name  # noqa: E402
 
 
 def offline(pipe, audio):

@@ -25,7 +25,6 @@ within tens of percent of a real device's.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -151,14 +150,7 @@ def markdown(rows, skipped, meta):
     return "\n".join(lines) + "\n"
 
 
-def _cpu():
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _machine import cpu_name as _cpu  # noqa: E402
 
 
 def main(argv=None):

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -127,11 +126,7 @@ def torch_parts(b, d, heads, ffn, vocab, repeats):
     return out
 
 
-def _cpu() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+from _machine import cpu_name as _cpu  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -35,9 +35,7 @@ XLA flags are a process setting: pass ``--xla_flags`` to measure them (a new run
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -100,14 +98,7 @@ def model_flops(config, batch: int, length: int) -> float:
     return 3.0 * batch * forward
 
 
-def _cpu_name():
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _machine import cpu_name as _cpu_name  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ inputs
