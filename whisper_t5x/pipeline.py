@@ -173,10 +173,10 @@ class FlaxWhisperPipeline:
         is then used only where no pause is found; only when decoding with
         timestamps. Default False: it measured no better than the fixed
         layout (``benchmarks/pipeline_options.py``).
-      engine: VAD rows (the default long-form mode) decode through the slot
-        engine (:mod:`whisper_t5x.longform.engine`: rows join and leave a
-        running batch, so no row waits for the longest of its batch); greedy
-        tokens are the Decoder's. Rows with a prompt, beam search and a
+      engine: VAD rows (the default long-form mode) and chunked windows decode
+        through the slot engine (:mod:`whisper_t5x.longform.engine`: rows join
+        and leave a running batch, so no row waits for the longest of its
+        batch); greedy tokens are the Decoder's. Rows with a prompt, beam search and a
         sharded model use the Decoder. ``False``: the Decoder always.
       decode_slots: the engine's decode slots (default ``batch_size``: on a
         CPU a step costs in proportion to its rows, so more slots than the
@@ -424,17 +424,17 @@ class FlaxWhisperPipeline:
         """One long-form algorithm over ``items``: segmenter, the Decoder, assembler."""
         if mode == "sequential":
             return self._sequential(items, call)
+        engine = self.engine if self.partitioner is None else None  # a sharded model: the Decoder
+        if engine is not None:
+            engine.encode_batch = min(settings.batch_size, engine.slots)
         if mode in ("auto", "vad"):
             from whisper_t5x.longform.vad import transcribe_vad
 
-            engine = self.engine if self.partitioner is None else None  # a sharded model: the Decoder
-            if engine is not None:
-                engine.encode_batch = min(settings.batch_size, engine.slots)
             return transcribe_vad(self.decoder, items, call.request, self.vad, call.prompt, call.words, stats,
                                   segment_timestamps=call.segment_timestamps, limits=self.segment_limits,
                                   progress=bar.with_unit("row"), engine=engine)
         return transcribe_chunked(self.decoder, items, call.request, settings, call.prompt, call.segments, bar,
-                                  stats)
+                                  stats, engine=engine)
 
     def _sequential(self, items: List[Any], call: _Call) -> List[Transcription]:
         from whisper_t5x.longform.sequential import SequentialOptions, run_sequential

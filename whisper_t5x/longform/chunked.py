@@ -1,14 +1,19 @@
 """Chunked long-form transcription: overlapping 30 s windows of all inputs, decoded in parallel, stitched.
 
 segmenter  :mod:`whisper_t5x.longform.windows` (fixed strides, or pause-aligned)
-decoder    :class:`whisper_t5x.longform.decoder.Decoder` (full batches, fallback)
+decoder    the slot engine (:class:`whisper_t5x.longform.engine.Engine`: each window joins the running slots,
+           continuations included) when it takes the request (no prompt, one beam), else the
+           :class:`whisper_t5x.longform.decoder.Decoder` (full batches, one in flight); fallback either way
 assembler  :func:`whisper_t5x.longform.stitching.stitch`
 
 A loader thread (:class:`WindowLoader`) loads each input, cuts it into
 windows, packs the windows of *all* inputs into full batches and computes
-their log-mel features, while the main thread decodes the previous batch:
-batch ``k + 1`` is dispatched before batch ``k`` is fetched and judged, so
-the device never waits for host work. Windows that are digitally silent are
+their log-mel features, while the main thread decodes: on the Decoder,
+batch ``k + 1`` is dispatched before batch ``k`` is fetched and judged; on
+the engine, windows are pulled as slots free up. Either way the device never
+waits for host work, and each input's window transcripts are kept in the
+order the windows were cut, so both paths stitch (and continue) the same
+lists: greedy text is the same on both. Windows that are digitally silent are
 not decoded. Where each input is loud (:mod:`whisper_t5x.longform.loudness`)
 is used twice: a window that begins in a long quiet stretch starts just
 before the speech instead (:func:`whisper_t5x.longform.windows.skip_leading_quiet`),
@@ -24,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -253,82 +258,177 @@ def transcribe_chunked(
     segments: str = "segments",
     progress: Optional[Any] = None,
     stats: Optional[Dict[str, int]] = None,
+    engine: Any = None,
 ) -> List[Transcription]:
     """Transcribe ``items`` (loadable by :func:`load_audio`); one :class:`Transcription` per item.
 
     ``segments``: ``"segments"`` (timestamped segments) or ``"windows"`` (one per window).
+    ``engine``: a :class:`~whisper_t5x.longform.engine.Engine` decodes the windows (and continuations) in its
+    slots when it supports the request (no prompt, one beam); else the ``decoder`` decodes them in batches.
+    The windows, their transcripts and the stitching are the same either way.
     """
     stats = stats if stats is not None else {}
     for key in ("windows", "padding_rows", "quiet_windows", "continuation_windows"):
         stats.setdefault(key, 0)
+    on_engine = engine is not None and engine.supports(request, prompt)
     on_device = decoder.feature_backend == "jax"
     n_mels = decoder.config.num_mel_bins
 
     def featurize(clips, rows):
-        return window_features(clips, rows, n_mels, on_device)
+        # The engine takes rows one by one and pads its own encoder buckets: no padding rows here.
+        return window_features(clips, len(clips) if on_engine else rows, n_mels, on_device)
 
-    transcripts: Dict[int, List[WindowTranscript]] = {i: [] for i in range(len(items))}
-    lengths: Dict[int, int] = {}
-    expected: Dict[int, int] = {}  # windows per input
     keep_audio = request.timestamps and settings.continue_early_stops
     loader = WindowLoader(items, settings, featurize, decoder.data_size, keep_audio)
-    extra: List[tuple] = []  # continuation (window, clip) pairs
-
-    def check_done(indices) -> None:
-        """Once all windows of an input are decoded: its continuations, and its audio is released."""
-        for i in set(indices):
-            if len(transcripts[i]) == expected.get(i) and i in loader.audio:
-                samples = loader.audio.pop(i)
-                extra.extend(continuation_windows({i: transcripts[i]}, {i: samples}, settings.chunk,
-                                                  loader.loudness))
-
-    def finish(in_flight: "tuple[BatchReady, Pending]", continuing: bool = False) -> None:
-        ready, pending = in_flight
-        for w, row in zip(ready.batch.windows, pending.result()):
-            transcripts[w.input_index].append(_window_transcript(decoder, w, row, request.timestamps,
-                                                                 loader.loudness.get(w.input_index)))
-        if not continuing:
-            check_done(w.input_index for w in ready.batch.windows)
-        stats["windows"] += len(ready.batch.windows)
-        stats["padding_rows"] += ready.batch.num_padding
-        if progress is not None:
-            progress.update(len(ready.batch.windows))
-
+    run = _WindowRun(decoder, len(items), request, settings, loader, featurize, stats, progress)
     with loader:
+        if on_engine:
+            run.decode_on_engine(engine)
+        else:
+            run.decode_in_batches(prompt)
+    return run.stitched(segments)
+
+
+class _WindowRun:
+    """One :func:`transcribe_chunked` call: each input's window transcripts (kept in the order the windows
+    were cut, so both decode paths stitch and continue the same list), and the continuations to decode."""
+
+    def __init__(self, decoder: Decoder, count: int, request: DecodeRequest, settings: ChunkedSettings,
+                 loader: WindowLoader, featurize: Callable, stats: Dict[str, int], progress: Optional[Any]):
+        self.decoder, self.request, self.settings, self.loader = decoder, request, settings, loader
+        self.featurize, self.stats, self.progress = featurize, stats, progress
+        self.transcripts: Dict[int, List[WindowTranscript]] = {i: [] for i in range(count)}
+        self.lengths: Dict[int, int] = {}
+        self.expected: Dict[int, int] = {}  # windows per input
+        self.extra: List[tuple] = []  # continuation (window, clip) pairs
+        self._order: Dict[int, int] = {}  # id(transcript) -> when its window was cut (or its continuation made)
+        self._cut = 0
+
+    # -------------------------------------------------------------- bookkeeping shared by both paths
+    def ticket(self) -> int:
+        """The next position in cutting order."""
+        self._cut += 1
+        return self._cut
+
+    def add(self, ticket: int, tr: WindowTranscript) -> None:
+        self._order[id(tr)] = ticket
+        trs = self.transcripts[tr.window.input_index]
+        trs.append(tr)
+        if len(trs) > 1 and self._order[id(trs[-2])] > ticket:  # decoded out of order (the engine)
+            trs.sort(key=lambda t: self._order[id(t)])
+
+    def loaded(self, msg: InputLoaded) -> None:
+        self.lengths[msg.index] = msg.num_samples
+        self.expected[msg.index] = msg.num_windows
+        if self.progress is not None:
+            self.progress.add_total(msg.num_windows)
+
+    def quiet(self, windows: Sequence[Window]) -> None:
+        for w in windows:
+            self.add(self.ticket(), WindowTranscript(w, [], None, False))
+        self.check_done(w.input_index for w in windows)
+        self.stats["quiet_windows"] += len(windows)
+        if self.progress is not None:
+            self.progress.update(len(windows))
+
+    def check_done(self, indices) -> None:
+        """Once all windows of an input are decoded: its continuations, and its audio is released."""
+        loader = self.loader
+        for i in sorted(set(indices)):
+            if len(self.transcripts[i]) == self.expected.get(i) and i in loader.audio:
+                samples = loader.audio.pop(i)
+                self.extra.extend(continuation_windows({i: self.transcripts[i]}, {i: samples}, self.settings.chunk,
+                                                       loader.loudness))
+
+    def decoded(self, ticket: int, w: Window, row: DecodedRow, continuing: bool) -> None:
+        self.add(ticket, _window_transcript(self.decoder, w, row, self.request.timestamps,
+                                            self.loader.loudness.get(w.input_index)))
+        if not continuing:
+            self.check_done([w.input_index])
+        self.stats["windows"] += 1
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def take_continuations(self) -> List[tuple]:
+        extra, self.extra = self.extra, []
+        if extra:
+            self.stats["continuation_windows"] += len(extra)
+            if self.progress is not None:
+                self.progress.add_total(len(extra))
+        return extra
+
+    # -------------------------------------------------------------- the Decoder: full batches, one in flight
+    def decode_in_batches(self, prompt: Sequence[int]) -> None:
+        decoder, request = self.decoder, self.request
+
+        def finish(ready: BatchReady, tickets: List[int], pending: Pending, continuing: bool = False) -> None:
+            for t, w, row in zip(tickets, ready.batch.windows, pending.result()):
+                self.decoded(t, w, row, continuing)
+            self.stats["padding_rows"] += ready.batch.num_padding
+
         in_flight = None
-        for msg in loader.messages():
+        for msg in self.loader.messages():
             if isinstance(msg, InputLoaded):
-                lengths[msg.index] = msg.num_samples
-                expected[msg.index] = msg.num_windows
-                if progress is not None:
-                    progress.add_total(msg.num_windows)
+                self.loaded(msg)
                 continue
-            for w in msg.silent:
-                transcripts[w.input_index].append(WindowTranscript(w, [], None, False))
-            check_done(w.input_index for w in msg.silent)
-            stats["quiet_windows"] += len(msg.silent)
-            if progress is not None:
-                progress.update(len(msg.silent))
+            self.quiet(msg.silent)
             if msg.batch.size == 0:
                 continue
-            dispatched = (msg, decoder.submit(msg.features, request, prompt, count=len(msg.batch.windows)))
+            tickets = [self.ticket() for _ in msg.batch.windows]
+            dispatched = (msg, tickets, decoder.submit(msg.features, request, prompt, count=len(tickets)))
             if in_flight is not None:
-                finish(in_flight)
+                finish(*in_flight)
             in_flight = dispatched
         if in_flight is not None:
-            finish(in_flight)
+            finish(*in_flight)
 
-    if extra:
-        stats["continuation_windows"] += len(extra)
-        if progress is not None:
-            progress.add_total(len(extra))
-        for k in range(0, len(extra), settings.batch_size):
-            take = extra[k:k + settings.batch_size]
-            size = bucket_size(len(take), settings.batch_size, decoder.data_size)
+        extra = self.take_continuations()
+        size_of = self.settings.batch_size
+        for k in range(0, len(extra), size_of):
+            take = extra[k:k + size_of]
+            size = bucket_size(len(take), size_of, decoder.data_size)
             rows = tuple(w for w, _ in take) + (None,) * (size - len(take))
-            ready = BatchReady(Batch(rows), featurize([c for _, c in take], size), [])
-            finish((ready, decoder.submit(ready.features, request, prompt, count=len(take))), continuing=True)
+            ready = BatchReady(Batch(rows), self.featurize([c for _, c in take], size), [])
+            tickets = [self.ticket() for _ in take]
+            finish(ready, tickets, decoder.submit(ready.features, request, prompt, count=len(take)), continuing=True)
 
-    tokenizer = decoder.tokenizer
-    return [stitch(transcripts[i], tokenizer.decode, lengths[i] / SAMPLE_RATE, request.timestamps,
-                   chunks=segments) for i in range(len(items))]
+    # -------------------------------------------------------------- the engine: windows join running slots
+    def decode_on_engine(self, engine: Any) -> None:
+        """Every window (and then every continuation) is one engine row; rows are pulled as slots free
+        up and each is parsed as it ends. Continuations are made once all of an input's windows have
+        ended (as on the Decoder path), so they join the slots while other inputs' windows still decode."""
+        windows: Dict[int, Tuple[Window, bool]] = {}  # ticket -> (window, is a continuation), while decoding
+
+        def rows() -> Iterator[Optional[Tuple[int, np.ndarray]]]:
+            for msg in self.loader.messages():
+                if isinstance(msg, InputLoaded):
+                    self.loaded(msg)
+                    continue
+                self.quiet(msg.silent)
+                for w, f in zip(msg.batch.windows, msg.features if msg.batch.size else ()):
+                    t = self.ticket()
+                    windows[t] = (w, False)
+                    yield t, f
+            while True:  # continuations, made as inputs end
+                extra = self.take_continuations()
+                if extra:
+                    for (w, _), f in zip(extra, self.featurize([c for _, c in extra], len(extra))):
+                        t = self.ticket()
+                        windows[t] = (w, True)
+                        yield t, f
+                elif windows and self.loader.keep_audio:
+                    yield None  # rows still decoding may make continuations: ask again later
+                else:
+                    return
+
+        def on_result(t: int, row: DecodedRow) -> None:
+            w, continuing = windows.pop(t)
+            self.decoded(t, w, row, continuing)
+
+        engine.decode(self.decoder.params, rows(), self.request, on_result)
+
+    # -------------------------------------------------------------- the assembler
+    def stitched(self, segments: str) -> List[Transcription]:
+        decode = self.decoder.tokenizer.decode
+        return [stitch(self.transcripts[i], decode, self.lengths[i] / SAMPLE_RATE, self.request.timestamps,
+                       chunks=segments) for i in range(len(self.transcripts))]

@@ -34,6 +34,8 @@ and width (powers of two up to ``slots``).
 
 Scope: rows without a prompt, one beam (greedy with temperature fallback),
 with or without timestamp tokens; the caller decides (:meth:`Engine.supports`).
+Callers: VAD rows (:mod:`whisper_t5x.longform.vad`), chunked windows and their
+continuations (:mod:`whisper_t5x.longform.chunked`), the server.
 Prompted rows (sequential seek, ``prompt_ids``), beam search and a partitioned
 model stay on the :class:`~whisper_t5x.longform.decoder.Decoder`. Greedy
 tokens are those of the Decoder; sampled fallback draws use per-slot random
@@ -252,6 +254,9 @@ class Engine:
         ``features``: ``(n_mels, 3000)`` log-mel, or ``(480000,)`` audio (log-mel computed on the device).
         ``rows`` may be a :class:`LiveRows`: the call then runs until it is closed and every row has ended,
         and rows put meanwhile join the running slots at the next refill (within ``steps_per_call`` steps).
+        A plain iterator may yield ``None`` for "nothing to add now": the engine decodes on and asks it
+        again at the next refill (rows still decoding may make more, e.g. chunked continuations, made in
+        ``on_result``); it must not yield ``None`` while every row it gave has ended.
         """
         options = self.options(request)
         try:

@@ -1,0 +1,108 @@
+"""Long-form modes other than VAD rows on the slot engine (issue 21): chunked windows, the label job.
+
+* a random-init Whisper: chunked windows of several inputs (a silent one among them) through refilled slots give the Transcriptions the Decoder's batches give;
+* real tiny.en: the pipeline's chunked mode with the engine equals it without, continuations included;
+  (``tests/test_refactor_golden.py`` checks the chunked golden texts through the default pipeline, which
+  now decodes them on the engine);
+* the label job reaches the engine through the pipeline's default mode.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests._audio_helpers import ML_TOKENIZER, require
+from whisper_t5x.longform import fallback as fb
+from whisper_t5x.longform.chunked import ChunkedSettings, transcribe_chunked
+from whisper_t5x.longform.decoder import Decoder, DecodeRequest
+from whisper_t5x.longform.engine import Engine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SR = 16000
+
+
+# ---------------------------------------------------------------------- random-init Whisper, chunked windows
+@pytest.fixture(scope="module")
+def random_model():
+    """multilingual-80 with the end-of-text row of the token table scaled up (rows end at different lengths),
+    with the multilingual tokenizer so windows can be parsed and stitched."""
+    from tests import _hf_models as H
+
+    model, params = H.flax_twin("multilingual-80")
+    model.tokenizer_file = require(ML_TOKENIZER)
+    emb = np.asarray(params["decoder"]["embed_tokens"]["embedding"]).copy()
+    emb[model.config.special_tokens.eot] *= 2.6
+    params = jax.tree_util.tree_map(lambda x: x, params)
+    params["decoder"]["embed_tokens"]["embedding"] = jnp.asarray(emb)
+    return model, params
+
+
+def _noise(seconds, scale, seed):
+    return (np.random.RandomState(seed).randn(int(seconds * SR)) * scale).astype(np.float32)
+
+
+def test_chunked_windows_on_the_engine_give_the_decoders_transcriptions(random_model):
+    """With timestamp tokens (the chunked default; rows without them are the VAD rows of test_engine.py)."""
+    model, params = random_model
+    items = [_noise(70, 0.1, 0), _noise(12, 0.3, 1), np.zeros(SR * 40, np.float32), _noise(45, 0.05, 2)]
+    request = DecodeRequest(task="transcribe", language="en", timestamps=True, max_length=40,
+                            fallback=fb.FallbackConfig(temperatures=(0.0,)))
+    settings = ChunkedSettings(chunk=30 * SR, stride=5 * SR, batch_size=2, silence_threshold=1e-4)
+    decoder = Decoder(model, params, batch_size=2)
+    want_stats, got_stats = {}, {}
+    want = transcribe_chunked(decoder, items, request, settings, stats=want_stats)
+    engine = Engine(model, slots=4, encode_batch=2, steps_per_call=8, stats=decoder.stats)
+    got = transcribe_chunked(decoder, items, request, settings, stats=got_stats, engine=engine)
+    assert got == want
+    assert got_stats == want_stats
+    # Not vacuous: windows of several inputs decoded in refilled slots, texts of different lengths.
+    decoded = want_stats["windows"]
+    assert decoded >= 7 and want_stats["quiet_windows"] >= 1 and want_stats["continuation_windows"] >= 1
+    assert engine.stats["engine_insert_rows"] == decoded and engine.stats["engine_inserts"] >= 4
+    assert len({len(t.text) for t in want if t.text}) >= 3 and want[2].text == ""
+    assert all(s.end >= s.start for t in want for s in t.segments) and sum(len(t.segments) for t in want) >= 4
+
+
+def test_a_request_the_engine_cannot_take_stays_on_the_decoder(random_model):
+    model, params = random_model
+    request = DecodeRequest(task="transcribe", language="en", timestamps=True, max_length=24,
+                            fallback=fb.FallbackConfig(temperatures=(0.0,)))
+    settings = ChunkedSettings(chunk=30 * SR, stride=5 * SR, batch_size=2, silence_threshold=1e-4)
+    decoder = Decoder(model, params, batch_size=2)
+    engine = Engine(model, slots=2, encode_batch=2)
+    prompt = (1000, 2000, 3000)
+    got = transcribe_chunked(decoder, [_noise(10, 0.1, 3)], request, settings, prompt=prompt, engine=engine)
+    assert engine.num_programs == 0 and not engine.stats
+    assert got == transcribe_chunked(decoder, [_noise(10, 0.1, 3)], request, settings, prompt=prompt)
+
+
+# ---------------------------------------------------------------------- real tiny.en
+@pytest.fixture(scope="module")
+def pipes():
+    from whisper_t5x import FlaxWhisperPipeline
+
+    on = FlaxWhisperPipeline("tiny.en", batch_size=2, decode_slots=4, fallback=False)
+    off = FlaxWhisperPipeline((on.model, on.decoder.params), batch_size=2, engine=False, fallback=False)
+    return on, off
+
+
+def test_chunked_pipeline_on_the_engine_equals_the_decoder(pipes):
+    """Three inputs of one to three windows; the long one's windows stop early, so continuation windows
+    join the slots while the other inputs' windows decode."""
+    from whisper_t5x.audio.loading import load_audio
+
+    on, off = pipes
+    jfk = load_audio(os.path.join(ROOT, "samples", "jfk.flac"))
+    gap = np.zeros(SR * 2, np.float32)
+    inputs = [jfk, np.concatenate([jfk[:SR * 4], gap, jfk, gap, jfk, gap, jfk, gap, jfk]), jfk[:SR * 3]]
+    want = off(inputs, long_form="chunked", return_timestamps=True)
+    got = on(inputs, long_form="chunked", return_timestamps=True)
+    assert got == want
+    st = on.last_stats
+    assert st["continuation_windows"] >= 1 and st.get("engine_generate_calls", 0) >= 1
+    assert st["engine_insert_rows"] == st["windows"]
+    assert "engine_generate_calls" not in off.last_stats
+    assert "ask not what your country" in got[0]["text"].lower()
