@@ -30,7 +30,8 @@ from whisper_t5x.longform.speech_rows import STRATEGIES, SpeechRow, speech_rows
 from whisper_t5x.longform.word_segments import SUBTITLE_LIMITS, SegmentLimits, TimedWord, split_segments
 from whisper_t5x.results import Segment, Transcription, Word
 
-__all__ = ["VadSettings", "transcribe_vad", "assemble", "vad_speech", "BATCHED_VAD", "speech_only", "to_original"]
+__all__ = ["VadSettings", "transcribe_vad", "assemble", "vad_speech", "BATCHED_VAD", "speech_only", "to_original",
+           "InputRows", "vad_request"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,19 +215,27 @@ def _row_words(decoder: Decoder, rows: List[SpeechRow], feats: np.ndarray, decod
     return out
 
 
+def _prepare(audio: np.ndarray, settings: VadSettings, index: int) -> _Input:
+    """The segmenter for one loaded input: VAD, then speech rows (the audio kept only if there are rows)."""
+    rows = speech_rows(vad_speech(audio, settings), settings.strategy, input_index=index, num_samples=audio.shape[0])
+    return _Input(audio if rows else None, rows, audio.shape[0] / SAMPLE_RATE)
+
+
+def vad_request(request: DecodeRequest, settings: VadSettings = BATCHED_VAD) -> DecodeRequest:
+    """The request VAD rows decode with: timestamp tokens only with ``settings.row_timestamps``."""
+    return dataclasses.replace(request, timestamps=settings.row_timestamps)
+
+
 def _batches(items: Sequence[Any], settings: VadSettings, batch_size: int, progress: Any = None
              ) -> Iterator[Tuple[Dict[int, _Input], List[Tuple[int, int]]]]:
     """Load and VAD inputs one by one; yield (inputs so far, [(input, row index)] of one full batch)."""
     inputs: Dict[int, _Input] = {}
     pending: List[Tuple[int, int]] = []
     for i, item in enumerate(items):
-        audio = load_input(item, i, len(items))
-        rows = speech_rows(vad_speech(audio, settings), settings.strategy, input_index=i,
-                           num_samples=audio.shape[0])
-        inputs[i] = _Input(audio if rows else None, rows, audio.shape[0] / SAMPLE_RATE)
-        if progress is not None and rows:
-            progress.add_total(len(rows))
-        pending.extend((i, k) for k in range(len(rows)))
+        inputs[i] = inp = _prepare(load_input(item, i, len(items)), settings, i)
+        if progress is not None and inp.rows:
+            progress.add_total(len(inp.rows))
+        pending.extend((i, k) for k in range(len(inp.rows)))
         while len(pending) >= batch_size:
             yield inputs, pending[:batch_size]
             pending = pending[batch_size:]
@@ -250,15 +259,11 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
     stats = stats if stats is not None else {}
     for key in ("rows", "speech_seconds"):
         stats.setdefault(key, 0)
-    request = dataclasses.replace(request, timestamps=settings.row_timestamps)
+    request = vad_request(request, settings)
     if engine is not None and engine.supports(request, prompt):
         return _transcribe_with_engine(engine, decoder, items, request, settings, words, stats, segment_timestamps,
                                        limits, progress)
     align = words or segment_timestamps
-    from whisper_t5x.audio.features import log_mel_spectrogram_np
-
-    n_mels = decoder.config.num_mel_bins
-    on_device = decoder.feature_backend == "jax"
     row_words: Dict[Tuple[int, int], List[TimedWord]] = {}
     inputs: Dict[int, _Input] = {}
 
@@ -269,7 +274,7 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
         if progress is not None:
             progress.update(len(batch))
         if align:
-            mel = feats if not on_device else log_mel_spectrogram_np(list(feats), n_mels=n_mels)
+            mel = _alignment_mel(decoder, feats)
             found = _row_words(decoder, [inputs[i].rows[k] for i, k in batch], mel[:len(batch)], results, request)
             for key, w in zip(batch, found):
                 row_words[key] = w
@@ -286,13 +291,26 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
     if in_flight is not None:
         finish(*in_flight)
 
-    out = []
-    for i in range(len(items)):
-        inp = inputs[i]
-        decoded = [inp.decoded[k] for k in range(len(inp.rows))]
-        w = [row_words.get((i, k), []) for k in range(len(inp.rows))] if align else None
-        out.append(assemble(decoder, inp.rows, decoded, inp.duration, request.timestamps, w, limits, words))
-    return out
+    return [_assemble_input(decoder, inputs[i], i, request, row_words if align else None, limits, words)
+            for i in range(len(items))]
+
+
+def _assemble_input(decoder: Decoder, inp: _Input, i: int, request: DecodeRequest,
+                    row_words: Optional[Dict[Tuple[int, int], List[TimedWord]]], limits: SegmentLimits,
+                    words: bool) -> Transcription:
+    """Input ``i``'s decoded rows into its Transcription (``row_words``: aligned words by (input, row))."""
+    decoded = [inp.decoded[k] for k in range(len(inp.rows))]
+    w = None if row_words is None else [row_words.get((i, k), []) for k in range(len(inp.rows))]
+    return assemble(decoder, inp.rows, decoded, inp.duration, request.timestamps, w, limits, words)
+
+
+def _alignment_mel(decoder: Decoder, feats: np.ndarray) -> np.ndarray:
+    """Rows' features as the alignment wants them: log-mel (device-feature rows are padded audio)."""
+    if decoder.feature_backend == "jax":
+        from whisper_t5x.audio.features import log_mel_spectrogram_np
+
+        return log_mel_spectrogram_np(list(feats), n_mels=decoder.config.num_mel_bins)
+    return feats
 
 
 def _cut_rows(inputs: Dict[int, Any], batch: Sequence[Tuple[int, int]], stats: Dict[str, Any]) -> List[np.ndarray]:
@@ -324,8 +342,6 @@ def _transcribe_with_engine(engine: Any, decoder: Decoder, items: Sequence[Any],
                             limits: SegmentLimits, progress: Any) -> List[Transcription]:
     """:func:`transcribe_vad` through the engine: rows are cut and featurised a batch at a time as the
     engine pulls them, and each row is assembled (and aligned, in batches) as it ends."""
-    from whisper_t5x.audio.features import log_mel_spectrogram_np
-
     align = words or segment_timestamps
     inputs: Dict[int, _Input] = {}
     features: Dict[Tuple[int, int], np.ndarray] = {}  # rows in flight, kept for the alignment
@@ -345,9 +361,7 @@ def _transcribe_with_engine(engine: Any, decoder: Decoder, items: Sequence[Any],
     def flush_alignment() -> None:
         if not to_align:
             return
-        feats = np.stack([features.pop(key) for key in to_align])
-        if decoder.feature_backend == "jax":
-            feats = log_mel_spectrogram_np(list(feats), n_mels=decoder.config.num_mel_bins)
+        feats = _alignment_mel(decoder, np.stack([features.pop(key) for key in to_align]))
         found = _row_words(decoder, [inputs[i].rows[k] for i, k in to_align], feats,
                            [inputs[i].decoded[k] for i, k in to_align], request)
         for key, w in zip(to_align, found):
@@ -366,13 +380,79 @@ def _transcribe_with_engine(engine: Any, decoder: Decoder, items: Sequence[Any],
 
     engine.decode(decoder.params, rows(), request, on_result)
     flush_alignment()
-    out = []
-    for i in range(len(items)):
-        inp = inputs[i]
-        decoded = [inp.decoded[k] for k in range(len(inp.rows))]
-        w = [row_words.get((i, k), []) for k in range(len(inp.rows))] if align else None
-        out.append(assemble(decoder, inp.rows, decoded, inp.duration, request.timestamps, w, limits, words))
-    return out
+    return [_assemble_input(decoder, inputs[i], i, request, row_words if align else None, limits, words)
+            for i in range(len(items))]
+
+
+# ---------------------------------------------------------------------- one input, decoded by the caller
+class InputRows:
+    """One input's VAD path split around its decoding, for a caller that decodes the rows itself.
+
+    The server feeds the rows of many inputs, as they arrive, into one running engine call
+    (:class:`~whisper_t5x.longform.engine.LiveRows`); each input is finished when its last row ends:
+
+    * construction (host): load, VAD, speech rows; an input without speech has ``num_rows == 0``;
+    * :meth:`features` (host): cut and featurise rows when the caller wants them (the audio is released
+      after the last row is cut; rows are kept only for the alignment);
+    * :meth:`add`: a row's :class:`DecodedRow`, in any order; True once every row has one;
+    * :meth:`transcription`: assemble, aligned word by word when ``words`` or ``segment_timestamps``.
+
+    Rows decode with :attr:`request` (:func:`vad_request`); the result is :func:`transcribe_vad`'s for this
+    input alone (greedy rows are the same tokens whichever rows shared the decoding).
+    """
+
+    def __init__(self, decoder: Decoder, audio: Any, request: DecodeRequest, settings: VadSettings = BATCHED_VAD,
+                 words: bool = False, segment_timestamps: bool = False, limits: SegmentLimits = SUBTITLE_LIMITS):
+        self.decoder = decoder
+        self.request = vad_request(request, settings)
+        self.words, self.limits = bool(words), limits
+        self.align = bool(words or segment_timestamps)
+        self.stats: Dict[str, Any] = {"rows": 0, "speech_seconds": 0.0}
+        self._input = _prepare(load_input(audio, 0, 1), settings, 0)
+        self._features: Dict[int, np.ndarray] = {}  # rows cut and not yet aligned (alignment only)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self._input.rows)
+
+    @property
+    def duration(self) -> float:
+        return self._input.duration
+
+    @property
+    def complete(self) -> bool:
+        return len(self._input.decoded) == self.num_rows
+
+    def features(self, rows: Sequence[int]) -> np.ndarray:
+        """The decoder input of ``rows`` (indices, each cut once): log-mel, or padded audio for device features."""
+        rows = list(rows)
+        feats = _row_features(self.decoder, _cut_rows({0: self._input}, [(0, k) for k in rows], self.stats))
+        if self.align:
+            self._features.update(zip(rows, feats))
+        return feats
+
+    def add(self, row: int, decoded: DecodedRow) -> bool:
+        """Row ``row``'s decoding; True once every row has one."""
+        if not 0 <= row < self.num_rows:
+            raise IndexError(f"row {row} of an input with {self.num_rows} rows")
+        self._input.decoded[row] = decoded
+        return self.complete
+
+    def transcription(self) -> Transcription:
+        """The input's Transcription (every row decoded); aligned rows in batches of the decoder's size."""
+        if not self.complete:
+            raise ValueError(f"{self.num_rows - len(self._input.decoded)} of {self.num_rows} rows are not decoded")
+        row_words: Optional[Dict[Tuple[int, int], List[TimedWord]]] = None
+        if self.align:
+            row_words = {}
+            order = sorted(self._features)
+            for start in range(0, len(order), max(1, self.decoder.batch_size)):
+                ks = order[start:start + max(1, self.decoder.batch_size)]
+                feats = _alignment_mel(self.decoder, np.stack([self._features.pop(k) for k in ks]))
+                found = _row_words(self.decoder, [self._input.rows[k] for k in ks], feats,
+                                   [self._input.decoded[k] for k in ks], self.request)
+                row_words.update(((0, k), w) for k, w in zip(ks, found))
+        return _assemble_input(self.decoder, self._input, 0, self.request, row_words, self.limits, self.words)
 
 
 # ---------------------------------------------------------------------- sequential with vad_filter

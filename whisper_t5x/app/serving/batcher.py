@@ -17,6 +17,25 @@ batches of one.
 Isolation: if a grouped call raises, every request of the group is retried
 alone, so one bad request fails only itself. Requests whose caller gave up
 (timeout, disconnect) before their group started are dropped unprocessed.
+
+The engine path. When the pipeline decodes VAD rows on its slot engine (the
+default long-form mode; :mod:`whisper_t5x.longform.engine`) and the engine
+takes the request's options (no prompt, one beam), a request does not wait for
+the call in flight: a feeder thread prepares it (VAD, rows:
+:class:`whisper_t5x.longform.vad.InputRows`) and puts its rows into the one
+engine call running for its decoding options (a
+:class:`~whisper_t5x.longform.engine.LiveRows`, keyed ``(request, row)``), where
+they join the running slots at the next refill. Rows of the requests in flight
+are put round-robin, one at a time, while fewer than ``slots + encode_batch``
+rows of the call are in the engine, so a short request is not queued behind
+every row of a long one and featurised rows stay bounded. ``on_result`` routes
+each row back; a request is assembled (aligned if asked) on a finishing thread
+when its last row ends, and the call is closed when no request is in flight.
+Isolation: a request whose preparation or assembly fails fails alone; if the
+engine call raises, its requests fail and the next request starts a new call.
+A cancelled request's rows not yet put are dropped, those in the engine ignored.
+Other requests (prompts, chunked or sequential modes) take the grouped path.
+``Batcher(..., engine=False)`` sends every request through the grouped path.
 """
 
 from __future__ import annotations
@@ -34,6 +53,8 @@ import numpy as np
 
 from whisper_t5x.app.config import DecodeSection
 from whisper_t5x.audio.constants import SAMPLE_RATE
+from whisper_t5x.longform.engine import LiveRows
+from whisper_t5x.longform.vad import InputRows, vad_request
 from whisper_t5x.longform.windows import split_windows, window_params
 from whisper_t5x.results import Transcription
 
@@ -96,6 +117,57 @@ class _Request:
     future: concurrent.futures.Future
     num_windows: int
     enqueued: float
+    plan: Optional["_Plan"] = None  # set: the engine path
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How a request decodes on the engine: the call's request (its key) and how its rows are assembled."""
+
+    request: Any  # whisper_t5x.longform.decoder.DecodeRequest
+    words: bool
+    segment_timestamps: bool
+
+
+class _CallRows(LiveRows):
+    """An engine call's rows; :meth:`abort` ends the call at its next refill (the batcher stops)."""
+
+    def __init__(self):
+        super().__init__()
+        self.aborted: Optional[BaseException] = None
+
+    def abort(self, error: BaseException) -> None:
+        self.aborted = error
+        self.close()
+
+    def take(self, block: bool) -> Any:
+        if self.aborted is not None:
+            raise self.aborted
+        return super().take(block)
+
+
+class _EngineCall:
+    """One running ``Engine.decode`` over a :class:`_CallRows` for one decoding-options key."""
+
+    def __init__(self, key: Any):
+        self.key = key
+        self.rows = _CallRows()
+        self.flights: set = set()  # requests in flight here
+        self.in_engine = 0  # rows put and not ended
+        self.closed = False
+        self.thread: Optional[threading.Thread] = None
+
+
+@dataclasses.dataclass(eq=False)
+class _Flight:
+    """An engine-path request from its preparation to its last row."""
+
+    id: int
+    request: _Request
+    call: Optional[_EngineCall] = None  # joined when prepared with rows (or at once if one runs)
+    rows: Optional[InputRows] = None  # None while being prepared
+    next_row: int = 0  # rows put so far
+    done: bool = False  # every row ended, or failed, or dropped
 
 
 class Batcher:
@@ -118,11 +190,21 @@ class Batcher:
       announce: every request is announced (:meth:`arriving`) before it is
         submitted, so the worker waits for companions only while some are
         on their way. Off: it always waits ``max_delay_s``.
+      engine: requests the pipeline's slot engine takes join its running call
+        (see the module docstring); False: every request takes the grouped path.
+      max_in_flight: engine-path requests prepared and not finished at once
+        (default ``2 * max_batch_size``); more wait in the queue (counted by ``max_queue``).
+
+    Memory: at most ``max_queue`` requests wait (their audio); at most ``max_in_flight``
+    engine-path requests are in flight, each holding its audio until its last row is cut (and, when
+    aligned, its rows' features until assembled); each engine call holds at most ``slots + encode_batch``
+    featurised rows put and not ended (fallback retries re-use them).
     """
 
     def __init__(self, pipeline: Any, max_batch_size: int = 8, max_delay_s: float = 0.01, max_queue: int = 64,
                  decode: Optional[DecodeSection] = None, call: Optional[Callable[..., Any]] = None,
-                 trim_to_bucket: Optional[bool] = None, announce: bool = False):
+                 trim_to_bucket: Optional[bool] = None, announce: bool = False, engine: bool = True,
+                 max_in_flight: Optional[int] = None):
         self.pipeline = pipeline
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_delay_s = max(0.0, float(max_delay_s))
@@ -140,24 +222,62 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopped = False
         self.stats = collections.Counter()
+        self.use_engine = bool(engine) and _engine_of(pipeline) is not None
+        self.max_in_flight = max(1, int(max_in_flight or 2 * self.max_batch_size))
+        self._engine_queue: Deque[_Request] = collections.deque()  # engine-path requests waiting
+        self._calls: Dict[Any, _EngineCall] = {}  # the open call of each key
+        self._running: set = set()  # every call whose thread runs (open or draining)
+        self._flights: List[_Flight] = []  # in arrival order
+        self._by_id: Dict[int, _Flight] = {}
+        self._next_id = 0
+        self._turn = 0  # round-robin position over the flights
+        self._finisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="whisper_t5x-assemble")
         self._thread = threading.Thread(target=self._run, name="whisper_t5x-batcher", daemon=True)
         self._thread.start()
+        self._feeder = None
+        if self.use_engine:
+            self._feeder = threading.Thread(target=self._feed, name="whisper_t5x-engine-feeder", daemon=True)
+            self._feeder.start()
 
     # ----------------------------------------------------------------- public
     def submit(self, audio: np.ndarray, options: DecodeOptions) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         n = max(1, len(split_windows(int(audio.shape[0]), self._chunk, self._stride)))
+        plan = self._engine_plan(options)
         with self._cond:
             if self._stopped:
                 raise BatcherStopped("the server is shutting down")
-            if len(self._queue) >= self.max_queue:
+            if self._waiting() >= self.max_queue:
                 self._drop_cancelled()  # callers that gave up hold no slot
-            if len(self._queue) >= self.max_queue:
+            if self._waiting() >= self.max_queue:
                 self.stats["rejected"] += 1
-                raise QueueFull(f"{len(self._queue)} requests are already waiting; try again later")
-            self._queue.append(_Request(audio, options, fut, n, time.monotonic()))
+                raise QueueFull(f"{self._waiting()} requests are already waiting; try again later")
+            request = _Request(audio, options, fut, n, time.monotonic(), plan)
+            (self._engine_queue if plan is not None else self._queue).append(request)
             self._cond.notify_all()
         return fut
+
+    def _waiting(self) -> int:
+        return len(self._queue) + len(self._engine_queue)
+
+    def _engine_plan(self, options: DecodeOptions) -> Optional[_Plan]:
+        """The engine path for ``options``, or None (grouped path): VAD rows, and options the engine takes."""
+        if not self.use_engine or options.prompt_ids:
+            return None
+        pipe = self.pipeline
+        kwargs = options.pipeline_kwargs(self.decode)
+        try:
+            # TODO(server): a public FlaxWhisperPipeline.resolve (requested); _resolve is its argument check.
+            call = pipe._resolve(kwargs["task"], kwargs["language"], kwargs["return_timestamps"],
+                                 kwargs["generate_kwargs"], kwargs.get("long_form", "auto"))
+        except Exception:  # noqa: BLE001 - the grouped path's pipeline call reports the error to this request
+            return None
+        if call.mode not in ("auto", "vad"):
+            return None
+        request = vad_request(call.request, pipe.vad)
+        if not _engine_of(pipe).supports(request, call.prompt):
+            return None
+        return _Plan(request, bool(call.words), bool(call.segment_timestamps))
 
     @contextlib.contextmanager
     def arriving(self) -> Iterator[None]:
@@ -185,26 +305,44 @@ class Batcher:
         """Requests waiting (those whose caller gave up not counted)."""
         with self._cond:
             self._drop_cancelled()
-            return len(self._queue)
+            return self._waiting()
 
     def _drop_cancelled(self) -> None:
         """Forgets waiting requests whose Future was cancelled (caller timed out or disconnected); under the lock."""
-        live = [r for r in self._queue if not r.future.cancelled()]
-        if len(live) != len(self._queue):
-            self.stats["dropped"] += len(self._queue) - len(live)
-            logger.debug("dropped %d request(s) whose caller gave up", len(self._queue) - len(live))
-            self._queue = collections.deque(live)
+        for name in ("_queue", "_engine_queue"):
+            queue = getattr(self, name)
+            live = [r for r in queue if not r.future.cancelled()]
+            if len(live) != len(queue):
+                self.stats["dropped"] += len(queue) - len(live)
+                logger.debug("dropped %d request(s) whose caller gave up", len(queue) - len(live))
+                setattr(self, name, collections.deque(live))
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Fails waiting and in-flight engine requests (BatcherStopped), lets the grouped call in flight end,
+        aborts the engine calls at their next refill and joins the threads (each up to ``timeout``)."""
         with self._cond:
             self._stopped = True
-            pending = list(self._queue)
+            pending = list(self._queue) + list(self._engine_queue)
             self._queue.clear()
+            self._engine_queue.clear()
+            flights = [f for f in self._flights if not f.done]
+            for f in flights:
+                self._forget(f)
+            calls = list(self._running)
+            self._calls.clear()
             self._cond.notify_all()
-        for r in pending:
+        stopped = BatcherStopped("the server is shutting down")
+        for r in pending + [f.request for f in flights]:
             if r.future.set_running_or_notify_cancel():
-                r.future.set_exception(BatcherStopped("the server is shutting down"))
-        self._thread.join(timeout=timeout)
+                r.future.set_exception(stopped)
+        for c in calls:
+            c.closed = True
+            c.rows.abort(stopped)
+        deadline = time.monotonic() + timeout
+        for t in [self._thread, self._feeder] + [c.thread for c in calls]:
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._finisher.shutdown(wait=False)
 
     # ----------------------------------------------------------------- worker
     def _compatible(self, first: _Request) -> Tuple[List[_Request], int]:
@@ -331,3 +469,211 @@ class Batcher:
         except Exception as e:  # noqa: BLE001
             logger.warning("transcription failed: %s: %s", type(e).__name__, e)
             r.future.set_exception(e)
+
+    # ----------------------------------------------------------------- the engine path
+    def _feed(self) -> None:
+        """The feeder thread: puts rows of requests in flight (round-robin) while their call has room, else
+        prepares the next waiting request. Host work only: the engine threads keep decoding meanwhile."""
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopped:
+                        return
+                    work = self._row_work() or self._prepare_work()
+                    if work is not None:
+                        break
+                    self._cond.wait()
+            try:
+                work()
+            except Exception:  # noqa: BLE001 - never let the feeder die
+                logger.exception("batcher: engine feeder")
+
+    def _row_budget(self) -> int:
+        engine = _engine_of(self.pipeline)
+        return engine.slots + engine.encode_batch
+
+    def _row_work(self) -> Optional[Callable[[], None]]:
+        """Under the lock: the next row to put (round-robin over the requests in flight), claimed."""
+        n = len(self._flights)
+        budget = self._row_budget()
+        for j in range(n):
+            f = self._flights[(self._turn + j) % n]
+            if f.done or f.rows is None or f.next_row >= f.rows.num_rows or f.call.in_engine >= budget:
+                continue
+            if f.request.future.cancelled():
+                self.stats["dropped"] += 1
+                self._forget(f)
+                return lambda: None  # look again (the flights changed)
+            self._turn = (self._turn + j + 1) % n
+            k = f.next_row
+            f.next_row += 1
+            f.call.in_engine += 1
+            return lambda: self._put_row(f, k)
+        return None
+
+    def _put_row(self, f: _Flight, k: int) -> None:
+        try:
+            features = f.rows.features([k])[0]
+        except Exception as e:  # noqa: BLE001
+            with self._cond:
+                f.call.in_engine -= 1
+                self._forget(f)
+                self._cond.notify_all()
+            self._fail(f.request, e)
+            return
+        f.call.rows.put((f.id, k), features)
+        self.stats["engine_rows"] += 1
+
+    def _prepare_work(self) -> Optional[Callable[[], None]]:
+        """Under the lock: the oldest waiting engine request, joined to its key's open call (started if none)."""
+        in_flight = sum(not f.done for f in self._flights)
+        while self._engine_queue and in_flight < self.max_in_flight:
+            r = self._engine_queue.popleft()
+            if r.future.cancelled():
+                self.stats["dropped"] += 1
+                continue
+            f = _Flight(self._next_id, r)
+            self._next_id += 1
+            self._flights.append(f)
+            self._by_id[f.id] = f
+            self.stats["engine_requests"] += 1
+            call = self._calls.get(r.plan.request)
+            if call is not None:  # keeps the running call open while this request is prepared
+                self._join(f, call)
+            return lambda: self._prepare(f)
+        return None
+
+    def _join(self, f: _Flight, call: _EngineCall) -> None:
+        f.call = call
+        call.flights.add(f)
+        self.stats["engine_joined"] += 1  # joins a call that decodes other requests
+
+    def _call_for(self, f: _Flight) -> None:
+        """Under the lock: ``f`` (prepared, with rows) in its key's open call, a new one if none."""
+        if f.call is not None:
+            return
+        key = f.request.plan.request
+        call = self._calls.get(key)
+        if call is not None:
+            self._join(f, call)
+            return
+        call = self._calls[key] = self._start_call(key)
+        f.call = call
+        call.flights.add(f)
+
+    def _prepare(self, f: _Flight) -> None:
+        pipe, r = self.pipeline, f.request
+        try:
+            rows = InputRows(pipe.decoder, r.audio, r.plan.request, pipe.vad, r.plan.words,
+                             r.plan.segment_timestamps, pipe.segment_limits)
+        except Exception as e:  # noqa: BLE001 - this request fails alone
+            with self._cond:
+                self._forget(f)
+                self._cond.notify_all()
+            self._fail(r, e)
+            return
+        r.audio = None  # InputRows holds it until its last row is cut
+        with self._cond:
+            f.rows = rows
+            finished = rows.num_rows == 0 and not f.done  # no speech: nothing to decode
+            if finished:
+                self._forget(f)
+            elif not f.done:
+                self._call_for(f)
+            self._cond.notify_all()
+        if finished:
+            self._finisher.submit(self._finish, f)
+
+    def _start_call(self, key: Any) -> _EngineCall:
+        """Under the lock: a new engine call for ``key`` on its own thread."""
+        call = _EngineCall(key)
+        call.thread = threading.Thread(target=self._run_call, args=(call,), name="whisper_t5x-engine-call",
+                                       daemon=True)
+        self._running.add(call)
+        self.stats["engine_calls"] += 1
+        call.thread.start()
+        return call
+
+    def _run_call(self, call: _EngineCall) -> None:
+        pipe = self.pipeline
+        t0 = time.perf_counter()
+
+        def on_result(key: Any, decoded: Any) -> None:
+            fid, k = key
+            with self._cond:
+                call.in_engine -= 1
+                f = self._by_id.get(fid)
+                complete = False
+                if f is not None and not f.done:
+                    try:
+                        complete = f.rows.add(k, decoded)
+                    except Exception as e:  # noqa: BLE001
+                        self._forget(f)
+                        self._finisher.submit(self._fail, f.request, e)
+                    if complete:
+                        self._forget(f)
+                self._cond.notify_all()
+            if complete:
+                self._finisher.submit(self._finish, f)
+
+        error: Optional[BaseException] = None
+        try:
+            _engine_of(pipe).decode(pipe.decoder.params, call.rows, call.key, on_result)
+        except BaseException as e:  # noqa: BLE001 - fail this call's requests; the next call starts clean
+            error = e
+        with self._cond:
+            call.closed = True
+            if self._calls.get(call.key) is call:
+                del self._calls[call.key]
+            self._running.discard(call)
+            left = [f for f in call.flights if not f.done]
+            for f in left:
+                self._forget(f)
+            self.stats["engine_busy_ms"] += int(round((time.perf_counter() - t0) * 1000))
+            self._cond.notify_all()
+        if error is not None and not isinstance(error, BatcherStopped):
+            logger.warning("engine call failed (%s: %s); %d request(s) fail with it", type(error).__name__, error,
+                           len(left))
+        for f in left:
+            self._fail(f.request, error or RuntimeError("the engine call ended before the request's rows"))
+
+    def _forget(self, f: _Flight) -> None:
+        """Under the lock: ``f`` leaves the flight tables; its call closes when nothing else is in flight."""
+        f.done = True
+        self._by_id.pop(f.id, None)
+        if f in self._flights:
+            self._flights.remove(f)
+        call = f.call
+        if call is None:
+            return
+        call.flights.discard(f)
+        if not call.flights and not call.closed:
+            call.closed = True
+            if self._calls.get(call.key) is call:
+                del self._calls[call.key]
+            call.rows.close()
+
+    def _finish(self, f: _Flight) -> None:
+        """On the finishing thread: assemble (and align) a request whose rows all ended."""
+        try:
+            result = f.rows.transcription()
+        except Exception as e:  # noqa: BLE001
+            self._fail(f.request, e)
+            return
+        if f.request.future.set_running_or_notify_cancel():
+            f.request.future.set_result(result)
+            self.stats["engine_done"] += 1
+
+    def _fail(self, r: _Request, error: BaseException) -> None:
+        if not isinstance(error, BatcherStopped):
+            logger.warning("transcription failed: %s: %s", type(error).__name__, error)
+        if r.future.set_running_or_notify_cancel():
+            r.future.set_exception(error)
+
+
+def _engine_of(pipeline: Any) -> Any:
+    """The pipeline's slot engine, if it decodes VAD rows on one (not sharded), else None."""
+    engine = getattr(pipeline, "engine", None)
+    if engine is None or getattr(pipeline, "decoder", None) is None or getattr(pipeline, "partitioner", None):
+        return None
+    return engine
