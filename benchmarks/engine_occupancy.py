@@ -1,6 +1,6 @@
-"""Slot occupancy and wall time of VAD rows: the Decoder's batches vs the slot engine.
+"""Slot occupancy and wall time of VAD rows or chunked windows: the Decoder's batches vs the slot engine.
 
-    python benchmarks/engine_occupancy.py --seconds 600 --model base [--slots 8 16] [--fallback]
+    python benchmarks/engine_occupancy.py --seconds 600 --model base [--slots 8 16] [--fallback] [--mode chunked]
 
 Occupancy is the fraction of slot-steps doing useful work: a slot-step is one row of one decoding step
 that the device computes; it is useful when its row is still decoding (its tokens and the end-of-text).
@@ -64,12 +64,17 @@ def main(argv=None) -> int:
     ap.add_argument("--refill_at", type=int, nargs="*", default=[4, 1],
                     help="free slots that trigger a refill (the engine's default: half the batch)")
     ap.add_argument("--fallback", action="store_true", help="temperature fallback on (default: greedy only)")
-    ap.add_argument("--json", default=os.path.join(HERE, "results", "engine_occupancy.json"))
+    ap.add_argument("--mode", choices=["vad", "chunked"], default="vad",
+                    help="long-form mode: VAD rows (the default) or chunked 30 s windows (with continuations)")
+    ap.add_argument("--json", default=None, help="default: results/engine_occupancy[_chunked].json")
     args = ap.parse_args(argv)
+    if args.json is None:
+        suffix = "" if args.mode == "vad" else f"_{args.mode}"
+        args.json = os.path.join(HERE, "results", f"engine_occupancy{suffix}.json")
     from whisper_t5x import FlaxWhisperPipeline
 
     audio, text = corpus.make_audio(args.seconds)
-    kwargs = dict(language="en", task="transcribe", progress=False)
+    kwargs = dict(language="en", task="transcribe", progress=False, long_form=args.mode)
     configs = [("Decoder (batches)", dict(engine=False))] + [
         (f"engine, {s} slots, refill at {r} free", dict(decode_slots=s, refill_at=r))
         for s in args.slots for r in args.refill_at]
@@ -96,7 +101,8 @@ def main(argv=None) -> int:
         else:
             total, useful = st.get("engine_slot_steps", 0), st.get("engine_live_slot_steps", 0)
         texts[name] = out["text"]
-        row = dict(config=name, wall_s=round(wall, 2), cpu_s=round(cpu_s, 2), rows=st.get("rows"), slot_steps=total,
+        rows = st.get("rows") if args.mode == "vad" else st.get("windows")
+        row = dict(config=name, wall_s=round(wall, 2), cpu_s=round(cpu_s, 2), rows=rows, slot_steps=total,
                    useful_slot_steps=useful,
                    occupancy=round(useful / max(1, total), 4), wer=round(corpus.wer(text, out["text"]), 4),
                    fallback_decodes=st.get("fallback_decodes", 0), loadavg=round(load, 1),
@@ -108,7 +114,8 @@ def main(argv=None) -> int:
         print(row, flush=True)
         del pipe
     cpu = cpu_name()
-    header = (f"{args.model}, {args.seconds:.0f} s speech corpus, VAD rows (default mode), batch {args.batch_size}, "
+    what = "VAD rows (default mode)" if args.mode == "vad" else "chunked windows (30 s, continuations included)"
+    header = (f"{args.model}, {args.seconds:.0f} s speech corpus, {what}, batch {args.batch_size}, "
               f"{'fallback on' if args.fallback else 'greedy, no fallback'}, language en; CPU: {cpu}, "
               f"{os.cpu_count()} cores")
     print("\n" + header + "\n")
@@ -120,7 +127,7 @@ def main(argv=None) -> int:
               f"{'yes' if r['same_text_as_decoder'] else 'no'} | {r['loadavg']:.1f} |")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump(dict(cpu=cpu, cores=os.cpu_count(), model=args.model, seconds=args.seconds,
+        json.dump(dict(cpu=cpu, cores=os.cpu_count(), model=args.model, seconds=args.seconds, mode=args.mode,
                        batch_size=args.batch_size, fallback=args.fallback, results=results), f, indent=1)
     return 0
 

@@ -106,3 +106,47 @@ def test_chunked_pipeline_on_the_engine_equals_the_decoder(pipes):
     assert st["engine_insert_rows"] == st["windows"]
     assert "engine_generate_calls" not in off.last_stats
     assert "ask not what your country" in got[0]["text"].lower()
+
+
+# ---------------------------------------------------------------------- the label job
+@pytest.fixture(scope="module")
+def speech_parquet(tmp_path_factory):
+    from tests._speech import ESPEAK, synthesize_file
+
+    datasets = pytest.importorskip("datasets")
+    if ESPEAK is None:
+        pytest.skip("espeak-ng not installed")
+    texts = ["The cat sat on the mat.", "Open the door please, it is cold outside.", "We walk to school."]
+    rows = {"id": [f"r{i}" for i in range(len(texts))], "audio": [], "text": texts}
+    for i, t in enumerate(texts):
+        with open(synthesize_file(t), "rb") as f:
+            rows["audio"].append({"bytes": f.read(), "path": f"r{i}.wav"})
+    root = tmp_path_factory.mktemp("engine_label")
+    ds = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
+    ds.to_parquet(str(root / "train.parquet"))
+    return str(root)
+
+
+def test_the_label_job_decodes_on_the_engine(speech_parquet, tmp_path, monkeypatch):
+    """``whisper-t5x label`` builds the pipeline itself (default mode, one process: no partitioner), and its
+    VAD rows decode on the engine (whose text equals the Decoder's: test_engine.py)."""
+    import pyarrow.dataset as pads
+
+    from whisper_t5x.app.label import main
+
+    calls = []
+    decode = Engine.decode
+
+    def counted(self, params, rows, request, on_result=None):
+        got = decode(self, params, rows, request, on_result)
+        calls.append(len(got))
+        return got
+
+    monkeypatch.setattr(Engine, "decode", counted)
+    argv = ["whisper-t5x", "--dataset", speech_parquet, "--output_dir", str(tmp_path), "--model", "tiny.en",
+            "--language", "en", "--quiet", "--gin.DecodeSection.temperature=0.0"]
+    assert main(argv) == 0
+    rows = {r["id"]: r for r in pads.dataset(os.path.join(tmp_path, "data"), format="parquet").to_table().to_pylist()}
+    assert sorted(rows) == ["r0", "r1", "r2"] and all(r["error"] is None for r in rows.values())
+    assert sum(calls) == 3  # every row's speech decoded on the engine
+    assert "door" in rows["r1"]["text"].lower() and rows["r1"]["segments"]
