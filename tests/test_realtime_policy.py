@@ -179,3 +179,43 @@ def test_new_item_keeps_the_prompt_history():
     assert s.text == "The quick brown fox."
     s.new_item()
     assert s.buffer.size == 0 and s.committed == [] and s.history[-1] == token(" fox.")[0]
+
+
+def _speech_with_pauses(spans, total, sr=SR):
+    """Tone bursts at ``spans`` ((start, end) seconds) in silence: a stand-in for words and pauses."""
+    t = np.arange(int(total * sr)) / sr
+    audio = np.zeros(t.size, np.float32)
+    for a, b in spans:
+        on = (t >= a) & (t < b)
+        audio[on] = 0.3 * np.sin(2 * np.pi * 180 * t[on])
+    return audio
+
+
+def test_quiet_point_finds_the_pause_and_leaves_a_pauseless_boundary_alone():
+    audio = _speech_with_pauses([(0.0, 1.0), (1.4, 2.5)], 3.0)
+    # a boundary 0.2 s late (inside the next word) moves to the middle of the 1.0-1.4 s pause
+    assert st.quiet_point(audio, 0.8, 1.6, 1.6 - 0.0) == pytest.approx(1.2, abs=0.03)
+    assert st.quiet_point(audio, 0.9, 1.8, 1.6) == pytest.approx(1.2, abs=0.03)
+    # no pause in the span (a steady tone, or the fake decoder's clock audio): the boundary stays
+    assert st.quiet_point(audio, 1.5, 2.4, 2.0) == 2.0
+    clock = np.arange(4 * SR, dtype=np.float32)
+    assert st.quiet_point(clock, 1.6, 2.4, 2.0) == 2.0
+    assert st.quiet_point(audio, 1.0, 1.01, 1.3) == 1.3  # too short to judge
+
+
+def test_a_late_segment_end_is_cut_in_the_pause_not_in_the_next_word():
+    # "one two." 0.2-1.0 s, pause, "three four" from 1.4 s; the decoder reports the segment end at 1.6 s
+    # (late: inside "three", as Whisper's end timestamps often are); without the pause search the new
+    # buffer would start 0.2 s into "three".
+    audio = _speech_with_pauses([(0.2, 0.6), (0.6, 1.0), (1.4, 1.9), (1.9, 2.6)], 5.0)
+    words = (st.StreamWord(" one", None, None, (1,)), st.StreamWord(" two.", None, None, (2,)),
+             st.StreamWord(" three", None, None, (3,)), st.StreamWord(" four", None, None, (4,)))
+    decode = lambda rows: [st.Hypothesis(words, ((2, 1.6),)) for _ in rows]  # noqa: E731
+    for search, (lo, hi) in ((0.4, (1.05, 1.35)), (0.0, (1.6, 1.6))):
+        policy = st.LocalAgreement(min_audio_s=0.0, min_trim_s=1.0, min_keep_s=1.0, cut_search_s=search)
+        s = st.StreamState()
+        s.append(audio)
+        st.step(policy, [s], decode)
+        st.step(policy, [s], decode)  # two agreeing hypotheses: all four committed, the segment trimmed
+        assert lo - 1e-6 <= s.buffer_start <= hi + 1e-6  # inside the 1.0-1.4 s pause (or at 1.6 without search)
+        assert s.history == [1, 2] and s.in_buffer == 2

@@ -49,7 +49,7 @@ from whisper_t5x.audio.constants import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 __all__ = [
     "StreamWord", "Hypothesis", "StreamRow", "StreamState", "Policy", "LocalAgreement", "AlignAtt", "POLICIES",
     "make_policy", "skip_committed", "common_prefix", "step", "decoder_decode_fn", "stream_request",
-    "PROMPT_LENGTHS", "SENTENCE_END",
+    "PROMPT_LENGTHS", "SENTENCE_END", "quiet_point",
 ]
 
 SENTENCE_END = ".?!\u3002\uff01\uff1f"
@@ -218,13 +218,15 @@ class Policy:
       min_keep_s: a cut leaves at least this much decoded audio after it (a buffer that starts with a
         fraction of a second of new speech decodes badly; what follows a cut has been heard in context).
       prompt_tokens: the longest prompt (committed tokens before the buffer).
+      cut_search_s: a cut moves to the longest pause within this many seconds of its boundary
+        (:meth:`_place_cut`); 0: cut at the boundary.
     """
 
     name = "policy"
     word_times = False
 
     def __init__(self, min_audio_s: float = 1.0, max_buffer_s: float = 20.0, min_trim_s: float = 4.0,
-                 min_keep_s: float = 1.5, prompt_tokens: int = PROMPT_LENGTHS[0]):
+                 min_keep_s: float = 1.5, prompt_tokens: int = PROMPT_LENGTHS[0], cut_search_s: float = 0.4):
         if not 0 < max_buffer_s <= N_SAMPLES / SAMPLE_RATE:
             raise ValueError(f"max_buffer_s must be in (0, {N_SAMPLES // SAMPLE_RATE}], got {max_buffer_s}")
         self.min_audio_s = float(min_audio_s)
@@ -232,6 +234,7 @@ class Policy:
         self.min_trim_s = float(min_trim_s)
         self.min_keep_s = float(min_keep_s)
         self.prompt_tokens = int(prompt_tokens)
+        self.cut_search_s = float(cut_search_s)
 
     # ------------------------------------------------------------------ rows
     def ready(self, state: StreamState, min_new_s: float = 0.0) -> bool:
@@ -299,8 +302,9 @@ class Policy:
                     if cut is None or w.end > cut[0]:
                         cut = (w.end, k + 1)
             if cut is not None:
+                seconds = self._place_cut(state, hyp, *cut)
                 # hypothesis words before the cut that are committed buffer words
-                state.trim(cut[0], state.in_buffer - (done - cut[1]))
+                state.trim(seconds, state.in_buffer - (done - cut[1]))
                 return []
         if state.buffer_seconds > self.max_buffer_s:
             # No finished segment in a long buffer: commit what was decoded and start after it.
@@ -311,6 +315,63 @@ class Policy:
             state.trim(row_seconds, state.in_buffer)
             return rest
         return []
+
+
+    def _place_cut(self, state: StreamState, hyp: Hypothesis, seconds: float, count: int) -> float:
+        """Where the buffer is cut for a boundary at ``seconds`` after the first ``count`` hypothesis words.
+
+        A segment's end timestamp and a word's aligned end (its DTW end is the next word's start) are
+        often late by a fraction of a second: a cut there chops the next word's onset, and the new buffer
+        starts with half a word the model then misreads ("He climbed" -> "The climb"). So the cut moves
+        to the middle of the longest pause near the boundary, searched from ``cut_search_s`` before to
+        ``cut_search_s`` after it, and never past the words on either side when their times are known
+        (the last word before the boundary keeps its first 50 ms, the word after it its last 50 ms).
+        Without a pause there (no stretch 20 dB quieter than the loudest) the boundary stays as given.
+        """
+        if self.cut_search_s <= 0:
+            return seconds
+        lo, hi = seconds - self.cut_search_s, seconds + self.cut_search_s
+        before = hyp.words[count - 1] if 0 < count <= len(hyp.words) else None
+        after = hyp.words[count] if count < len(hyp.words) else None
+        if before is not None and before.start is not None:
+            lo = max(lo, before.start + 0.05)
+        if after is not None and after.end is not None:
+            hi = min(hi, after.end - 0.05)
+        hi = min(hi, max(seconds, state.decoded_samples / SAMPLE_RATE - self.min_keep_s))
+        return quiet_point(state.buffer, lo, min(hi, state.buffer_seconds), seconds)
+
+
+def quiet_point(audio: np.ndarray, lo: float, hi: float, default: float) -> float:
+    """The middle (seconds) of the longest pause in ``audio[lo:hi]`` (seconds), ``default`` without one.
+
+    A pause: 10 ms frames whose energy, averaged over 50 ms, is 20 dB or more below the loudest frame
+    of the span (so a constant or slowly changing signal has none); ties go to the one nearest ``default``.
+    """
+    frame = SAMPLE_RATE // 100
+    a, b = max(0, int(lo * SAMPLE_RATE)), min(audio.size, int(hi * SAMPLE_RATE))
+    n = (b - a) // frame if b > a else 0
+    if n < 3:
+        return default
+    energy = np.square(audio[a:a + n * frame].astype(np.float64)).reshape(n, frame).mean(axis=1)
+    smooth = np.convolve(energy, np.ones(5) / 5, mode="same")
+    quiet = smooth <= 0.01 * energy.max()
+    if not quiet.any() or energy.max() <= 0:
+        return default
+    best, best_key = default, None
+    k = 0
+    while k < n:
+        if not quiet[k]:
+            k += 1
+            continue
+        j = k
+        while j < n and quiet[j]:
+            j += 1
+        middle = (a + (k + j) * frame / 2) / SAMPLE_RATE
+        key = (j - k, -abs(middle - default))
+        if best_key is None or key > best_key:
+            best, best_key = middle, key
+        k = j
+    return best
 
 
 class LocalAgreement(Policy):
