@@ -70,6 +70,9 @@ class DecodeOptions:
     # dtype of the vocabulary projection in decoding steps ("bfloat16": the step reads half the bytes
     # of the token table); None: the model's compute dtype. Not used at <|startoftranscript|>.
     vocab_dtype: Optional[str] = None
+    # Encoder positions encoded (None: all, 30 s); fewer for audio that ends early in its window (live
+    # streams): :class:`~whisper_t5x.model.whisper.AudioEncoder`'s ``audio_ctx``.
+    audio_ctx: Optional[int] = None
 
 
 class GenerateOutput(NamedTuple):
@@ -180,7 +183,7 @@ def start(module: WhisperModule, params: Any, input_features: Array, options: De
     if options.max_length < 1 + len(prefix) + 1:
         raise ValueError(f"max_length {options.max_length} leaves no room after the forced prefix {prefix}")
 
-    hidden = module.apply(variables, input_features, method=WhisperModule.encode)
+    hidden = module.apply(variables, input_features, options.audio_ctx, method=WhisperModule.encode)
     # Step 1: context + <|startoftranscript|>; computes the cross K/V once.
     first = jnp.full((batch, 1), special.sot, jnp.int32)
     if options.prompt_length:

@@ -211,11 +211,15 @@ def split_to_word_tokens(tokenizer: Any, tokens: Sequence[int], language: Option
 _DEFAULT_PROGRAMS: "weakref.WeakKeyDictionary[Any, Dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
 
-def _forward_fn(model: Any, heads: Tuple[Tuple[int, int], ...], programs: Optional[Dict[Any, Any]] = None):
-    """jit(params, features (B, mels, 3000), tokens (B, T)) -> (weights (B, H, T, 1500), next-token probs (B, T))."""
+def _forward_fn(model: Any, heads: Tuple[Tuple[int, int], ...], programs: Optional[Dict[Any, Any]] = None,
+                audio_ctx: Optional[int] = None):
+    """jit(params, features (B, mels, 3000), tokens (B, T)) -> (weights (B, H, T, 1500), next-token probs (B, T)).
+
+    ``audio_ctx``: only the first ``audio_ctx`` encoder positions are encoded (weights ``(B, H, T, audio_ctx)``)."""
     cache = _DEFAULT_PROGRAMS.setdefault(model, {}) if programs is None else programs
-    if heads in cache:
-        return cache[heads]
+    key = heads if audio_ctx is None else (heads, int(audio_ctx))
+    if key in cache:
+        return cache[key]
     from whisper_t5x.model.whisper import WhisperModule
 
     module = model.module
@@ -223,7 +227,7 @@ def _forward_fn(model: Any, heads: Tuple[Tuple[int, int], ...], programs: Option
     eot = config.special_tokens.eot
 
     def run(params, features, tokens):
-        hidden = module.apply({"params": params}, features, method=WhisperModule.encode)
+        hidden = module.apply({"params": params}, features, audio_ctx, method=WhisperModule.encode)
         out, inter = module.apply({"params": params}, tokens, encoder_hidden=hidden,
                                   method=WhisperModule.decode, mutable=["intermediates"])
         layers = inter["intermediates"]["decoder"]["layers"]
@@ -240,7 +244,7 @@ def _forward_fn(model: Any, heads: Tuple[Tuple[int, int], ...], programs: Option
         return weights.astype(jnp.float32), probs
 
     fn = jax.jit(run)
-    cache[heads] = fn
+    cache[key] = fn
     return fn
 
 
@@ -268,6 +272,7 @@ def find_alignment(
     medfilt_width: int = 7,
     heads: Optional[Sequence[Tuple[int, int]]] = None,
     programs: Optional[Dict[Any, Any]] = None,
+    audio_ctx: Optional[int] = None,
 ) -> List[List[WordTiming]]:
     """Word timings (seconds from each window's start) for a batch of windows.
 
@@ -276,7 +281,9 @@ def find_alignment(
     ``num_frames``: mel frames of real audio in each window (default 3000);
     ``language_tokens``: per window the language token the text was decoded
     with (multilingual checkpoints; it decides how words are split as well);
-    ``programs``: the caller's cache of compiled forwards (keyed by heads).
+    ``programs``: the caller's cache of compiled forwards (keyed by heads);
+    ``audio_ctx``: encode only the first ``audio_ctx`` positions (every window's audio must end within
+    them: ``num_frames <= 2 * audio_ctx``), as the rows were decoded.
     """
     features = np.asarray(features)
     batch = features.shape[0]
@@ -308,7 +315,9 @@ def find_alignment(
     length = min(max_len, 32 if longest <= 32 else -(-longest // _TOKEN_BUCKET) * _TOKEN_BUCKET)
     per_row = len(heads) * length * features.shape[-1] // 2 * 4
     step = max(1, min(len(rows), 1 << int(np.log2(max(1, _MAX_WEIGHT_BYTES // per_row)))))
-    fn = _forward_fn(model, heads, programs)
+    if audio_ctx is not None and max(num_frames[b] for b in rows) > 2 * int(audio_ctx):
+        raise ValueError(f"audio of {max(num_frames[b] for b in rows)} frames does not fit audio_ctx {audio_ctx}")
+    fn = _forward_fn(model, heads, programs, audio_ctx)
     weight_parts, prob_parts = [], []
     for lo in range(0, len(rows), step):
         part = list(range(lo, min(len(rows), lo + step)))

@@ -83,6 +83,7 @@ class DecodeRequest:
     seed: int = 0
     best_of: int = 5  # sampled draws per failing row at each fallback temperature (openai / faster-whisper: 5)
     prompt_buckets: Optional[Tuple[int, ...]] = PROMPT_BUCKETS  # None: prompts used at their exact length
+    audio_ctx: Optional[int] = None  # encoder positions encoded (None: the whole window; live streams: fewer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,13 +175,16 @@ class Decoder:
             context = 1 + prompt_length if prompt_length else 0
             prefix = (2 if self.config.is_multilingual else 0) + (0 if request.timestamps else 1)
             max_length = min(1 + prefix + request.sample_len, self.config.max_target_positions - context)
-        return self.model.decode_options(
+        options = self.model.decode_options(
             task=request.task, language=request.language if language is None else language,
             return_timestamps=request.timestamps, max_length=max_length,
             num_beams=1 if sample else request.num_beams, length_penalty=request.length_penalty,
             prompt_length=prompt_length, sample=sample, suppress_tokens=request.suppress_tokens,
             begin_suppress_tokens=request.begin_suppress_tokens,
         )
+        if request.audio_ctx is not None:
+            options = dataclasses.replace(options, audio_ctx=int(request.audio_ctx))
+        return options
 
     def program(self, options: DecodeOptions) -> Any:
         fn = self._programs.get(options)

@@ -49,11 +49,13 @@ from whisper_t5x.audio.constants import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 __all__ = [
     "StreamWord", "Hypothesis", "StreamRow", "StreamState", "Policy", "LocalAgreement", "AlignAtt", "POLICIES",
     "make_policy", "skip_committed", "common_prefix", "step", "decoder_decode_fn", "stream_request",
-    "PROMPT_LENGTHS", "SENTENCE_END", "quiet_point",
+    "PROMPT_LENGTHS", "SENTENCE_END", "quiet_point", "AUDIO_CTX_BUCKETS", "audio_ctx_for",
 ]
 
 SENTENCE_END = ".?!\u3002\uff01\uff1f"
 PROMPT_LENGTHS = (32, 16)  # prompts are cut to one of these (or kept whole when shorter), so streams share batches
+AUDIO_CTX_BUCKETS = (250, 500, 750, 1000)  # encoder positions (20 ms each) a stream row may be encoded with
+AUDIO_CTX_MARGIN_S = 0.5  # audio_ctx_for: positions past a row's audio (a little silence after the last word)
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
 
@@ -448,7 +450,22 @@ def _features(audio: np.ndarray, n_mels: int) -> np.ndarray:
     return log_mel_spectrogram_np(np.asarray(audio, np.float32)[:N_SAMPLES], n_mels=n_mels)
 
 
-def decoder_decode_fn(decoder: Any, request: Any = None) -> DecodeFn:
+def audio_ctx_for(samples: int, buckets: Optional[Sequence[int]], margin_s: float = AUDIO_CTX_MARGIN_S
+                  ) -> Optional[int]:
+    """The encoder positions to decode ``samples`` of audio with: the smallest of ``buckets`` holding
+    the audio plus ``margin_s``; None (the whole window) when none does, or without buckets."""
+    if not buckets:
+        return None
+    need = int(np.ceil((samples / SAMPLE_RATE + margin_s) * SAMPLE_RATE / (2 * HOP_LENGTH)))
+    full = N_SAMPLES // (2 * HOP_LENGTH)
+    for b in sorted(int(b) for b in buckets):
+        if need <= b < full:
+            return b
+    return None
+
+
+def decoder_decode_fn(decoder: Any, request: Any = None,
+                      audio_ctx: Optional[Sequence[int]] = None) -> DecodeFn:
     """A :data:`DecodeFn` over the long-form ``decoder``: rows decoded in its batches (one call for all).
 
     Words come from splitting each row's text tokens
@@ -456,6 +473,10 @@ def decoder_decode_fn(decoder: Any, request: Any = None) -> DecodeFn:
     segments from its timestamp runs (:func:`~whisper_t5x.longform.segments.parse_row`);
     rows that ask for ``word_times`` get word starts and ends from the
     cross-attention alignment of the decoded text, one batched forward.
+
+    ``audio_ctx``: encoder position buckets (e.g. :data:`AUDIO_CTX_BUCKETS`); a call then encodes only
+    the positions its longest row needs (:func:`audio_ctx_for`; the encoder's cost falls with them),
+    and decodes and aligns against those. None: every row is encoded as a whole 30 s window.
     """
     from whisper_t5x.longform.alignment import find_alignment, split_to_word_tokens
     from whisper_t5x.longform.decoder import Row
@@ -479,8 +500,10 @@ def decoder_decode_fn(decoder: Any, request: Any = None) -> DecodeFn:
         if not rows:
             return []
         features = np.stack([_features(r.audio, n_mels) for r in rows])
+        ctx = audio_ctx_for(max(r.audio.shape[0] for r in rows), audio_ctx)
+        call = request if ctx is None else dataclasses.replace(request, audio_ctx=ctx)
         decoded = decoder.decode([Row(features[i], tuple(r.prompt), language_token(r.language))
-                                  for i, r in enumerate(rows)], request)
+                                  for i, r in enumerate(rows)], call)
         parts = []
         for r, d in zip(rows, decoded):
             parsed = parse_row(d.tokens, special.eot, special.timestamp_begin)
@@ -503,7 +526,7 @@ def decoder_decode_fn(decoder: Any, request: Any = None) -> DecodeFn:
                                    [[t for g in parts[i][1] for t in g] for i in need],
                                    [rows[i].audio.shape[0] // HOP_LENGTH for i in need],
                                    [parts[i][3].language_token if multilingual else None for i in need],
-                                   task="transcribe", programs=decoder.alignment_programs)
+                                   task="transcribe", programs=decoder.alignment_programs, audio_ctx=ctx)
             for i, f in zip(need, found):
                 timings[i] = f
         out = []

@@ -223,7 +223,11 @@ class AudioEncoder(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_features: Array) -> Array:
+    def __call__(self, input_features: Array, audio_ctx: Optional[int] = None) -> Array:
+        """``audio_ctx``: encode only the first ``audio_ctx`` positions (``2 * audio_ctx`` mel frames,
+        20 ms each) with the positional embedding cut to match, as whisper.cpp's ``-ac`` does; the
+        output then has ``audio_ctx`` positions. For audio that ends early in its window (live
+        streams): the encoder's cost falls with the positions, at some cost in accuracy."""
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         expected = (cfg.num_mel_bins, cfg.num_frames)
@@ -232,12 +236,18 @@ class AudioEncoder(nn.Module):
                 f"input_features has shape {tuple(input_features.shape)}; this model expects "
                 f"(batch, {expected[0]}, {expected[1]}): {expected[0]} mel bins and 30 s of frames"
             )
+        length = cfg.max_source_positions
+        if audio_ctx is not None:
+            if not 1 <= int(audio_ctx) <= cfg.max_source_positions:
+                raise ValueError(f"audio_ctx must be in [1, {cfg.max_source_positions}], got {audio_ctx!r}")
+            length = int(audio_ctx)
+            input_features = input_features[:, :, :2 * length]
         x = constrain(input_features, (A.BATCH, A.NUM_MEL, A.LENGTH))
         x = jnp.transpose(x, (0, 2, 1)).astype(self.dtype)
         x = _gelu(Conv1D(cfg.d_model, A.NUM_MEL, name="conv1", **kw)(x))
         x = _gelu(Conv1D(cfg.d_model, A.CHANNELS, strides=2, name="conv2", **kw)(x))
         positions = Embed(cfg.max_source_positions, cfg.d_model, (A.LENGTH, A.EMBED), name="embed_positions", **kw)
-        x = constrain(x + positions.table()[None], (A.BATCH, A.LENGTH, A.EMBED))
+        x = constrain(x + positions.table()[None, :length], (A.BATCH, A.LENGTH, A.EMBED))
         layers = _layers(EncoderBlock, cfg.encoder_layers, 0, cfg, self.dtype, self.param_dtype)
         x, _ = layers(x, None)
         x = LayerNorm(cfg.layer_norm_eps, name="layer_norm", **kw)(x)
@@ -370,8 +380,8 @@ class WhisperModule(nn.Module):
             return out.logits, hidden
         return {"logits": out.logits, "encoder_last_hidden_state": hidden}
 
-    def encode(self, input_features: Array) -> Array:
-        return self.encoder(input_features)
+    def encode(self, input_features: Array, audio_ctx: Optional[int] = None) -> Array:
+        return self.encoder(input_features, audio_ctx)
 
     def decode(self, input_ids: Array, **kwargs) -> DecoderOutput:
         return self.decoder(input_ids, **kwargs)
