@@ -66,32 +66,37 @@ def offline(pipe, audio):
     return text, words
 
 
-def warm(scheduler, pipe, max_rows):
-    """Compile every batch bucket up to ``max_rows`` with each prompt length, word times included, and the VAD."""
-    from whisper_t5x.longform.streaming import PROMPT_LENGTHS, StreamRow
+def warm(scheduler, pipe, max_rows, buckets=None):
+    """Compile every batch bucket up to ``max_rows`` with each prompt length and audio_ctx bucket, word times
+    included, and the VAD."""
+    from whisper_t5x.longform.streaming import AUDIO_CTX_MARGIN_S, PROMPT_LENGTHS, StreamRow
 
-    audio = (0.05 * np.sin(2 * np.pi * 220 * np.arange(2 * SR) / SR)).astype(np.float32)
+    lengths = [2.0] if not buckets else [b / 50 - AUDIO_CTX_MARGIN_S - 0.1 for b in sorted(buckets)] + [25.0]
     tokens = tuple(pipe.tokenizer.encode(" warm up" * 40))
     size = 1
     while True:
         for n in (0,) + PROMPT_LENGTHS:
-            scheduler.decode([StreamRow(audio, tokens[:n], "en", True)] * size)
+            for seconds in lengths:
+                audio = (0.05 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * SR)) / SR)).astype(np.float32)
+                scheduler.decode([StreamRow(audio, tokens[:n], "en", True)] * size)
         if size >= max_rows:
             break
         size = min(max_rows, size * 2)
+    audio = (0.05 * np.sin(2 * np.pi * 220 * np.arange(2 * SR) / SR)).astype(np.float32)
     scheduler._vad_probabilities([audio] * max_rows)
 
 
-def run(pipe, policy_name, n, audio, speech_end_s, interval_ms, chunk_ms, threshold_s, tail_s, warmed):
+def run(pipe, policy_name, n, audio, speech_end_s, interval_ms, chunk_ms, threshold_s, tail_s, warmed,
+        buckets=None, cut_search_s=0.4):
     from whisper_t5x.app.serving.streams import StreamScheduler, TurnDetection
     from whisper_t5x.longform.streaming import decoder_decode_fn, make_policy, stream_request
 
-    policy = make_policy(policy_name, threshold_s=threshold_s)
-    sched = StreamScheduler(decoder_decode_fn(pipe.decoder, stream_request()), policy, interval_ms / 1000.0,
-                            max_streams=n, max_buffer_s=3600.0)
-    if n not in warmed:
-        warm(sched, pipe, n)
-        warmed.add(n)
+    policy = make_policy(policy_name, threshold_s=threshold_s, cut_search_s=cut_search_s)
+    sched = StreamScheduler(decoder_decode_fn(pipe.decoder, stream_request(), audio_ctx=buckets), policy,
+                            interval_ms / 1000.0, max_streams=n, max_buffer_s=3600.0)
+    if (n, buckets) not in warmed:
+        warm(sched, pipe, n, buckets)
+        warmed.add((n, buckets))
     events = [[] for _ in range(n)]
     streams = []
     for k in range(n):
@@ -182,12 +187,14 @@ def real_time(r) -> bool:
 def markdown(out) -> str:
     lines = [f"# Live transcription ({out['cpu']}, {out['cores']} cores; interval {out['interval_ms']:g} ms, "
              f"{out['seconds']:g} s of speech per stream)", "",
-             "| model | policy | streams | latency mean / p50 / p90 (s) | WER streamed | WER offline | busy | "
-             "s per update (rows) | CPU s per update | end delay (s) | load before/after |",
-             "|---|---|---:|---|---:|---:|---:|---|---:|---:|---|"]
+             "| model | policy | audio_ctx | streams | latency mean / p50 / p90 (s) | WER streamed | WER offline | "
+             "busy | s per update (rows) | CPU s per update | end delay (s) | load before/after |",
+             "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---|"]
     for r in out["runs"]:
+        ctx = "buckets" if r.get("audio_ctx") else "30 s"
         lines.append(
-            f"| {r['model']} | {r['policy']} | {r['streams']} | {r['latency_mean_s']:.2f} / {r['latency_p50_s']:.2f}"
+            f"| {r['model']} | {r['policy']} | {ctx} | {r['streams']} | {r['latency_mean_s']:.2f}"
+            f" / {r['latency_p50_s']:.2f}"
             f" / {r['latency_p90_s']:.2f} | {100 * r['wer_streamed']:.1f} % | {100 * r['wer_offline']:.1f} % | "
             f"{r['busy']:.2f} | {r['device_s_per_update']} ({r['rows_per_update']}) | {r.get('cpu_s_per_update')} | "
             f"{r['end_delay_s']} | "
@@ -209,15 +216,20 @@ def main(argv=None) -> int:
     p.add_argument("--threshold_s", type=float, default=0.5, help="AlignAtt's distance from the end")
     p.add_argument("--tail_s", type=float, default=1.5, help="silence after the speech (ends the last item)")
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--audio_ctx", nargs="+", default=["off"], choices=["off", "on"],
+                   help="encode stream rows with the audio_ctx buckets (on), the whole window (off), or both")
+    p.add_argument("--cut_search_s", type=float, default=0.4, help="cuts move to a pause within this distance")
     p.add_argument("--stop_when_behind", action="store_true", help="skip larger stream counts once one falls behind")
     p.add_argument("--out", default=os.path.join(HERE, "results", "streaming"))
     args = p.parse_args(argv)
 
+    from whisper_t5x.longform.streaming import AUDIO_CTX_BUCKETS
     from whisper_t5x.pipeline import FlaxWhisperPipeline
 
     audio, reference = make_audio(args.seconds)
     out = dict(cpu=cpu_name(), cores=os.cpu_count(), interval_ms=args.interval_ms, chunk_ms=args.chunk_ms,
-               seconds=args.seconds, threshold_s=args.threshold_s, runs=[], kept_in_real_time={},
+               seconds=args.seconds, threshold_s=args.threshold_s, cut_search_s=args.cut_search_s, runs=[],
+               kept_in_real_time={},
                command=" ".join([os.path.basename(sys.executable), "benchmarks/streaming.py", *(argv or sys.argv[1:])]))
     for model in args.models:
         pipe = FlaxWhisperPipeline(model, batch_size=args.batch_size)
@@ -226,20 +238,22 @@ def main(argv=None) -> int:
         print(f"{model}: offline WER {100 * off_wer:.1f} %, {len(off_words)} timed words", flush=True)
         warmed = set()
         for policy in args.policies:
-            best = 0
-            for n in sorted(args.streams):
-                result = run(pipe, policy, n, audio, off_words[-1][1], args.interval_ms, args.chunk_ms,
-                             args.threshold_s, args.tail_s, warmed)
-                r = dict(model=model, policy=policy, streams=n, wer_offline=round(off_wer, 4),
-                         **score(result, reference, off_words))
-                r["real_time"] = real_time(r)
-                out["runs"].append(r)
-                print(json.dumps(r), flush=True)
-                if r["real_time"]:
-                    best = max(best, n)
-                elif args.stop_when_behind:
-                    break
-            out["kept_in_real_time"][f"{model} {policy}"] = best
+            for ctx in args.audio_ctx:
+                buckets = AUDIO_CTX_BUCKETS if ctx == "on" else None
+                best = 0
+                for n in sorted(args.streams):
+                    result = run(pipe, policy, n, audio, off_words[-1][1], args.interval_ms, args.chunk_ms,
+                                 args.threshold_s, args.tail_s, warmed, buckets, args.cut_search_s)
+                    r = dict(model=model, policy=policy, audio_ctx=list(buckets) if buckets else None, streams=n,
+                             wer_offline=round(off_wer, 4), **score(result, reference, off_words))
+                    r["real_time"] = real_time(r)
+                    out["runs"].append(r)
+                    print(json.dumps(r), flush=True)
+                    if r["real_time"]:
+                        best = max(best, n)
+                    elif args.stop_when_behind:
+                        break
+                out["kept_in_real_time"][f"{model} {policy} audio_ctx {ctx}"] = best
         del pipe
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:

@@ -414,6 +414,42 @@ def test_silence_costs_no_decoding_and_items_end_on_silence():
     assert len(decode.calls) == calls
 
 
+def test_updates_slower_than_the_interval_skip_no_stream_and_are_counted_late():
+    # each batch costs 0.15 s against a 0.05 s interval: ticks run back to back, every stream is in every
+    # batch (none skipped or staggered), and each row holds all the audio that arrived meanwhile
+    decode = FakeDecode(delay=0.15)
+    sched = StreamScheduler(decode, st.LocalAgreement(min_audio_s=0.2), interval_s=0.05, vad=fake_vad)
+    events = [[], [], []]
+    streams = [sched.open(events[k].append, turn_detection=None) for k in range(3)]
+    audio = coded_speech([21, 22, 23, 24, 25, 26], lead_s=0.0, tail_s=0.0)
+    stop = threading.Event()
+
+    def client():  # 0.1 s of audio every 0.05 s: twice real time, so the backlog per update grows
+        for i in range(0, audio.size, SR // 10):
+            for s in streams:
+                s.append(audio[i:i + SR // 10])
+            time.sleep(0.05)
+        stop.set()
+
+    sched.start()
+    feeder = threading.Thread(target=client)
+    feeder.start()
+    feeder.join()
+    time.sleep(0.4)
+    sched.stop()
+    assert sched.stats["late_ticks"] >= 3 and sched.stats["late_ticks"] == sched.stats["batches"]
+    assert set(decode.calls) == {3}  # all three streams in every batch
+    rows = [n for n, _ in sched.update_times]
+    assert rows and all(n == 3 for n in rows)
+    assert sched.stats["tick_ms"] >= 150 * sched.stats["batches"]
+    for s in streams:
+        s.commit()
+    sched.tick()
+    for e in events:
+        assert [x["transcript"] for x in e if x["type"].endswith("transcription.completed")] == [
+            expected([21, 22, 23, 24, 25, 26])]
+
+
 def test_several_items_arriving_within_one_tick_each_get_their_transcript():
     sched = StreamScheduler(FakeDecode(), st.LocalAgreement(min_audio_s=0.2), vad=fake_vad)
     events = []

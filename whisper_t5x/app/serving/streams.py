@@ -29,6 +29,11 @@ goes straight into the item, and the client ends it with ``commit``. An item's
 end is decoded once more with every remaining word committed
 (``...transcription.completed``).
 
+Timing: a tick that costs more than ``interval_s`` (``stats["late_ticks"]``) is followed by the next
+at once; no stream is skipped or staggered, each due stream's next row simply holds all the audio that
+arrived meanwhile. So a stream's update period is ``max(interval_s, cost of one batch of all due rows)``,
+and LocalAgreement's latency grows with it (a word needs two updates after it is spoken).
+
 Limits, each a named :class:`StreamError`: ``max_streams`` (``too_many_streams``),
 ``max_buffer_s`` of audio waiting to be decoded (``input_audio_buffer_overflow``);
 the endpoint enforces the idle timeout.
@@ -318,13 +323,20 @@ class StreamScheduler:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        # A tick that takes longer than the interval is followed by the next at once: no stream is
+        # skipped, every due stream joins the next batch with all the audio that arrived meanwhile, so a
+        # stream's update period is max(interval, the batch's cost) and its rows simply grow longer.
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 - the scheduler never dies
                 logger.exception("stream scheduler: tick failed")
-            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+            spent = time.monotonic() - started
+            self.stats["tick_ms"] += int(spent * 1000)
+            if spent > self.interval_s:
+                self.stats["late_ticks"] += 1
+            self._stop.wait(max(0.0, self.interval_s - spent))
 
     # ------------------------------------------------------------------ one tick
     def tick(self) -> int:
