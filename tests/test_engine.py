@@ -105,7 +105,8 @@ class FakeEngine(Engine):
         def decode_options(**kwargs):
             from whisper_t5x.decoding.generate import DecodeOptions
 
-            return DecodeOptions(task=None, return_timestamps=False, max_length=self.MAX_LEN)
+            return DecodeOptions(task=None, return_timestamps=False, max_length=kwargs.get("max_length") or self.MAX_LEN,
+                                 prompt_length=kwargs.get("prompt_length", 0))
 
         model = types.SimpleNamespace(module=None, config=config, tokenizer=_Tokenizer(),
                                       decode_options=decode_options)
@@ -258,7 +259,9 @@ def test_rows_arriving_while_others_decode_join_at_the_next_refill():
 
 def test_requests_it_cannot_take_are_named_errors():
     eng = FakeEngine({}, slots=2)
-    assert not eng.supports(DecodeRequest(num_beams=2)) and not eng.supports(DecodeRequest(), prompt=(5, 6))
+    assert not eng.supports(DecodeRequest(num_beams=2))
+    # A prompt before a max_length that fills the decoder's positions (the Decoder refuses it too).
+    assert eng.supports(DecodeRequest(), prompt=(5, 6)) and not eng.supports(DecodeRequest(max_length=448), prompt=(5, 6))
     with pytest.raises(EngineError):
         eng.options(DecodeRequest(num_beams=3))
     with pytest.raises(EngineError):

@@ -79,6 +79,40 @@ def test_a_request_the_engine_cannot_take_stays_on_the_decoder(random_model):
     assert got == transcribe_chunked(decoder, [_noise(10, 0.1, 3)], request, settings, prompt=prompt)
 
 
+# ---------------------------------------------------------------------- prompts
+def test_prompted_rows_in_refilled_slots_give_the_decoders_tokens(random_model):
+    """Rows with prompts of several lengths (none, 3 tokens, 20 -> its last 16) share 2 slots: each row's
+    tokens are the Decoder's for that row and prompt; a call-wide prompt (``prompt_ids``) too."""
+    from tests import _hf_models as H
+    from whisper_t5x.longform.decoder import Row
+
+    model, params = random_model
+    feats = np.stack([H.random_features(1, 80, seed=s)[0] * (0.5 + 0.2 * s) for s in range(6)])
+    rng = np.random.RandomState(0)
+    prompts = [(), tuple(rng.randint(300, 20000, 3)), tuple(rng.randint(300, 20000, 20))]
+    row_prompts = [prompts[k % 3] for k in range(len(feats))]
+    request = DecodeRequest(task="transcribe", language="en", timestamps=False, max_length=48,
+                            fallback=fb.FallbackConfig(temperatures=(0.0,)))
+    decoder = Decoder(model, params, batch_size=1)
+    want = decoder.decode([Row(f, p) for f, p in zip(feats, row_prompts)], request)
+    eng = Engine(model, slots=2, encode_batch=1, steps_per_call=16)
+    got = eng.decode(params, [(k, f, p) for k, (f, p) in enumerate(zip(feats, row_prompts))], request, prompts=True)
+    for k, w in enumerate(want):
+        assert got[k].tokens == w.tokens, k
+        assert got[k].avg_logprob == pytest.approx(w.avg_logprob, abs=1e-4)
+    # Programs: an insert per prompt length; the generate programs do not depend on the prompts.
+    keys = eng.program_keys()
+    assert len([k for k in keys if k[0] == "insert"]) == 3 and len([k for k in keys if k[0] == "generate"]) <= 2 * 2
+    # Not vacuous: the prompts change the rows' tokens.
+    unprompted = eng.decode(params, [(k, f, ()) for k, f in enumerate(feats)], request, prompts=True)
+    assert sum(unprompted[k].tokens != got[k].tokens for k in range(len(feats)) if row_prompts[k]) >= 3
+    # A call-wide prompt: every row with it, as the Decoder's submit gives it.
+    got = eng.decode(params, list(enumerate(feats[:2])), request, prompt=prompts[2])
+    want = decoder.decode([Row(f, prompts[2]) for f in feats[:2]], request)
+    assert [got[k].tokens for k in range(2)] == [w.tokens for w in want]
+    assert len(eng.program_keys()) == len(keys)  # same programs
+
+
 # ---------------------------------------------------------------------- real tiny.en
 @pytest.fixture(scope="module")
 def pipes():

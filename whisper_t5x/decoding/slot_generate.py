@@ -12,9 +12,17 @@
   short rows step faster; :data:`~whisper_t5x.decoding.generate.CACHE_SPANS`)
   and stops before a slot would pass them.
 
-Rows here have no prompt (the decoder's position is the sequence index) and
-one beam; the forced prefix, the logit rules (timestamps or not) and
-``max_length`` come from the static :class:`DecodeOptions`.
+Rows have one beam. A row may have a prompt (``<|startofprev|>`` and the
+previous text before ``<|startoftranscript|>``): it is written into the
+slot's cache by :func:`insert` (one prompt length per insert; the prompt
+tokens themselves are traced), and the slot keeps its *offset* (decoder
+positions before ``<|startoftranscript|>``: 0, or 1 + the prompt's length)
+and its own end, so rows of different prompt lengths share the slots and
+one generate program: a slot's decoder position is its offset plus its
+sequence index. The forced prefix and the logit rules (timestamps or not)
+come from the static :class:`DecodeOptions`; the slots' sequences are
+``max_length`` of the options the slots were made with (no prompt), their
+cache ``cache_length`` positions (room for a prompt before them).
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from whisper_t5x.model.whisper import CrossKV, WhisperModule, init_cache
 
 Array = jax.Array
 
-__all__ = ["WhisperSlots", "SlotReport", "check_options", "empty", "insert", "generate_slots", "reorder"]
+__all__ = ["WhisperSlots", "SlotReport", "check_options", "empty", "cache_length_of", "insert", "generate_slots",
+           "reorder"]
 
 
 class WhisperSlots(NamedTuple):
@@ -41,6 +50,7 @@ class WhisperSlots(NamedTuple):
     cross_kv: CrossKV  # per slot, laid out like the cache
     no_speech_prob: Array  # (slots,) float32
     language: Array  # (slots,) int32: forced or detected language token
+    offset: Array  # (slots,) int32: decoder positions before <|startoftranscript|> (<|startofprev|> + prompt)
 
 
 class SlotReport(NamedTuple):
@@ -56,10 +66,12 @@ class SlotReport(NamedTuple):
     stats: LoopStats
 
 
-def check_options(options: DecodeOptions) -> None:
-    """Slots decode rows without a prompt, one beam each."""
-    if options.prompt_length:
-        raise ValueError("decode slots take rows without a prompt (prompt_length must be 0)")
+def check_options(options: DecodeOptions, prompt: bool = False) -> None:
+    """Slots decode one beam per row; their own options have no prompt (``prompt``: the options of an
+    insert, whose rows may have one)."""
+    if options.prompt_length and not prompt:
+        raise ValueError("decode slots are made and stepped with options without a prompt (prompt_length 0); "
+                         "a row's prompt is given when it is inserted")
     if options.num_beams != 1:
         raise ValueError("decode slots decode greedily or by sampling (num_beams must be 1)")
 
@@ -78,32 +90,54 @@ def _put_batch(config: WhisperConfig):
     return put
 
 
-def empty(module: WhisperModule, options: DecodeOptions, slots: int) -> WhisperSlots:
-    """``slots`` free slots for rows decoded with ``options``. Call it under ``jax.jit``: its leaves
-    then are separate buffers, which the programs that donate the state need."""
+def empty(module: WhisperModule, options: DecodeOptions, slots: int,
+          cache_length: Optional[int] = None) -> WhisperSlots:
+    """``slots`` free slots for rows decoded with ``options``, each with a self-attention cache of
+    ``cache_length`` positions (default ``options.max_length``: rows without a prompt). Call it under
+    ``jax.jit``: its leaves then are separate buffers, which the programs that donate the state need."""
     check_options(options)
     config: WhisperConfig = module.config
-    cache = init_cache(config, slots, options.max_length, module.dtype)
+    cache_length = options.max_length if cache_length is None else int(cache_length)
+    if not options.max_length <= cache_length <= config.max_target_positions:
+        raise ValueError(f"cache_length {cache_length} must lie in [max_length {options.max_length}, "
+                         f"{config.max_target_positions}]")
+    cache = init_cache(config, slots, cache_length, module.dtype)
     cross = CrossKV(*init_cache(config, slots, config.max_source_positions, module.dtype))
     loop = empty_slots(slots, options.max_length, config.vocab_size, cache, config.special_tokens.eot)
-    return WhisperSlots(loop, cross, jnp.zeros((slots,), jnp.float32), jnp.zeros((slots,), jnp.int32))
+    zeros = jnp.zeros((slots,), jnp.int32)
+    return WhisperSlots(loop, cross, jnp.zeros((slots,), jnp.float32), zeros, zeros)
+
+
+def cache_length_of(state: WhisperSlots) -> int:
+    """Self-attention cache positions per slot."""
+    return jax.tree_util.tree_leaves(state.loop.cache)[0].shape[-2]
 
 
 def insert(module: WhisperModule, params: Any, state: WhisperSlots, input_features: Array, slot_ids: Array,
-           temperature: Array, rng: Array, options: DecodeOptions) -> WhisperSlots:
+           temperature: Array, rng: Array, options: DecodeOptions, prompt_ids: Optional[Array] = None) -> WhisperSlots:
     """Prefill ``input_features`` (rows, n_mels, 3000) and write row ``j`` into slot ``slot_ids[j]``
-    (ids ``>= slots`` are padding) with its ``temperature[j]`` and key ``rng[j]``."""
-    check_options(options)
+    (ids ``>= slots`` are padding) with its ``temperature[j]`` and key ``rng[j]``.
+
+    ``options``: the rows' own (as :func:`~whisper_t5x.decoding.generate.generate` would decode them):
+    with ``prompt_length`` tokens of ``prompt_ids`` (rows, prompt_length) each, and their ``max_length``
+    (at most the slots' sequence length; a row ends there)."""
+    check_options(options, prompt=True)
     config: WhisperConfig = module.config
-    begin = start(module, params, input_features, options, cache_length=options.max_length)
+    width = state.loop.seq.shape[1]
+    if options.max_length > width:
+        raise ValueError(f"rows of max_length {options.max_length} do not fit slots of {width}")
+    begin = start(module, params, input_features, options, prompt_ids, cache_length=cache_length_of(state))
+    seq = jnp.pad(begin.seq, ((0, 0), (0, width - options.max_length)), constant_values=config.special_tokens.eot)
     put_cache = _put_batch(config)
-    loop = put_rows(state.loop, slot_ids, begin.seq, begin.cache, begin.logits, begin.sample_begin, temperature, rng,
-                    put_cache)
+    loop = put_rows(state.loop, slot_ids, seq, begin.cache, begin.logits, begin.sample_begin, temperature, rng,
+                    put_cache, end=options.max_length)
+    put = lambda old, new: old.at[slot_ids].set(new, mode="drop")  # noqa: E731
     return WhisperSlots(
         loop=loop,
         cross_kv=put_cache(state.cross_kv, slot_ids, begin.cross_kv),
-        no_speech_prob=state.no_speech_prob.at[slot_ids].set(begin.no_speech_prob, mode="drop"),
-        language=state.language.at[slot_ids].set(begin.language, mode="drop"),
+        no_speech_prob=put(state.no_speech_prob, begin.no_speech_prob),
+        language=put(state.language, begin.language),
+        offset=put(state.offset, jnp.full(slot_ids.shape, begin.context, jnp.int32)),
     )
 
 
@@ -115,7 +149,7 @@ def reorder(module: WhisperModule, state: WhisperSlots, order: Array) -> Whisper
     fields = {k: jax.tree_util.tree_map(take, v) for k, v in loop._asdict().items() if k != "cache"}
     loop = loop._replace(cache=jax.tree_util.tree_map(lambda a: take(a, axis), loop.cache), **fields)
     return WhisperSlots(loop, jax.tree_util.tree_map(lambda a: take(a, axis), state.cross_kv),
-                        take(state.no_speech_prob), take(state.language))
+                        take(state.no_speech_prob), take(state.language), take(state.offset))
 
 
 def _first_slots(tree: Any, width: int, axis: int) -> Any:
@@ -131,30 +165,37 @@ def generate_slots(module: WhisperModule, params: Any, state: WhisperSlots, opti
                    stop_below: Any = 0, span: Optional[int] = None,
                    width: Optional[int] = None) -> Tuple[WhisperSlots, SlotReport]:
     """Up to ``steps`` steps of the first ``width`` slots (default: all; the others must be free), see
-    :func:`~whisper_t5x.decoding.slots.slot_steps`, reading the first ``span`` cache positions (default: all).
+    :func:`~whisper_t5x.decoding.slots.slot_steps`, reading the first ``span`` cache positions (default: all;
+    a slot stops before its decoder position, offset + sequence index, would pass them).
 
     A step costs in proportion to the slots it runs, so a caller that keeps its live slots at the front
     runs a few rows (a short input, the tail of a long one) at the cost of a few."""
     check_options(options)
     axis = _batch_axis(module.config)
-    full = options.max_length
+    full = cache_length_of(state)
     slots = state.loop.index.shape[0]
     span = full if span is None or span >= full else int(span)
     width = slots if width is None or width >= slots else int(width)
     loop = state.loop
     cross_kv = state.cross_kv
+    offset = state.offset
     if width < slots:
         fields = {k: jax.tree_util.tree_map(lambda a: a[:width], v)
                   for k, v in loop._asdict().items() if k != "cache"}
         loop = loop._replace(cache=_first_slots(loop.cache, width, axis), **fields)
         cross_kv = _first_slots(cross_kv, width, axis)
+        offset = offset[:width]
     cache = loop.cache
     if span < full:
         cache = jax.tree_util.tree_map(lambda a: a[..., :span, :], cache)
-    step = decoder_step(module, params, cross_kv, 0, vocab_table(params, options))
+    at_index = decoder_step(module, params, cross_kv, 0, vocab_table(params, options))
+
+    def step(tokens, step_cache, position):  # a slot's decoder position: its offset + its sequence index
+        return at_index(tokens, step_cache, jnp.minimum(position + offset, full - 1))  # (done slots: clamped)
+
     rules = logit_rules_for(options, module.config.special_tokens)
     loop, stats = slot_steps(step, loop._replace(cache=cache), rules, steps, stop_below,
-                             limit=span if span < full else None)
+                             limit=span - offset if span < full else None)
     loop = _write_front(state.loop, loop)  # the cache's positions and the slots that ran
     state = state._replace(loop=loop)
     report = SlotReport(loop.seq, loop.index, loop.done, loop.sum_logprob, loop.num_tokens, state.no_speech_prob,

@@ -16,7 +16,8 @@ Like the other loops this module never sees a model: it calls a
 
 A step of one slot is the step of :func:`greedy_search`: the logit rules,
 argmax (or a categorical draw at the slot's temperature), end-of-text ends
-the row, as does a full sequence. A done (or free) slot does not move: its
+the row, as does reaching its ``end`` (a full sequence, or less for a row
+whose prompt takes decoder positions). A done (or free) slot does not move: its
 index stays, nothing is written to its sequence and its sums stay.
 """
 
@@ -46,6 +47,7 @@ class SlotState(NamedTuple):
     history: TokenHistory  # what the logit rules read
     temperature: Array  # (slots,) float32: 0 is greedy
     rng: Array  # (slots, 2) uint32: each slot's random key
+    end: Array  # (slots,) int32: a row ends at this sequence index at the latest (at most ``max_length``)
 
 
 class LoopStats(NamedTuple):
@@ -68,14 +70,18 @@ def empty_slots(slots: int, max_length: int, vocab: int, cache: Any, eot: int) -
         history=TokenHistory.empty(slots),
         temperature=jnp.zeros((slots,), jnp.float32),
         rng=jnp.zeros((slots, 2), jnp.uint32),
+        end=jnp.full((slots,), max_length, jnp.int32),
     )
 
 
 def put_rows(state: SlotState, slot_ids: Array, seq: Array, cache: Any, logits: Array, sample_begin: int,
-             temperature: Array, rng: Array, put_cache: Callable[[Any, Array, Any], Any]) -> SlotState:
+             temperature: Array, rng: Array, put_cache: Callable[[Any, Array, Any], Any],
+             end: Optional[Any] = None) -> SlotState:
     """Write new rows (after their forced prefix) into slots ``slot_ids``; ids past the last slot are dropped
-    (padding rows). ``put_cache(state_cache, slot_ids, cache)`` writes the rows' cache (the step owns its layout)."""
+    (padding rows). ``put_cache(state_cache, slot_ids, cache)`` writes the rows' cache (the step owns its layout).
+    ``end``: the rows' last sequence index + 1 (default: the whole sequence, ``max_length``)."""
     rows = slot_ids.shape[0]
+    end = state.seq.shape[1] if end is None else end
     put = lambda old, new: old.at[slot_ids].set(new, mode="drop")  # noqa: E731
     fresh = TokenHistory.empty(rows)
     return SlotState(
@@ -89,6 +95,7 @@ def put_rows(state: SlotState, slot_ids: Array, seq: Array, cache: Any, logits: 
         history=TokenHistory(*(put(a, b) for a, b in zip(state.history, fresh))),
         temperature=put(state.temperature, jnp.asarray(temperature, jnp.float32)),
         rng=put(state.rng, jnp.asarray(rng, jnp.uint32)),
+        end=put(state.end, jnp.broadcast_to(jnp.asarray(end, jnp.int32), (rows,))),
     )
 
 
@@ -106,10 +113,11 @@ def choose_tokens(logits: Array, temperature: Array, keys: Array, live: Array) -
 
 
 def slot_steps(step: StepFn, state: SlotState, rules: LogitRules, steps: Any, stop_below: Any = 0,
-               limit: Optional[int] = None) -> Tuple[SlotState, LoopStats]:
+               limit: Optional[Any] = None) -> Tuple[SlotState, LoopStats]:
     """Run at most ``steps`` steps of every live slot; stop earlier when every slot is done, when
     the number of live slots falls to ``stop_below`` or below (the caller has rows waiting for slots),
-    or before a live slot would step at an index ``>= limit`` (e.g. the end of a shortened cache).
+    or before a live slot would step at an index ``>= limit`` (e.g. the end of a shortened cache; a
+    ``(slots,)`` array: each slot's own limit).
     ``steps`` and ``stop_below`` are traced: changing them compiles nothing."""
     slots, max_length = state.seq.shape
     eot = rules.eot
@@ -143,13 +151,14 @@ def slot_steps(step: StepFn, state: SlotState, rules: LogitRules, steps: Any, st
             cache=cache,
             logits=next_logits.astype(jnp.float32),
             index=index,
-            done=ended | (index >= max_length),
+            done=ended | (index >= s.end),
             sum_logprob=s.sum_logprob + jnp.where(s.done, 0.0, token_logprob),
             num_tokens=s.num_tokens + (~ended).astype(jnp.int32),
             history=TokenHistory(*(jnp.where(live, a, b) for a, b in
                                    zip(rules.record(s.history, token), s.history))),
             temperature=s.temperature,
             rng=jnp.where(live[:, None], keys[:, 0], s.rng),
+            end=s.end,
         )
         return new, n + 1, useful + jnp.sum(live.astype(jnp.int32))
 

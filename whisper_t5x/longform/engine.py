@@ -28,16 +28,26 @@ rows, cost a few rows per step.
 
 Compiled programs (:attr:`Engine.num_programs`, keyed in :meth:`Engine.program_keys`):
 per decode options, one allocation, one reorder, one insert per encoder bucket
-(powers of two up to ``encode_batch``) and one generate per cache span
+(powers of two up to ``encode_batch``) and prompt length bucket, and one generate per cache span
 (:func:`~whisper_t5x.decoding.generate.cache_spans`: 160 positions, then all)
 and width (powers of two up to ``slots``).
 
-Scope: rows without a prompt, one beam (greedy with temperature fallback),
-with or without timestamp tokens; the caller decides (:meth:`Engine.supports`).
+Prompts: a row may be conditioned on previous text (``<|startofprev|>`` and
+the prompt before ``<|startoftranscript|>``): a call-wide ``prompt``
+(``prompt_ids``) or a row's own. Prompts are trimmed and bucketed as the
+Decoder does (:func:`~whisper_t5x.longform.decoder.trim_prompt`); an insert
+takes rows of one prompt length, and each slot keeps its offset (decoder
+positions before ``<|startoftranscript|>``) and its own end, so rows of
+different prompt lengths decode side by side in the one generate program.
+Fallback draws hotter than ``PROMPT_RESET_TEMPERATURE`` drop the prompt, as
+the Decoder's do.
+
+Scope: one beam (greedy with temperature fallback), with or without
+timestamp tokens and prompts; the caller decides (:meth:`Engine.supports`).
 Callers: VAD rows (:mod:`whisper_t5x.longform.vad`), chunked windows and their
-continuations (:mod:`whisper_t5x.longform.chunked`), the server.
-Prompted rows (sequential seek, ``prompt_ids``), beam search and a partitioned
-model stay on the :class:`~whisper_t5x.longform.decoder.Decoder`. Greedy
+continuations (:mod:`whisper_t5x.longform.chunked`), the server. Beam search,
+a partitioned model and the sequential seek stay on the
+:class:`~whisper_t5x.longform.decoder.Decoder`. Greedy
 tokens are those of the Decoder; sampled fallback draws use per-slot random
 keys, so they differ from the Decoder's draws (same distribution).
 """
@@ -49,7 +59,7 @@ import dataclasses
 import logging
 import queue as queue_lib
 import threading
-from typing import Any, Callable, Deque, Dict, Hashable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -58,13 +68,13 @@ import numpy as np
 from whisper_t5x.decoding import slot_generate
 from whisper_t5x.decoding.generate import DecodeOptions, cache_spans, forced_prefix
 from whisper_t5x.longform import fallback as fb
-from whisper_t5x.longform.decoder import DecodedRow, DecodeRequest
+from whisper_t5x.longform.decoder import PROMPT_RESET_TEMPERATURE, DecodedRow, DecodeRequest, trim_prompt
 from whisper_t5x.longform.segments import cut_at_eot, text_tokens
 from whisper_t5x.longform.windows import bucket_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Engine", "EngineError", "LiveRows"]
+__all__ = ["Engine", "EngineError", "LiveRows", "SlotLayout"]
 
 SPAN_MARGIN = 8  # a short cache span is used only while every live slot is this far from its end
 
@@ -91,15 +101,16 @@ class LiveRows:
     def __init__(self):
         self._queue: "queue_lib.Queue[Any]" = queue_lib.Queue()
 
-    def put(self, key: Hashable, features: np.ndarray) -> None:
-        self._queue.put((key, features))
+    def put(self, key: Hashable, features: np.ndarray, prompt: Optional[Sequence[int]] = None) -> None:
+        """Queue a row; ``prompt``: its own previous-text tokens (else the call's ``prompt``)."""
+        self._queue.put((key, features) if prompt is None else (key, features, tuple(prompt)))
 
     def close(self) -> None:
         self._queue.put(self._CLOSED)
 
     def take(self, block: bool) -> Any:
-        """The next ``(key, features)``; None when nothing is waiting (``block=False``); raises
-        StopIteration once closed."""
+        """The next ``(key, features)`` (or ``(key, features, prompt)``); None when nothing is waiting
+        (``block=False``); raises StopIteration once closed."""
         try:
             item = self._queue.get(block=block)
         except queue_lib.Empty:
@@ -117,6 +128,7 @@ class _Row:
     key: Hashable
     serial: int
     features: np.ndarray
+    prompt: Tuple[int, ...] = ()  # trimmed to its bucket, as the Decoder trims it
     level: int = 0  # index into the temperature schedule
     best: Optional[DecodedRow] = None  # best rejected attempt so far
     draws: Dict[int, DecodedRow] = dataclasses.field(default_factory=dict)
@@ -129,6 +141,22 @@ class _Job:
     row: _Row
     temperature: float
     draw: int
+
+    @property
+    def prompt(self) -> Tuple[int, ...]:
+        """The prompt this decode uses: the row's, except for fallback draws hotter than
+        ``PROMPT_RESET_TEMPERATURE`` (decoded without it, as the Decoder decodes them)."""
+        hot = self.row.level > 0 and self.temperature > PROMPT_RESET_TEMPERATURE
+        return () if hot else self.row.prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotLayout:
+    """What a compiled program's shapes follow besides the slot count: decode options (the slots' own,
+    without a prompt; or an insert's rows', with their prompt length) and the cache positions per slot."""
+
+    options: DecodeOptions
+    cache_length: int
 
 
 class Engine:
@@ -168,22 +196,51 @@ class Engine:
 
     # ------------------------------------------------------------------ options and programs
     def supports(self, request: DecodeRequest, prompt: Iterable[int] = ()) -> bool:
-        """Whether rows of ``request`` (with ``prompt``) decode here: no prompt and one beam."""
-        return request.num_beams == 1 and not tuple(prompt)
+        """Whether rows of ``request`` (with ``prompt``) decode here: one beam, and the prompt (trimmed as
+        the Decoder trims it) fits before ``max_length`` in the model's decoder positions."""
+        if request.num_beams != 1:
+            return False
+        return self._fits(self.row_options(request, len(self.trim(request, prompt))))
+
+    def trim(self, request: DecodeRequest, prompt: Iterable[int]) -> Tuple[int, ...]:
+        """The prompt tokens decoded (the last 223, then the last bucket of them; see
+        :func:`~whisper_t5x.longform.decoder.trim_prompt`)."""
+        return trim_prompt(tuple(prompt), self.config.max_target_positions // 2 - 1, request.prompt_buckets)
+
+    def _fits(self, options: DecodeOptions) -> bool:
+        context = 1 + options.prompt_length if options.prompt_length else 0
+        return context + options.max_length <= self.config.max_target_positions
 
     def options(self, request: DecodeRequest) -> DecodeOptions:
-        """The static options (compile key) of ``request`` (no prompt, greedy program)."""
-        if not self.supports(request):
-            raise EngineError("the engine decodes rows without a prompt with one beam; use the Decoder")
+        """The static options (compile key) of the slots for ``request``: no prompt, the greedy program."""
+        if request.num_beams != 1:
+            raise EngineError("the engine decodes rows with one beam; use the Decoder for beam search")
+        return self.row_options(request, 0)
+
+    def row_options(self, request: DecodeRequest, prompt_length: int) -> DecodeOptions:
+        """The options of rows with ``prompt_length`` prompt tokens: the Decoder's (``max_length`` leaves
+        room for the prompt when the request does not set it), so a row ends where the Decoder ends it."""
         max_length = request.max_length
         if request.sample_len is not None:
+            context = 1 + prompt_length if prompt_length else 0
             prefix = (2 if self.config.is_multilingual else 0) + (0 if request.timestamps else 1)
-            max_length = min(1 + prefix + request.sample_len, self.config.max_target_positions)
+            max_length = min(1 + prefix + request.sample_len, self.config.max_target_positions - context)
         return self.model.decode_options(
             task=request.task, language=request.language, return_timestamps=request.timestamps,
-            max_length=max_length, num_beams=1, length_penalty=request.length_penalty, prompt_length=0,
-            sample=False, suppress_tokens=request.suppress_tokens, begin_suppress_tokens=request.begin_suppress_tokens,
+            max_length=max_length, num_beams=1, length_penalty=request.length_penalty,
+            prompt_length=prompt_length, sample=False, suppress_tokens=request.suppress_tokens,
+            begin_suppress_tokens=request.begin_suppress_tokens,
         )
+
+    def layout(self, options: DecodeOptions, prompts: bool) -> SlotLayout:
+        """The slots for ``options``: a cache of ``max_length`` positions, plus room for a prompt before
+        them when rows may have one (none is needed when ``max_length`` is left to the model: a prompted
+        row's then ends earlier)."""
+        room = 0
+        if prompts:
+            room = min(self.config.max_target_positions - options.max_length,
+                       1 + self.config.max_target_positions // 2 - 1)
+        return SlotLayout(options, options.max_length + room)
 
     @property
     def num_programs(self) -> int:
@@ -202,40 +259,43 @@ class Engine:
                 fn = self._programs[key] = build()
             return fn
 
-    def _allocate(self, options: DecodeOptions, capacity: int) -> Any:
-        if self._state is not None and self._state[0] == (options, capacity):
+    def _allocate(self, layout: SlotLayout, capacity: int) -> Any:
+        if self._state is not None and self._state[0] == (layout, capacity):
             return self._state[1]
         self._state = None  # free the old slots first
         module = self.module
-        fn = self._program(("allocate", options, capacity),
-                           lambda: jax.jit(lambda: slot_generate.empty(module, options, capacity)))
+        fn = self._program(("allocate", layout, capacity), lambda: jax.jit(
+            lambda: slot_generate.empty(module, layout.options, capacity, layout.cache_length)))
         return fn()
 
-    def _insert_fn(self, options: DecodeOptions, capacity: int, rows: int, audio: bool) -> Any:
-        module, n_mels = self.module, self.config.num_mel_bins
+    def _insert_fn(self, layout: SlotLayout, capacity: int, rows: int, audio: bool) -> Any:
+        """The insert program of rows decoded with ``layout.options`` (their prompt length) into slots
+        of ``layout.cache_length`` positions; a prompted one takes the rows' prompts as a last argument."""
+        module, n_mels, options = self.module, self.config.num_mel_bins, layout.options
 
         def build():
-            def run(params, state, features, slot_ids, temperature, draw_ids, seed):
+            def run(params, state, features, slot_ids, temperature, draw_ids, seed, prompt=None):
                 if audio:
                     from whisper_t5x.audio.features import log_mel_spectrogram
 
                     features = log_mel_spectrogram(features, n_mels=n_mels)
                 base = jax.random.PRNGKey(seed)
                 keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(draw_ids)
-                return slot_generate.insert(module, params, state, features, slot_ids, temperature, keys, options)
+                return slot_generate.insert(module, params, state, features, slot_ids, temperature, keys, options,
+                                            prompt)
 
             return _kept(jax.jit(run, donate_argnums=(1,)), "engine_insert", (module, options, audio), (1,))
 
-        return self._program(("insert", options, capacity, rows, "audio" if audio else "mel"), build)
+        return self._program(("insert", layout, capacity, rows, "audio" if audio else "mel"), build)
 
-    def _reorder_fn(self, options: DecodeOptions, capacity: int) -> Any:
+    def _reorder_fn(self, layout: SlotLayout, capacity: int) -> Any:
         module = self.module
-        return self._program(("reorder", options, capacity), lambda: _kept(jax.jit(
+        return self._program(("reorder", layout, capacity), lambda: _kept(jax.jit(
             lambda state, order: slot_generate.reorder(module, state, order), donate_argnums=(0,)),
-            "engine_reorder", (module, options), (0,)))
+            "engine_reorder", (module, layout.options), (0,)))
 
-    def _generate_fn(self, options: DecodeOptions, capacity: int, span: int, width: int) -> Any:
-        module = self.module
+    def _generate_fn(self, layout: SlotLayout, capacity: int, span: int, width: int) -> Any:
+        module, options = self.module, layout.options
 
         def build():
             def run(params, state, steps, stop_below):
@@ -243,11 +303,12 @@ class Engine:
 
             return _kept(jax.jit(run, donate_argnums=(1,)), "engine_generate", (module, options, span, width), (1,))
 
-        return self._program(("generate", options, capacity, span, width), build)
+        return self._program(("generate", layout, capacity, span, width), build)
 
     # ------------------------------------------------------------------ the host loop
-    def decode(self, params: Any, rows: Iterable[Tuple[Hashable, np.ndarray]], request: DecodeRequest,
-               on_result: Optional[Callable[[Hashable, DecodedRow], None]] = None) -> Dict[Hashable, DecodedRow]:
+    def decode(self, params: Any, rows: Iterable[Any], request: DecodeRequest,
+               on_result: Optional[Callable[[Hashable, DecodedRow], None]] = None, prompt: Sequence[int] = (),
+               prompts: bool = False) -> Dict[Hashable, DecodedRow]:
         """Decode ``rows`` (``(key, features)`` pairs, pulled lazily as slots free up) with temperature
         fallback; returns ``{key: DecodedRow}`` and calls ``on_result(key, row)`` as each row ends.
 
@@ -257,10 +318,16 @@ class Engine:
         A plain iterator may yield ``None`` for "nothing to add now": the engine decodes on and asks it
         again at the next refill (rows still decoding may make more, e.g. chunked continuations, made in
         ``on_result``); it must not yield ``None`` while every row it gave has ended.
+
+        ``prompt``: previous-text tokens conditioning every row (``prompt_ids``); a row may bring its own
+        as a third element, ``(key, features, prompt)``, when ``prompts`` is set (sequential seek: each
+        row's previous text). Prompts are trimmed and bucketed as the Decoder does, so rows of many
+        prompt lengths share a few insert programs and one generate program.
         """
         options = self.options(request)
+        layout = self.layout(options, prompts or bool(tuple(prompt)))
         try:
-            return _Run(self, params, options, request, rows, on_result).run()
+            return _Run(self, params, layout, request, rows, on_result, tuple(prompt)).run()
         except BaseException:
             self._state = None  # the slots may have been donated mid-call: allocate afresh next time
             raise
@@ -269,9 +336,10 @@ class Engine:
 class _Run:
     """One :meth:`Engine.decode` call: queue, slot table, fallback bookkeeping."""
 
-    def __init__(self, engine: Engine, params: Any, options: DecodeOptions, request: DecodeRequest,
-                 rows: Iterable[Tuple[Hashable, np.ndarray]], on_result: Optional[Callable]):
-        self.e, self.params, self.options, self.request = engine, params, options, request
+    def __init__(self, engine: Engine, params: Any, layout: SlotLayout, request: DecodeRequest,
+                 rows: Iterable[Any], on_result: Optional[Callable], prompt: Tuple[int, ...] = ()):
+        self.e, self.params, self.layout, self.request = engine, params, layout, request
+        self.options = layout.options
         self.cfg = request.fallback
         self.temperatures = self.cfg.temperatures if self.cfg.enabled else self.cfg.temperatures[:1]
         self.best_of = max(1, int(request.best_of))
@@ -283,11 +351,30 @@ class _Run:
         self.capacity = engine.slots  # slots allocated for this call (fewer for a few rows)
         self.slot_job: List[Optional[_Job]] = []
         self.slot_index = np.zeros(0, np.int64)
+        self.slot_offset = np.zeros(0, np.int64)  # decoder positions before <|startoftranscript|>
         self.results: Dict[Hashable, DecodedRow] = {}
         self.on_result = on_result
-        prefix = forced_prefix(options, engine.special, engine.config.is_multilingual)
+        self._row_layouts: Dict[int, SlotLayout] = {}
+        self.prompt = self._checked(engine.trim(request, prompt)) if prompt else ()
+        prefix = forced_prefix(self.options, engine.special, engine.config.is_multilingual)
         self.sample_begin = 1 + len(prefix)
-        self.spans = cache_spans(self.sample_begin, options.max_length)
+        self.spans = cache_spans(self.sample_begin, layout.cache_length)
+
+    def _row_layout(self, prompt_length: int) -> SlotLayout:
+        """The insert layout of rows with ``prompt_length`` prompt tokens (their options, these slots)."""
+        found = self._row_layouts.get(prompt_length)
+        if found is None:
+            options = self.options if not prompt_length else self.e.row_options(self.request, prompt_length)
+            found = self._row_layouts[prompt_length] = SlotLayout(options, self.layout.cache_length)
+        return found
+
+    def _checked(self, prompt: Tuple[int, ...]) -> Tuple[int, ...]:
+        options = self._row_layout(len(prompt)).options
+        if prompt and 1 + len(prompt) + options.max_length > self.layout.cache_length:
+            raise EngineError(f"a prompt of {len(prompt)} tokens does not fit before max_length "
+                              f"{options.max_length} in slots of {self.layout.cache_length} positions "
+                              f"(Engine.decode(..., prompts=True) makes room for prompts)")
+        return prompt
 
     # -------------------------------------------------------------- queue
     def _pull(self, wanted: int, block: bool = False) -> None:
@@ -301,13 +388,17 @@ class _Run:
                 break
             if item is None:
                 break
-            key, features = item
+            key, features = item[0], item[1]
+            prompt = self.prompt
+            if len(item) > 2 and item[2] is not None:
+                prompt = self._checked(self.e.trim(self.request, item[2]))
             features = np.asarray(features, np.float32)
-            self.queue.append(_Job(_Row(key, self.serial, features), self.temperatures[0], 0))
+            self.queue.append(_Job(_Row(key, self.serial, features, prompt), self.temperatures[0], 0))
             self.serial += 1
 
     # -------------------------------------------------------------- device calls
     def _insert(self, state: Any, jobs: List[_Job], slot_ids: List[int]) -> Any:
+        """Insert ``jobs`` (rows of one prompt length) into ``slot_ids``."""
         e = self.e
         size = bucket_size(len(jobs), e.encode_batch)
         pad = size - len(jobs)
@@ -317,12 +408,17 @@ class _Run:
         stride = self.best_of * len(self.temperatures)
         draw_ids = np.asarray([j.row.serial * stride + j.row.level * self.best_of + j.draw for j in jobs]
                               + [0] * pad, np.int32)
-        fn = e._insert_fn(self.options, self.capacity, size, feats.ndim == 2)
-        state = fn(self.params, state, jnp.asarray(feats), jnp.asarray(ids), jnp.asarray(temps), jnp.asarray(draw_ids),
-                   jnp.int32(self.request.seed))
+        plen = len(jobs[0].prompt)
+        args = [jnp.asarray(feats), jnp.asarray(ids), jnp.asarray(temps), jnp.asarray(draw_ids),
+                jnp.int32(self.request.seed)]
+        if plen:
+            args.append(jnp.asarray([j.prompt for j in jobs] + [jobs[-1].prompt] * pad, jnp.int32))
+        fn = e._insert_fn(self._row_layout(plen), self.capacity, size, feats.ndim == 2)
+        state = fn(self.params, state, *args)
         for j, s in zip(jobs, slot_ids):
             self.slot_job[s] = j
             self.slot_index[s] = self.sample_begin
+            self.slot_offset[s] = 1 + plen if plen else 0
         e.stats["engine_inserts"] += 1
         e.stats["engine_insert_rows"] += len(jobs)
         e.stats["padding_rows"] += pad
@@ -338,14 +434,22 @@ class _Run:
                 return state
             if live and len(free) < min(e.refill_at, len(self.queue)):
                 return state
-            n = min(len(free), len(self.queue), e.encode_batch)
-            if not (self.exhausted and n == len(self.queue)):
+            plen = len(self.queue[0].prompt)  # an insert takes rows of one prompt length: the first's
+            same = [j for j in self.queue if len(j.prompt) == plen]
+            n = min(len(free), len(same), e.encode_batch)
+            if not (self.exhausted and n == len(same)):
                 n = 1 << (n.bit_length() - 1)  # a full bucket: no encoder rows wasted on padding
-            jobs = [self.queue.popleft() for _ in range(n)]
+            jobs = same[:n]
+            if len(same) == len(self.queue):
+                for _ in range(n):
+                    self.queue.popleft()
+            else:
+                taken = {id(j) for j in jobs}
+                self.queue = collections.deque(j for j in self.queue if id(j) not in taken)
             state = self._insert(state, jobs, free[:n])
 
     def _span(self) -> int:
-        live = [self.slot_index[s] for s, j in enumerate(self.slot_job) if j is not None]
+        live = [self.slot_offset[s] + self.slot_index[s] for s, j in enumerate(self.slot_job) if j is not None]
         top = max(live) if live else 0
         for span in self.spans[:-1]:
             if top + SPAN_MARGIN < span:
@@ -359,9 +463,10 @@ class _Run:
         if not live or bucket_size(len(live), self.capacity) >= bucket_size(live[-1] + 1, self.capacity):
             return state
         order = live + [s for s, j in enumerate(self.slot_job) if j is None]
-        state = e._reorder_fn(self.options, self.capacity)(state, jnp.asarray(order, jnp.int32))
+        state = e._reorder_fn(self.layout, self.capacity)(state, jnp.asarray(order, jnp.int32))
         self.slot_job = [self.slot_job[s] for s in order]
         self.slot_index = self.slot_index[order]
+        self.slot_offset = self.slot_offset[order]
         e.stats["engine_reorders"] += 1
         return state
 
@@ -379,7 +484,7 @@ class _Run:
         stop_below = max(0, min(stop_below, live - 1))
         last = max(s for s, j in enumerate(self.slot_job) if j is not None)
         width = bucket_size(last + 1, self.capacity)  # live slots sit at the front: run only the first ``width``
-        fn = e._generate_fn(self.options, self.capacity, self._span(), width)
+        fn = e._generate_fn(self.layout, self.capacity, self._span(), width)
         state, report = fn(self.params, state, jnp.int32(e.steps_per_call), jnp.int32(stop_below))
         report = jax.device_get(report)
         steps = int(report.stats.steps)
@@ -455,7 +560,8 @@ class _Run:
             self.capacity = bucket_size(min(len(self.queue), e.slots), e.slots)
         self.slot_job = [None] * self.capacity
         self.slot_index = np.zeros(self.capacity, np.int64)
-        state = e._allocate(self.options, self.capacity)
+        self.slot_offset = np.zeros(self.capacity, np.int64)
+        state = e._allocate(self.layout, self.capacity)
         e._state = None  # donated from here on; stored back when the call ends
         while True:
             state = self._refill(state)
@@ -472,5 +578,5 @@ class _Run:
                 if report.done[s]:
                     self.slot_job[s] = None
                     self._judge(job, self._decoded(report, s, job.temperature))
-        e._state = ((self.options, self.capacity), state) if e.keep_slots else None
+        e._state = ((self.layout, self.capacity), state) if e.keep_slots else None
         return self.results
