@@ -259,9 +259,10 @@ def test_rows_arriving_while_others_decode_join_at_the_next_refill():
 
 def test_requests_it_cannot_take_are_named_errors():
     eng = FakeEngine({}, slots=2)
-    assert not eng.supports(DecodeRequest(num_beams=2))
-    # A prompt before a max_length that fills the decoder's positions (the Decoder refuses it too).
-    assert eng.supports(DecodeRequest(), prompt=(5, 6)) and not eng.supports(DecodeRequest(max_length=448), prompt=(5, 6))
+    assert not eng.supports(DecodeRequest(num_beams=2)) and not eng.supports(DecodeRequest(), prompt=(5, 6))
+    # A caller that gives the prompt to decode(); not before a max_length filling the decoder's positions.
+    assert eng.supports(DecodeRequest(), prompt=(5, 6), prompted=True)
+    assert not eng.supports(DecodeRequest(max_length=448), prompt=(5, 6), prompted=True)
     with pytest.raises(EngineError):
         eng.options(DecodeRequest(num_beams=3))
     with pytest.raises(EngineError):

@@ -66,17 +66,25 @@ def test_chunked_windows_on_the_engine_give_the_decoders_transcriptions(random_m
     assert all(s.end >= s.start for t in want for s in t.segments) and sum(len(t.segments) for t in want) >= 4
 
 
-def test_a_request_the_engine_cannot_take_stays_on_the_decoder(random_model):
+def test_prompt_ids_on_the_engine_and_beams_on_the_decoder(random_model):
+    """Chunked windows with a call-wide prompt (``prompt_ids``) decode on the engine with the Decoder's tokens;
+    beam search stays on the Decoder."""
     model, params = random_model
     request = DecodeRequest(task="transcribe", language="en", timestamps=True, max_length=24,
                             fallback=fb.FallbackConfig(temperatures=(0.0,)))
     settings = ChunkedSettings(chunk=30 * SR, stride=5 * SR, batch_size=2, silence_threshold=1e-4)
     decoder = Decoder(model, params, batch_size=2)
     engine = Engine(model, slots=2, encode_batch=2)
-    prompt = (1000, 2000, 3000)
-    got = transcribe_chunked(decoder, [_noise(10, 0.1, 3)], request, settings, prompt=prompt, engine=engine)
-    assert engine.num_programs == 0 and not engine.stats
-    assert got == transcribe_chunked(decoder, [_noise(10, 0.1, 3)], request, settings, prompt=prompt)
+    items, prompt = [_noise(10, 0.1, 3), _noise(5, 0.2, 4)], (1000, 2000, 3000)
+    got = transcribe_chunked(decoder, items, request, settings, prompt=prompt, engine=engine)
+    assert engine.stats["engine_insert_rows"] == 2
+    assert got == transcribe_chunked(decoder, items, request, settings, prompt=prompt)
+    assert got != transcribe_chunked(decoder, items, request, settings)  # the prompt mattered
+    beams = DecodeRequest(task="transcribe", language="en", timestamps=True, max_length=24, num_beams=2,
+                          fallback=fb.FallbackConfig(temperatures=(0.0,)))
+    programs = engine.num_programs
+    transcribe_chunked(decoder, items[:1], beams, settings, engine=engine)
+    assert engine.num_programs == programs and engine.stats["engine_insert_rows"] == 2
 
 
 # ---------------------------------------------------------------------- prompts

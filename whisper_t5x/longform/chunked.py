@@ -2,7 +2,7 @@
 
 segmenter  :mod:`whisper_t5x.longform.windows` (fixed strides, or pause-aligned)
 decoder    the slot engine (:class:`whisper_t5x.longform.engine.Engine`: each window joins the running slots,
-           continuations included) when it takes the request (no prompt, one beam), else the
+           continuations included) when it takes the request (one beam), else the
            :class:`whisper_t5x.longform.decoder.Decoder` (full batches, one in flight); fallback either way
 assembler  :func:`whisper_t5x.longform.stitching.stitch`
 
@@ -264,13 +264,13 @@ def transcribe_chunked(
 
     ``segments``: ``"segments"`` (timestamped segments) or ``"windows"`` (one per window).
     ``engine``: a :class:`~whisper_t5x.longform.engine.Engine` decodes the windows (and continuations) in its
-    slots when it supports the request (no prompt, one beam); else the ``decoder`` decodes them in batches.
+    slots when it supports the request (one beam; ``prompt`` too); else the ``decoder`` decodes them in batches.
     The windows, their transcripts and the stitching are the same either way.
     """
     stats = stats if stats is not None else {}
     for key in ("windows", "padding_rows", "quiet_windows", "continuation_windows"):
         stats.setdefault(key, 0)
-    on_engine = engine is not None and engine.supports(request, prompt)
+    on_engine = engine is not None and engine.supports(request, prompt, prompted=True)
     on_device = decoder.feature_backend == "jax"
     n_mels = decoder.config.num_mel_bins
 
@@ -283,7 +283,7 @@ def transcribe_chunked(
     run = _WindowRun(decoder, len(items), request, settings, loader, featurize, stats, progress)
     with loader:
         if on_engine:
-            run.decode_on_engine(engine)
+            run.decode_on_engine(engine, prompt)
         else:
             run.decode_in_batches(prompt)
     return run.stitched(segments)
@@ -393,7 +393,7 @@ class _WindowRun:
             finish(ready, tickets, decoder.submit(ready.features, request, prompt, count=len(take)), continuing=True)
 
     # -------------------------------------------------------------- the engine: windows join running slots
-    def decode_on_engine(self, engine: Any) -> None:
+    def decode_on_engine(self, engine: Any, prompt: Sequence[int] = ()) -> None:
         """Every window (and then every continuation) is one engine row; rows are pulled as slots free
         up and each is parsed as it ends. Continuations are made once all of an input's windows have
         ended (as on the Decoder path), so they join the slots while other inputs' windows still decode."""
@@ -425,7 +425,7 @@ class _WindowRun:
             w, continuing = windows.pop(t)
             self.decoded(t, w, row, continuing)
 
-        engine.decode(self.decoder.params, rows(), self.request, on_result)
+        engine.decode(self.decoder.params, rows(), self.request, on_result, prompt=prompt)
 
     # -------------------------------------------------------------- the assembler
     def stitched(self, segments: str) -> List[Transcription]:

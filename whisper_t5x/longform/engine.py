@@ -195,12 +195,18 @@ class Engine:
         self._refill_at = None if value is None else int(value)
 
     # ------------------------------------------------------------------ options and programs
-    def supports(self, request: DecodeRequest, prompt: Iterable[int] = ()) -> bool:
+    def supports(self, request: DecodeRequest, prompt: Iterable[int] = (), prompted: bool = False) -> bool:
         """Whether rows of ``request`` (with ``prompt``) decode here: one beam, and the prompt (trimmed as
-        the Decoder trims it) fits before ``max_length`` in the model's decoder positions."""
+        the Decoder trims it) fits before ``max_length`` in the model's decoder positions.
+
+        ``prompted``: the caller gives ``prompt`` to :meth:`decode`. A caller that does not say so is
+        told a prompted request is not supported (it would decode the rows without their prompt)."""
         if request.num_beams != 1:
             return False
-        return self._fits(self.row_options(request, len(self.trim(request, prompt))))
+        prompt = self.trim(request, prompt)
+        if prompt and not prompted:
+            return False
+        return self._fits(self.row_options(request, len(prompt)))
 
     def trim(self, request: DecodeRequest, prompt: Iterable[int]) -> Tuple[int, ...]:
         """The prompt tokens decoded (the last 223, then the last bucket of them; see
