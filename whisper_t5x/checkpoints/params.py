@@ -201,20 +201,47 @@ def _map_leaves_parallel(fn: Callable[[Any], Any], tree: Mapping) -> Dict[str, A
     return unflatten({k: out[k] for k in flat})
 
 
+# XLA's CPU client takes a host array as a device buffer without copying it only when the data is
+# this aligned; numpy's allocations are 16-byte aligned, so every jitted call that was given a numpy
+# parameter tree copied the whole tree first (a second copy of the weights alive per call in flight,
+# and tens of milliseconds per call for ``base``).
+DEVICE_ALIGNMENT = 64
+
+
+def aligned(x: Any, dtype: Optional[Any] = None) -> np.ndarray:
+    """``x`` as a C-contiguous array of ``dtype`` whose data starts on a :data:`DEVICE_ALIGNMENT` boundary
+    (the same array when it already is one; else one copy, cast on the way)."""
+    src = np.asarray(x)
+    target = src.dtype if dtype is None else np.dtype(dtype)
+    if src.dtype == target and src.flags.c_contiguous and src.ctypes.data % DEVICE_ALIGNMENT == 0:
+        return src
+    raw = np.empty(src.size * target.itemsize + DEVICE_ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % DEVICE_ALIGNMENT
+    out = raw[start:start + src.size * target.itemsize].view(target).reshape(src.shape)
+    out[...] = src
+    return out
+
+
+def is_aligned(x: Any) -> bool:
+    """True when ``x`` (a numpy array) can be handed to XLA's CPU client without a copy."""
+    return isinstance(x, np.ndarray) and x.flags.c_contiguous and x.ctypes.data % DEVICE_ALIGNMENT == 0
+
+
 def cast_params(params: Mapping, dtype: Optional[Any] = None) -> Dict[str, Any]:
     """Cast every leaf to ``dtype``; with ``None`` keep float32/float16/bfloat16 as stored
     (float64 and integers become float32, and a tree of mixed float dtypes becomes float32).
-    Leaves come back C-contiguous (a transposed view is copied once, cast on the way)."""
+    Leaves come back C-contiguous and :func:`aligned` (a transposed view is copied once, cast on the
+    way), so that passing the tree to a jitted function on a CPU copies nothing."""
     if dtype is not None:
         target = np.dtype(dtype)
         if not (target.kind == "f" or target == _bfloat16()):
             raise ValueError(f"dtype {dtype!r} is not a floating-point dtype")
-        return _map_leaves_parallel(lambda x: np.asarray(x, dtype=target, order="C"), params)
+        return _map_leaves_parallel(lambda x: aligned(x, target), params)
     kept = {np.dtype(np.float32), np.dtype(np.float16), _bfloat16()}
     dtypes = {np.asarray(x).dtype for x in flatten(params).values()}
     if len(dtypes) == 1 and dtypes <= kept:
-        return _map_leaves_parallel(lambda x: np.asarray(x, order="C"), params)
-    return _map_leaves_parallel(lambda x: np.asarray(x, dtype=np.float32, order="C"), params)
+        return _map_leaves_parallel(aligned, params)
+    return _map_leaves_parallel(lambda x: aligned(x, np.float32), params)
 
 
 # ---------------------------------------------------------------------- positions

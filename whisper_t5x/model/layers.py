@@ -5,6 +5,19 @@ style): ``init`` returns a ``params_axes`` collection beside ``params`` that
 names every dimension, so a partitioner can shard the model by rules alone.
 Parameters are stored in ``param_dtype`` and cast to the compute ``dtype`` at
 use; layer norms and softmax always run in float32.
+
+Stored weights (:mod:`whisper_t5x.model.quantize`): a :class:`Dense` kernel or
+an :class:`Embed` table may arrive in another dtype than the compute dtype,
+and the product is then taken in the stored dtype (:func:`stored_dot`), since
+XLA's CPU dots do not fuse a weight's conversion (a converted copy is written
+and read every step, so converting to float32 saved nothing):
+
+* bfloat16 (float32 compute): the activations are rounded to bfloat16 for the
+  product, accumulated in float32;
+* int8 with a float32 ``kernel_scale`` / ``embedding_scale`` per output channel
+  beside it: each activation row is quantised to int8 with its own scale
+  (``max|x| / 127``), the product accumulates in int32, and both scales
+  multiply the result (CTranslate2's int8 scheme).
 """
 
 from __future__ import annotations
@@ -23,6 +36,33 @@ Dtype = Any
 Array = jax.Array
 
 _NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+
+def quantize_rows(x: Array) -> Tuple[Array, Array]:
+    """Symmetric int8 of each row of ``x`` (last axis): ``(q, scale)`` with ``x ~ q * scale``."""
+    x = x.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True) / 127.0
+    scale = jnp.where(scale > 0, scale, 1.0)
+    return jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8), scale
+
+
+def is_stored(weight: Array, dtype: Dtype) -> bool:
+    """True for a weight kept narrower than the compute ``dtype`` (int8, or bfloat16 under float32)."""
+    return weight.dtype == jnp.int8 or jnp.dtype(weight.dtype).itemsize < jnp.dtype(dtype).itemsize
+
+
+def stored_dot(x: Array, weight: Array, spec: str, scale: Optional[Array]) -> Array:
+    """``einsum(spec, x, weight)`` in float32 for a weight kept in its stored dtype (:func:`is_stored`).
+
+    bfloat16 (or float16) weights: the product in the weight's dtype, float32 accumulation. int8
+    weights (``scale`` per output channel): int8 x int8 -> int32 with each row of ``x`` quantised by
+    :func:`quantize_rows`, times both scales.
+    """
+    if weight.dtype == jnp.int8:
+        q, row_scale = quantize_rows(x)
+        y = jnp.einsum(spec, q, weight, preferred_element_type=jnp.int32).astype(jnp.float32)
+        return y * row_scale * scale.astype(jnp.float32)
+    return jnp.einsum(spec, x.astype(weight.dtype), weight, preferred_element_type=jnp.float32)
 
 
 def constrain(x: Array, names: Sequence[Optional[str]]) -> Array:
@@ -48,7 +88,11 @@ class Dense(nn.Module):
             self.param_dtype,
             axes=self.kernel_axes,
         )
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if is_stored(kernel, self.dtype):
+            scale = self.get_variable("params", "kernel_scale") if kernel.dtype == jnp.int8 else None
+            y = stored_dot(x, kernel, "...i,io->...o", scale).astype(self.dtype)
+        else:
+            y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
             bias = param_with_axes(
                 "bias", nn.initializers.zeros, (self.features,), self.param_dtype, axes=(self.kernel_axes[1],)
@@ -124,10 +168,23 @@ class Embed(nn.Module):
             axes=self.table_axes,
         )
 
+    def _row_scale(self) -> Optional[Array]:
+        """int8 storage: the float32 scale of each table row (None for a float table)."""
+        if self.has_variable("params", "embedding_scale"):
+            return self.get_variable("params", "embedding_scale")
+        return None
+
     def __call__(self, ids: Array) -> Array:
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        rows = jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        scale = self._row_scale()
+        if scale is not None:
+            rows = rows * jnp.take(scale, ids, axis=0)[..., None].astype(self.dtype)
+        return rows
 
     def table(self) -> Array:
+        scale = self._row_scale()
+        if scale is not None:
+            return (self.embedding.astype(jnp.float32) * scale[:, None]).astype(self.dtype)
         return self.embedding.astype(self.dtype)
 
     def attend(self, x: Array, table: Optional[Array] = None) -> Array:
@@ -135,9 +192,12 @@ class Embed(nn.Module):
 
         ``table``: a copy of the table to use instead (e.g. the same values in
         bfloat16, so that a decoding step reads half the bytes); the product
-        then runs in its dtype.
+        then runs in its dtype. A table stored in int8 is converted in the
+        program and its row scales multiply the logits.
         """
         if table is None:
+            if is_stored(self.embedding, self.dtype):
+                return stored_dot(x, self.embedding, "...d,vd->...v", self._row_scale())
             table = self.embedding.astype(self.dtype)
         return jnp.einsum("...d,vd->...v", x.astype(table.dtype), table, preferred_element_type=jnp.float32)
 

@@ -1,0 +1,170 @@
+"""Weight-only storage for the decoding step: bfloat16 or int8 decoder weights, float32 compute.
+
+A decoding step at a small batch reads every decoder weight once per token, so
+its time follows the bytes stored. :func:`store_weights` rewrites a parameter
+tree (host numpy or device arrays, loop or scan layout) so that the weights a
+step reads are kept in fewer bytes:
+
+* the decoder's dense kernels a step uses (self-attention q/k/v/out, the
+  cross-attention query and output projections, fc1, fc2);
+* the token table (``decoder/embed_tokens/embedding``), which is both the
+  token lookup and the vocabulary projection.
+
+``"bfloat16"`` stores those leaves as bfloat16. ``"int8"`` stores them as int8
+with a float32 scale per output channel beside each one (``kernel_scale`` of
+shape ``(out,)``, ``embedding_scale`` of shape ``(vocab,)``): symmetric,
+``w = q * scale`` with ``q = round(w / scale)`` and ``scale = max|w| / 127``.
+The layers (:mod:`whisper_t5x.model.layers`) convert them where they are used,
+inside the jitted program, and multiply an int8 product by its scale, so
+compute stays in the model's dtype. The encoder, the cross-attention key/value
+projections (run once per row, not per step), biases, layer norms and position
+tables are left as they are.
+
+The stored tree no longer matches ``params_axes`` (int8 leaves gain a scale):
+it is for the unpartitioned decoding paths (the engine and the Decoder on one
+device), not for :meth:`FlaxWhisperPipeline.shard_params`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from whisper_t5x.checkpoints.params import aligned
+
+__all__ = ["WEIGHT_DTYPES", "WeightsDtypeError", "store_weights", "weights_dtype_of", "restore_weights",
+           "stored_bytes"]
+
+WEIGHT_DTYPES = ("float32", "bfloat16", "int8")
+
+# Per decoder layer: the dense kernels a decoding step reads (cross-attention k/v run at insert only).
+_STEP_KERNELS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"),
+                 ("self_attn", "out_proj"), ("encoder_attn", "q_proj"), ("encoder_attn", "out_proj"),
+                 ("fc1",), ("fc2",))
+_INT8_MAX = 127.0
+
+
+class WeightsDtypeError(ValueError):
+    """An unknown weight storage dtype, or a tree that is not a Whisper parameter tree."""
+
+
+def _bfloat16():
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _check(weights_dtype: Any) -> str:
+    name = None if weights_dtype is None else str(np.dtype(weights_dtype).name
+                                                  if not isinstance(weights_dtype, str) else weights_dtype)
+    if name not in WEIGHT_DTYPES:
+        raise WeightsDtypeError(f"weights_dtype must be one of {WEIGHT_DTYPES}, got {weights_dtype!r}")
+    return name
+
+
+def _int8(w: np.ndarray, reduce_axis: int):
+    """Symmetric int8 with one scale per slice along ``reduce_axis`` (the axis a product sums over)."""
+    w = np.asarray(w, np.float32)
+    peak = np.max(np.abs(w), axis=reduce_axis, keepdims=True)
+    scale = np.where(peak > 0, peak / _INT8_MAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -_INT8_MAX, _INT8_MAX).astype(np.int8)
+    return aligned(q), aligned(np.squeeze(scale, axis=reduce_axis))
+
+
+def _store(node: Dict[str, Any], leaf: str, dtype: str, reduce_axis: int) -> None:
+    """Rewrite ``node[leaf]`` (``node`` is a fresh dict) as ``dtype`` storage."""
+    w = np.asarray(node[leaf])
+    if dtype == "bfloat16":
+        node[leaf] = aligned(w, _bfloat16())
+    elif dtype == "int8":
+        node[leaf], node[f"{leaf}_scale"] = _int8(w, reduce_axis)
+
+
+def _copy_path(tree: Dict[str, Any], path) -> Dict[str, Any]:
+    """Shallow copies of the dicts along ``path`` (the input tree is left untouched); the last one."""
+    node = tree
+    for key in path:
+        if not isinstance(node.get(key), Mapping):
+            raise WeightsDtypeError(f"not a Whisper parameter tree: no {'/'.join(path)}")
+        node[key] = dict(node[key])
+        node = node[key]
+    return node
+
+
+def store_weights(params: Mapping, weights_dtype: Any) -> Dict[str, Any]:
+    """``params`` with the decoding step's weights stored as ``weights_dtype`` (see the module docstring).
+
+    ``"float32"`` returns the tree unchanged. Leaves come back as host numpy (aligned for XLA's CPU
+    client); the input tree is not modified. A tree already stored in another dtype is refused.
+    """
+    name = _check(weights_dtype)
+    if name == "float32":
+        return params
+    current = weights_dtype_of(params)
+    if current != "float32":
+        raise WeightsDtypeError(f"the parameters are already stored as {current}: restore_weights first")
+    tree = dict(params)
+    decoder = _copy_path(tree, ("decoder",))
+    layers = _copy_path(decoder, ("layers",))
+    scanned = "fc1" in layers  # scan layout: one block, every leaf stacked on a leading layers axis
+    blocks = [layers] if scanned else [_copy_path(layers, (k,)) for k in sorted(layers)]
+    for block in blocks:
+        for path in _STEP_KERNELS:
+            # kernels are (in, out), or (layers, in, out): one scale per output column (and layer)
+            _store(_copy_path(block, path), "kernel", name, -2)
+    # the table is (vocab, d): one scale per token, an output channel of the vocabulary projection
+    _store(_copy_path(decoder, ("embed_tokens",)), "embedding", name, -1)
+    return tree
+
+
+def weights_dtype_of(params: Mapping) -> str:
+    """How the decoding step's weights of ``params`` are stored: one of :data:`WEIGHT_DTYPES`."""
+    try:
+        table = params["decoder"]["embed_tokens"]
+    except (KeyError, TypeError) as e:
+        raise WeightsDtypeError("not a Whisper parameter tree: no decoder/embed_tokens") from e
+    if "embedding_scale" in table:
+        return "int8"
+    dtype = np.dtype(getattr(table["embedding"], "dtype", np.float32))
+    return "bfloat16" if dtype == _bfloat16() else "float32"
+
+
+def restore_weights(params: Mapping, dtype: Any = np.float32) -> Dict[str, Any]:
+    """The float tree back from stored weights (int8 leaves times their scales; tests and export)."""
+
+    def walk(node: Mapping) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for key, value in node.items():
+            if key.endswith("_scale") and key[:-len("_scale")] in node:
+                continue
+            if isinstance(value, Mapping):
+                out[key] = walk(value)
+                continue
+            scale: Optional[Any] = node.get(f"{key}_scale")
+            w = np.asarray(value)
+            if scale is not None:
+                s = np.asarray(scale, np.float32)
+                w = w.astype(np.float32) * (s[:, None] if key == "embedding" else s[..., None, :])
+            out[key] = np.asarray(w, dtype)
+        return out
+
+    return walk(params)
+
+
+def stored_bytes(params: Mapping, decoder_step_only: bool = True) -> int:
+    """Bytes of the leaves a decoding step reads (``decoder_step_only``), or of the whole tree."""
+    total = 0
+
+    def walk(node: Mapping, path: tuple) -> None:
+        nonlocal total
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                walk(value, path + (key,))
+            elif not decoder_step_only or (path and path[0] == "decoder" and not (
+                    len(path) >= 2 and path[-1] in ("k_proj", "v_proj") and "encoder_attn" in path)):
+                total += int(np.asarray(value).nbytes)
+
+    walk(params, ())
+    return total
