@@ -4,7 +4,8 @@
 
     python benchmarks/step_levers.py --step                   # ms per decoding step, f32 / bf16 / int8 weights
     python benchmarks/step_levers.py --memory                 # XLA buffers of the engine's programs
-    python benchmarks/step_levers.py --step --memory --json benchmarks/results/step_levers.json
+    python benchmarks/step_levers.py --e2e --weights float32 int8   # VAD rows, 1 and 10 min: wall, CPU, WER, RSS
+    python benchmarks/step_levers.py --step --memory --e2e --json benchmarks/results/step_levers.json
 
 ``--step``: the ``base`` decoder step (one token, self-attention cache ``--span`` positions, cross
 K/V of a real 30 s window) run ``--steps`` times in one compiled loop, for every weight storage of
@@ -14,6 +15,12 @@ and process CPU time per step are reported, with the bytes of decoder weights a 
 
 ``--memory``: ``compiled.memory_analysis()`` of the engine's insert and generate programs (arguments,
 outputs, aliased, temporaries) at a few slot counts and buckets, per weight storage.
+
+``--e2e``: the pipeline's VAD rows (``long_form="vad"``, batch 8, greedy, no fallback, English, as
+``peers.py``'s ``ours_vad``) on the 1 and 10 minute corpus clips, one fresh process per weight storage:
+one untimed warm-up per clip, then ``--e2e_runs`` timed runs; median wall and CPU seconds, WER, and the
+peak RSS of the process during the timed runs (psutil, every 20 ms), with the model built as
+``FlaxWhisperPipeline((model, store_weights(params, w)))``.
 
 Prints markdown; ``--json`` writes the figures (with the CPU and load average).
 """
@@ -61,20 +68,23 @@ def step_times(weights, batches, span: int, steps: int, repeats: int) -> dict:
     from whisper_t5x.model.quantize import stored_bytes
     from whisper_t5x.model.whisper import WhisperModule, init_cache
 
-    model, _, stored = _load(weights)
+    model, _, stored = _load(sorted({w.partition("+kv")[0] for w in weights}))
     module, cfg = model.module, model.config
     encode = jax.jit(lambda p, x: module.apply({"params": p}, x, method=WhisperModule.encode))
     runs = {}
     for batch in batches:
         hidden = encode(stored["float32"] if "float32" in stored else next(iter(stored.values())),
                         jnp.asarray(_speech_features(batch)))
-        for w in weights:
+        for variant in weights:
+            w, _, kv = variant.partition("+kv")
             p = stored[w]
             first = jax.jit(lambda p, h, batch=batch: module.apply(
                 {"params": p}, jnp.full((batch, 1), cfg.special_tokens.sot, jnp.int32),
                 cache=init_cache(cfg, batch, span, module.dtype), cache_index=0, encoder_hidden=h,
                 method=WhisperModule.decode))
             out = first(p, hidden)
+            if kv:  # cross K/V kept in a narrower dtype ("+kvbfloat16")
+                out = out._replace(cross_kv=jax.tree_util.tree_map(lambda a: a.astype(kv), out.cross_kv))
 
             def loop(p, cache, cross_kv, batch=batch):
                 def body(i, c):
@@ -86,7 +96,7 @@ def step_times(weights, batches, span: int, steps: int, repeats: int) -> dict:
             run = jax.jit(loop)
             call = (lambda run=run, p=p, out=out: jax.block_until_ready(run(p, out.cache, out.cross_kv)))
             call()
-            runs[(w, batch)] = (call, [], [])
+            runs[(variant, batch)] = (call, [], [])
     for _ in range(repeats):
         for call, walls, cpus in runs.values():
             c, t = time.process_time(), time.perf_counter()
@@ -98,7 +108,7 @@ def step_times(weights, batches, span: int, steps: int, repeats: int) -> dict:
         rows.append({"weights": w, "batch": batch, "span": span,
                      "step_ms": statistics.median(walls) / steps * 1000,
                      "step_cpu_ms": statistics.median(cpus) / steps * 1000,
-                     "step_weight_mb": stored_bytes(stored[w]) / MB})
+                     "step_weight_mb": stored_bytes(stored[w.partition("+kv")[0]]) / MB})
     return {"rows": rows}
 
 
@@ -146,6 +156,74 @@ def program_memory(weights, slots_list) -> dict:
     return {"rows": rows}
 
 
+def _e2e_worker(variant: str, durations, runs: int) -> dict:
+    """``variant``: a weight storage, optionally ``@N`` for an engine encoder batch of N rows (8 slots)."""
+    import threading
+
+    import psutil
+
+    import _speech_corpus as corpus
+
+    from whisper_t5x import FlaxWhisperPipeline
+    from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
+    from whisper_t5x.model.quantize import store_weights
+
+    weights, _, encode = variant.partition("@")
+    encode_batch = int(encode) if encode else 8
+    proc = psutil.Process()
+    model, params = FlaxWhisperForConditionalGeneration.from_pretrained("base", _do_init=False)
+    params = store_weights(params, weights)
+    pipe = FlaxWhisperPipeline((model, params), batch_size=8, fallback=False, decode_slots=8)
+    del params
+    out = {"weights": variant, "encode_batch": encode_batch, "rss_after_load_mb": proc.memory_info().rss / MB, "clips": []}
+    for seconds in durations:
+        audio, reference = corpus.make_audio(seconds)
+
+        def run():
+            # the call's batch_size is the engine's encoder batch (at most its 8 slots)
+            return pipe(audio, task="transcribe", language="en", return_timestamps=False,
+                        batch_size=encode_batch, progress=False, long_form="vad")["text"]
+
+        run()  # warm-up: compiles every program this length needs
+        walls, cpus, peak = [], [], [proc.memory_info().rss]
+        stop = threading.Event()
+
+        def poll():
+            while not stop.wait(0.02):
+                peak[0] = max(peak[0], proc.memory_info().rss)
+
+        sampler = threading.Thread(target=poll, daemon=True)
+        sampler.start()
+        for _ in range(runs):
+            c, t = time.process_time(), time.perf_counter()
+            text = run()
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
+        stop.set()
+        sampler.join()
+        out["clips"].append({"seconds": seconds, "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
+                             "wer": corpus.wer(reference, text), "peak_rss_mb": max(peak[0], proc.memory_info().rss) / MB,
+                             "loadavg": os.getloadavg()[0]})
+    return out
+
+
+def e2e(weights, durations, runs: int) -> dict:
+    """One fresh process per weight storage (memory per variant, no shared compiled programs)."""
+    import subprocess
+
+    rows = []
+    for w in weights:
+        cmd = [sys.executable, os.path.abspath(__file__), "--_e2e_worker", w, "--e2e_runs", str(runs),
+               "--durations", *map(str, durations)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [l for l in done.stdout.splitlines() if l.startswith("@@ ")]
+        if done.returncode or not lines:
+            rows.append({"weights": w, "error": done.stderr[-2000:]})
+            continue
+        rows.append(json.loads(lines[-1][3:]))
+    return {"rows": rows, "durations": list(durations), "runs": runs}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,8 +235,15 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--slots", nargs="+", type=int, default=[2, 8])
+    ap.add_argument("--e2e", action="store_true")
+    ap.add_argument("--durations", nargs="+", type=float, default=[60, 600])
+    ap.add_argument("--e2e_runs", type=int, default=1)
+    ap.add_argument("--_e2e_worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args._e2e_worker:
+        print("@@ " + json.dumps(_e2e_worker(args._e2e_worker, args.durations, args.e2e_runs)), flush=True)
+        return 0
     from _machine import cpu_name
 
     results = {"cpu": cpu_name(), "loadavg_before": os.getloadavg(), "argv": sys.argv[1:]}
@@ -182,6 +267,17 @@ def main(argv=None) -> int:
             print(f"| {r['weights']} | {r['program']} | {r['slots']} | {r.get('rows', r.get('span'))} | "
                   f"{r['arguments_mb']:.0f} | {r['outputs_mb']:.0f} | {r['aliased_mb']:.0f} | "
                   f"{r['temporaries_mb']:.0f} |")
+    if args.e2e:
+        results["e2e"] = e2e(args.weights, args.durations, args.e2e_runs)
+        print(f"\nVAD rows end to end, base, batch 8 ({results['cpu']}; median of {args.e2e_runs})\n")
+        print("| weights | audio | wall s | CPU s | WER % | peak RSS MB | load |\n|---|---:|---:|---:|---:|---:|---:|")
+        for r in results["e2e"]["rows"]:
+            if "error" in r:
+                print(f"| {r['weights']} | failed: {r['error'][-200:]!r} |")
+                continue
+            for c in r["clips"]:
+                print(f"| {r['weights']} | {c['seconds']:g} s | {c['wall_s']:.1f} | {c['cpu_s']:.1f} | "
+                      f"{100 * c['wer']:.2f} | {c['peak_rss_mb']:.0f} | {c['loadavg']:.1f} |")
     results["loadavg_after"] = os.getloadavg()
     if args.json:
         with open(args.json, "w") as f:

@@ -328,6 +328,11 @@ def _heads_attention_bwd(residuals, d_out):
 _heads_attention.defvjp(_heads_attention_fwd, _heads_attention_bwd)
 
 
+def _product_dtype(q: Array, kv: Array):
+    """The dtype of an attention product: the queries', unless keys/values are stored narrower."""
+    return kv.dtype if jnp.dtype(kv.dtype).itemsize < jnp.dtype(q.dtype).itemsize else q.dtype
+
+
 def _attend_all(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]], return_probs: bool = False):
     """Softmax attention of ``q`` over the concatenation of several key/value parts.
 
@@ -343,16 +348,18 @@ def _attend_all(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]],
     """
     scores = []
     for k, v, bias in parts:
-        s = jnp.einsum("bthd,bhsd->bhts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        kind = _product_dtype(q, k)  # keys stored narrower (bfloat16 cross K/V): the product in their dtype
+        s = jnp.einsum("bthd,bhsd->bhts", q.astype(kind), k.astype(kind), preferred_element_type=jnp.float32)
         scores.append(s if bias is None else s + bias)
     joined = scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)
     probs = jax.nn.softmax(joined, axis=-1)
     out = None
     start = 0
     for (k, v, _), s in zip(parts, scores):
-        p = probs[..., start:start + s.shape[-1]].astype(q.dtype)
+        kind = _product_dtype(q, v)
+        p = probs[..., start:start + s.shape[-1]].astype(kind)
         start += s.shape[-1]
-        o = jnp.einsum("bhts,bhsd->bthd", p, v.astype(q.dtype), preferred_element_type=jnp.float32)
+        o = jnp.einsum("bhts,bhsd->bthd", p, v.astype(kind), preferred_element_type=jnp.float32)
         out = o if out is None else out + o
     if return_probs:
         return out.astype(q.dtype), probs
