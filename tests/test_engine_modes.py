@@ -121,6 +121,39 @@ def test_prompted_rows_in_refilled_slots_give_the_decoders_tokens(random_model):
     assert len(eng.program_keys()) == len(keys)  # same programs
 
 
+# ---------------------------------------------------------------------- the sequential seek
+def _same_transcriptions(got, want):
+    """Same text, segments, tokens and times; statistics to float32 rounding (the Decoder's average
+    log-probability is divided on the device, the engine's on the host)."""
+    assert [g.text for g in got] == [w.text for w in want]
+    for g, w in zip(got, want):
+        assert len(g.segments) == len(w.segments)
+        for a, b in zip(g.segments, w.segments):
+            assert (a.start, a.end, a.text, a.tokens, a.seek, a.temperature) == (b.start, b.end, b.text, b.tokens,
+                                                                                b.seek, b.temperature)
+            assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-5)
+            assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-5)
+
+
+def test_sequential_seek_on_the_engine_gives_the_decoders_transcriptions(random_model):
+    """Each input a chain of windows (the next one prompted with the text so far: its last 16 tokens),
+    three inputs sharing two slots: the same seek log and text as the Decoder's batches."""
+    from whisper_t5x.longform.sequential import SequentialOptions, run_sequential
+
+    model, params = random_model
+    items = [_noise(50, 0.1, 5), _noise(8, 0.3, 6), _noise(35, 0.05, 7)]
+    request = DecodeRequest(task="transcribe", language="en", fallback=fb.FallbackConfig(temperatures=(0.0,)),
+                            prompt_buckets=(16,))
+    options = SequentialOptions(initial_prompt=(1000, 2000))
+    decoder = Decoder(model, params, batch_size=2)
+    want = run_sequential(decoder, items, request, options)
+    engine = Engine(model, slots=2, encode_batch=2, steps_per_call=16)
+    got = run_sequential(decoder, items, request, options, engine=engine)
+    _same_transcriptions(got, want)
+    windows = sum(len({s.seek for s in t.segments}) for t in want)
+    assert windows >= 5 and engine.stats["engine_insert_rows"] >= windows  # not vacuous: chains of windows
+
+
 # ---------------------------------------------------------------------- real tiny.en
 @pytest.fixture(scope="module")
 def pipes():
@@ -192,3 +225,17 @@ def test_the_label_job_decodes_on_the_engine(speech_parquet, tmp_path, monkeypat
     assert sorted(rows) == ["r0", "r1", "r2"] and all(r["error"] is None for r in rows.values())
     assert sum(calls) == 3  # every row's speech decoded on the engine
     assert "door" in rows["r1"]["text"].lower() and rows["r1"]["segments"]
+
+
+def test_sequential_pipeline_on_the_engine_equals_the_decoder(pipes):
+    from whisper_t5x.audio.loading import load_audio
+
+    on, off = pipes
+    jfk = load_audio(os.path.join(ROOT, "samples", "jfk.flac"))
+    gap = np.zeros(SR * 2, np.float32)
+    inputs = [jfk, np.concatenate([jfk[:SR * 4], gap, jfk, gap, jfk, gap, jfk, gap, jfk]), jfk[:SR * 3]]
+    want = off.transcribe(inputs, long_form="sequential", return_timestamps=True)
+    got = on.transcribe(inputs, long_form="sequential", return_timestamps=True)
+    _same_transcriptions(got, want)
+    assert len({s.seek for s in got[1].segments}) >= 2 and on.last_stats.get("engine_generate_calls", 0) >= 1
+    assert "engine_generate_calls" not in off.last_stats

@@ -173,11 +173,13 @@ class FlaxWhisperPipeline:
         is then used only where no pause is found; only when decoding with
         timestamps. Default False: it measured no better than the fixed
         layout (``benchmarks/pipeline_options.py``).
-      engine: VAD rows (the default long-form mode) and chunked windows decode
-        through the slot engine (:mod:`whisper_t5x.longform.engine`: rows join
-        and leave a running batch, so no row waits for the longest of its
-        batch); greedy tokens are the Decoder's. Rows with a prompt, beam search and a
-        sharded model use the Decoder. ``False``: the Decoder always.
+      engine: VAD rows (the default long-form mode), chunked windows and the
+        sequential seek (without word timestamps: each input a chain of rows,
+        several inputs side by side) decode through the slot engine
+        (:mod:`whisper_t5x.longform.engine`: rows join and leave a running
+        batch, so no row waits for the longest of its batch); greedy tokens
+        are the Decoder's. Beam search, word timestamps and a
+        sharded model use the Decoder (VAD rows with prompt_ids too, for now). ``False``: the Decoder always.
       decode_slots: the engine's decode slots (default ``batch_size``: on a
         CPU a step costs in proportion to its rows, so more slots than the
         encoder batch did not pay; the encoder takes ``batch_size`` rows at a
@@ -422,11 +424,11 @@ class FlaxWhisperPipeline:
     def _run(self, mode: str, items: List[Any], call: _Call, settings: ChunkedSettings, bar: "_Progress",
              stats: Dict[str, Any]) -> List[Transcription]:
         """One long-form algorithm over ``items``: segmenter, the Decoder, assembler."""
-        if mode == "sequential":
-            return self._sequential(items, call)
         engine = self.engine if self.partitioner is None else None  # a sharded model: the Decoder
         if engine is not None:
             engine.encode_batch = min(settings.batch_size, engine.slots)
+        if mode == "sequential":
+            return self._sequential(items, call, engine)
         if mode in ("auto", "vad"):
             from whisper_t5x.longform.vad import transcribe_vad
 
@@ -436,20 +438,20 @@ class FlaxWhisperPipeline:
         return transcribe_chunked(self.decoder, items, call.request, settings, call.prompt, call.segments, bar,
                                   stats, engine=engine)
 
-    def _sequential(self, items: List[Any], call: _Call) -> List[Transcription]:
+    def _sequential(self, items: List[Any], call: _Call, engine: Any = None) -> List[Transcription]:
         from whisper_t5x.longform.sequential import SequentialOptions, run_sequential
 
         extra = dict(call.extra)
         vad_filter = bool(extra.pop("vad_filter", False))
         options = SequentialOptions(word_timestamps=call.words, initial_prompt=call.prompt, **extra)
         if not vad_filter:
-            return run_sequential(self.decoder, items, call.request, options)
+            return run_sequential(self.decoder, items, call.request, options, engine=engine)
         from whisper_t5x.audio.loading import load_audio
         from whisper_t5x.longform.vad import speech_only, to_original
 
         audio = [load_audio(x, SAMPLE_RATE) for x in items]
         speech = [speech_only(a, self.vad) for a in audio]
-        results = run_sequential(self.decoder, [s for s, _ in speech], call.request, options)
+        results = run_sequential(self.decoder, [s for s, _ in speech], call.request, options, engine=engine)
         return [to_original(r, row, a.shape[0] / SAMPLE_RATE) for r, (_, row), a in zip(results, speech, audio)]
 
     def __call__(self, inputs: Any, *, return_language: bool = False, **options: Any

@@ -101,9 +101,14 @@ class LiveRows:
     def __init__(self):
         self._queue: "queue_lib.Queue[Any]" = queue_lib.Queue()
 
-    def put(self, key: Hashable, features: np.ndarray, prompt: Optional[Sequence[int]] = None) -> None:
-        """Queue a row; ``prompt``: its own previous-text tokens (else the call's ``prompt``)."""
-        self._queue.put((key, features) if prompt is None else (key, features, tuple(prompt)))
+    def put(self, key: Hashable, features: np.ndarray, prompt: Optional[Sequence[int]] = None,
+            language: Optional[int] = None) -> None:
+        """Queue a row; ``prompt``: its own previous-text tokens (else the call's ``prompt``); ``language``:
+        its language token (else the request's)."""
+        if prompt is None and language is None:
+            self._queue.put((key, features))
+        else:
+            self._queue.put((key, features, None if prompt is None else tuple(prompt), language))
 
     def close(self) -> None:
         self._queue.put(self._CLOSED)
@@ -129,6 +134,7 @@ class _Row:
     serial: int
     features: np.ndarray
     prompt: Tuple[int, ...] = ()  # trimmed to its bucket, as the Decoder trims it
+    language: Optional[int] = None  # its language token; None: the request's (or detected)
     level: int = 0  # index into the temperature schedule
     best: Optional[DecodedRow] = None  # best rejected attempt so far
     draws: Dict[int, DecodedRow] = dataclasses.field(default_factory=dict)
@@ -148,6 +154,11 @@ class _Job:
         ``PROMPT_RESET_TEMPERATURE`` (decoded without it, as the Decoder decodes them)."""
         hot = self.row.level > 0 and self.temperature > PROMPT_RESET_TEMPERATURE
         return () if hot else self.row.prompt
+
+    @property
+    def group(self) -> Tuple[int, Optional[int]]:
+        """What an insert's rows share (static in its program): prompt length and language."""
+        return len(self.prompt), self.row.language
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,7 +338,7 @@ class Engine:
 
         ``prompt``: previous-text tokens conditioning every row (``prompt_ids``); a row may bring its own
         as a third element, ``(key, features, prompt)``, when ``prompts`` is set (sequential seek: each
-        row's previous text). Prompts are trimmed and bucketed as the Decoder does, so rows of many
+        row's previous text), and its language token as a fourth (``None``: the request's). Prompts are trimmed and bucketed as the Decoder does, so rows of many
         prompt lengths share a few insert programs and one generate program.
         """
         options = self.options(request)
@@ -360,18 +371,24 @@ class _Run:
         self.slot_offset = np.zeros(0, np.int64)  # decoder positions before <|startoftranscript|>
         self.results: Dict[Hashable, DecodedRow] = {}
         self.on_result = on_result
-        self._row_layouts: Dict[int, SlotLayout] = {}
+        self._row_layouts: Dict[Tuple[int, Optional[int]], SlotLayout] = {}
         self.prompt = self._checked(engine.trim(request, prompt)) if prompt else ()
         prefix = forced_prefix(self.options, engine.special, engine.config.is_multilingual)
         self.sample_begin = 1 + len(prefix)
         self.spans = cache_spans(self.sample_begin, layout.cache_length)
 
-    def _row_layout(self, prompt_length: int) -> SlotLayout:
-        """The insert layout of rows with ``prompt_length`` prompt tokens (their options, these slots)."""
-        found = self._row_layouts.get(prompt_length)
+    def _row_layout(self, prompt_length: int, language: Optional[int] = None) -> SlotLayout:
+        """The insert layout of rows with ``prompt_length`` prompt tokens and ``language`` (their options,
+        these slots)."""
+        key = (prompt_length, language)
+        found = self._row_layouts.get(key)
         if found is None:
-            options = self.options if not prompt_length else self.e.row_options(self.request, prompt_length)
-            found = self._row_layouts[prompt_length] = SlotLayout(options, self.layout.cache_length)
+            if not prompt_length and language is None:
+                options = self.options
+            else:
+                request = self.request if language is None else dataclasses.replace(self.request, language=language)
+                options = self.e.row_options(request, prompt_length)
+            found = self._row_layouts[key] = SlotLayout(options, self.layout.cache_length)
         return found
 
     def _checked(self, prompt: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -398,13 +415,14 @@ class _Run:
             prompt = self.prompt
             if len(item) > 2 and item[2] is not None:
                 prompt = self._checked(self.e.trim(self.request, item[2]))
+            language = None if len(item) < 4 or item[3] is None else int(item[3])
             features = np.asarray(features, np.float32)
-            self.queue.append(_Job(_Row(key, self.serial, features, prompt), self.temperatures[0], 0))
+            self.queue.append(_Job(_Row(key, self.serial, features, prompt, language), self.temperatures[0], 0))
             self.serial += 1
 
     # -------------------------------------------------------------- device calls
     def _insert(self, state: Any, jobs: List[_Job], slot_ids: List[int]) -> Any:
-        """Insert ``jobs`` (rows of one prompt length) into ``slot_ids``."""
+        """Insert ``jobs`` (rows of one prompt length and language) into ``slot_ids``."""
         e = self.e
         size = bucket_size(len(jobs), e.encode_batch)
         pad = size - len(jobs)
@@ -419,7 +437,7 @@ class _Run:
                 jnp.int32(self.request.seed)]
         if plen:
             args.append(jnp.asarray([j.prompt for j in jobs] + [jobs[-1].prompt] * pad, jnp.int32))
-        fn = e._insert_fn(self._row_layout(plen), self.capacity, size, feats.ndim == 2)
+        fn = e._insert_fn(self._row_layout(*jobs[0].group), self.capacity, size, feats.ndim == 2)
         state = fn(self.params, state, *args)
         for j, s in zip(jobs, slot_ids):
             self.slot_job[s] = j
@@ -440,8 +458,8 @@ class _Run:
                 return state
             if live and len(free) < min(e.refill_at, len(self.queue)):
                 return state
-            plen = len(self.queue[0].prompt)  # an insert takes rows of one prompt length: the first's
-            same = [j for j in self.queue if len(j.prompt) == plen]
+            group = self.queue[0].group  # an insert takes rows of one prompt length and language: the first's
+            same = [j for j in self.queue if j.group == group]
             n = min(len(free), len(same), e.encode_batch)
             if not (self.exhausted and n == len(same)):
                 n = 1 << (n.bit_length() - 1)  # a full bucket: no encoder rows wasted on padding

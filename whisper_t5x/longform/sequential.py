@@ -126,7 +126,7 @@ def _typed_segment(s: Dict[str, Any], with_words: bool) -> Segment:
 
 
 def run_sequential(decoder: Decoder, audio_list: Sequence[Any], request: DecodeRequest,
-                   options: SequentialOptions = SequentialOptions()) -> List[Transcription]:
+                   options: SequentialOptions = SequentialOptions(), engine: Any = None) -> List[Transcription]:
     """Transcribe each input with openai-whisper's sequential algorithm; one :class:`Transcription` each.
 
     ``audio_list``: inputs :func:`whisper_t5x.audio.loading.load_audio` accepts.
@@ -135,6 +135,10 @@ def run_sequential(decoder: Decoder, audio_list: Sequence[Any], request: DecodeR
     leading silence unless ``trim_silence=False``, which gives openai-whisper's
     word timings exactly; the trimming never changes the text, the segments or
     where windows start).
+
+    ``engine``: a :class:`~whisper_t5x.longform.engine.Engine` decodes the windows when it takes the
+    request (one beam) and word timestamps are off: each input is a chain of rows, its next window put
+    as the previous one ends, and the windows of several inputs share the slots (see :func:`_on_engine`).
     """
     from whisper_t5x.audio.loading import load_audio
 
@@ -171,6 +175,9 @@ def run_sequential(decoder: Decoder, audio_list: Sequence[Any], request: DecodeR
             if not f.done:
                 active.append(f)
 
+    if engine is not None and not words_on and engine.supports(request, initial, prompted=True):
+        return _on_engine(engine, decoder, audio_list, request, options, initial, forced_language)
+
     admit()
     while active:
         sizes = [min(N_FRAMES, f.content_frames - f.seek) for f in active]
@@ -181,19 +188,9 @@ def run_sequential(decoder: Decoder, audio_list: Sequence[Any], request: DecodeR
 
         steps = []  # (file, window, size, result, segments, single_ending, previous_seek)
         for f, window, size, res in zip(active, windows, sizes, decoded):
-            if multilingual and f.language_token is None:
-                f.language_token = res.language_token  # detected on the first window, kept for the file
-            if res.silent:
-                f.seek += size
-                continue
-            previous_seek = f.seek
-            segments, next_seek, single_ending = window_segments(res.tokens, special.timestamp_begin, f.seek, size,
-                                                                 eot=special.eot)
-            for s in segments:
-                s.update(seek=previous_seek, temperature=res.temperature, avg_logprob=res.avg_logprob,
-                         compression_ratio=res.compression_ratio, no_speech_prob=res.no_speech_prob)
-            f.seek = next_seek
-            steps.append((f, window, size, res, segments, single_ending, previous_seek))
+            step = _seek_step(f, res, size, special, multilingual)
+            if step is not None:
+                steps.append((f, window, size, res) + step)
 
         if words_on and steps:
             alignments = al.find_alignment(
@@ -216,23 +213,111 @@ def run_sequential(decoder: Decoder, audio_list: Sequence[Any], request: DecodeR
                 if options.trim_silence:
                     loudness = al.frame_loudness(window, size)
                     al.trim_leading_silence([w for s in segments for w in s["words"]], loudness, time_offset)
-            for s in segments:
-                text = tokenizer.decode(text_tokens(s["tokens"], special.eot))
-                if s["start"] == s["end"] or text.strip() == "":
-                    s["text"], s["tokens"] = "", []
-                    if words_on:
-                        s["words"] = []
-                else:
-                    s["text"] = text
-            for s in segments:
-                f.segments.append(s)
-                f.all_tokens.extend(s["tokens"])
-            if not options.condition_on_previous_text or res.temperature > 0.5:
-                f.prompt_reset_since = len(f.all_tokens)
+            _keep_segments(f, segments, res, tokenizer, special, words_on, options)
 
         active = [f for f in active if not f.done]
         admit()
+    return _results(audio_list, files, durations, tokenizer, special, multilingual, words_on)
 
+
+def _seek_step(f: _File, res: Any, size: int, special: Any, multilingual: bool) -> Optional[tuple]:
+    """A decoded window's segments and ``f``'s new seek: ``(segments, single_ending, previous_seek)``, or
+    None for a silent window (skipped whole)."""
+    if multilingual and f.language_token is None:
+        f.language_token = res.language_token  # detected on the first window, kept for the file
+    if res.silent:
+        f.seek += size
+        return None
+    previous_seek = f.seek
+    segments, next_seek, single_ending = window_segments(res.tokens, special.timestamp_begin, f.seek, size,
+                                                         eot=special.eot)
+    for s in segments:
+        s.update(seek=previous_seek, temperature=res.temperature, avg_logprob=res.avg_logprob,
+                 compression_ratio=res.compression_ratio, no_speech_prob=res.no_speech_prob)
+    f.seek = next_seek
+    return segments, single_ending, previous_seek
+
+
+def _keep_segments(f: _File, segments: List[Dict[str, Any]], res: Any, tokenizer: Any, special: Any,
+                   words_on: bool, options: SequentialOptions) -> None:
+    """A window's segments get their text and join ``f``'s; its tokens condition the next window unless
+    the conditioning is reset."""
+    for s in segments:
+        text = tokenizer.decode(text_tokens(s["tokens"], special.eot))
+        if s["start"] == s["end"] or text.strip() == "":
+            s["text"], s["tokens"] = "", []
+            if words_on:
+                s["words"] = []
+        else:
+            s["text"] = text
+    for s in segments:
+        f.segments.append(s)
+        f.all_tokens.extend(s["tokens"])
+    if not options.condition_on_previous_text or res.temperature > 0.5:
+        f.prompt_reset_since = len(f.all_tokens)
+
+
+def _on_engine(engine: Any, decoder: Decoder, audio_list: Sequence[Any], request: DecodeRequest,
+               options: SequentialOptions, initial: List[int], forced_language: Optional[int]) -> List[Transcription]:
+    """The seek on the slot engine: each input is a chain of rows. Its next window (prompted with its text
+    so far, in its language) is queued when the previous one ends (in ``on_result``), so one input has one
+    row in flight, and up to ``engine.slots`` inputs fill the slots side by side; no input waits for the
+    others' windows. Greedy tokens (so the text) are those of the Decoder's batches."""
+    from whisper_t5x.audio.loading import load_audio
+
+    tokenizer, special = decoder.tokenizer, decoder.special
+    multilingual = decoder.config.is_multilingual
+    n_mels = decoder.config.num_mel_bins
+    waiting = list(range(len(audio_list)))
+    files: Dict[int, _File] = {}
+    durations: Dict[int, float] = {}
+    ready: List[_File] = []  # inputs whose next window is to be queued
+    sizes: Dict[int, int] = {}  # input -> frames of its window in flight
+    windows = [0]  # windows queued so far (row keys)
+
+    def admit() -> None:
+        while waiting and len(sizes) + len(ready) < engine.slots:
+            i = waiting.pop(0)
+            audio = load_audio(audio_list[i])
+            durations[i] = audio.shape[0] / SAMPLE_RATE
+            mel = file_log_mel(audio, n_mels)
+            f = _File(content_frames=mel.shape[1] - N_FRAMES, index=i, mel=mel, language_token=forced_language,
+                      initial_prompt_tokens=list(initial), all_tokens=list(initial))
+            files[i] = f
+            if not f.done:
+                ready.append(f)
+
+    def rows():
+        while True:
+            admit()
+            if ready:
+                f = ready.pop(0)
+                size = sizes[f.index] = min(N_FRAMES, f.content_frames - f.seek)
+                windows[0] += 1
+                yield ((f.index, windows[0]), mel_window(f.mel, f.seek, size),
+                       tuple(f.all_tokens[f.prompt_reset_since:]), f.language_token if multilingual else None)
+            elif sizes:
+                yield None  # windows in flight: their inputs' next windows come when they end
+            else:
+                return
+
+    def on_result(key: Any, res: Any) -> None:
+        f = files[key[0]]
+        size = sizes.pop(f.index)
+        step = _seek_step(f, res, size, special, multilingual)
+        if step is not None:
+            _keep_segments(f, step[0], res, tokenizer, special, False, options)
+        if not f.done:
+            ready.append(f)
+        else:
+            f.mel = None  # the input's features are freed as it ends
+
+    engine.decode(decoder.params, rows(), request, on_result, prompt=(), prompts=True)
+    return _results(audio_list, files, durations, tokenizer, special, multilingual, False)
+
+
+def _results(audio_list: Sequence[Any], files: Dict[int, _File], durations: Dict[int, float], tokenizer: Any,
+             special: Any, multilingual: bool, words_on: bool) -> List[Transcription]:
     results = []
     for i in range(len(audio_list)):
         f = files[i]
