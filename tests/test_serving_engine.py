@@ -196,3 +196,22 @@ def test_engine_off_and_prompted_requests_take_the_grouped_path(pipe, clips):
         b.stop()
     assert not off.use_engine and off.stats["groups"] == 1 and off.stats["engine_requests"] == 0
     assert b.stats["groups"] == 1 and b.stats["engine_requests"] == 0
+
+
+def test_warm_up_compiles_the_calls_programs(pipe):
+    """The server's warm-up tone has no speech for the VAD: its rows go to the engine directly, one call per
+    encoder bucket, each with every slot allocated (a server call's capacity)."""
+    from whisper_t5x.app.serving.service import _warmup_audio
+
+    b = _batcher(pipe)
+    try:
+        assert b.warm_up_engine(_warmup_audio()) == pipe.engine.num_programs > 0
+    finally:
+        b.stop()
+    keys = pipe.engine.program_keys()
+    slots = pipe.engine.slots
+    assert all(("insert", slots, n, "mel") in keys for n in (1, 2, 4))
+    assert any(k[0] == "generate" and k[1] == slots and k[3] == 4 for k in keys)  # (verb, capacity, span, width)
+    off = Batcher(pipe, max_batch_size=4, engine=False)
+    assert off.warm_up_engine(_warmup_audio()) == 0
+    off.stop()

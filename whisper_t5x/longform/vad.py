@@ -31,7 +31,7 @@ from whisper_t5x.longform.word_segments import SUBTITLE_LIMITS, SegmentLimits, T
 from whisper_t5x.results import Segment, Transcription, Word
 
 __all__ = ["VadSettings", "transcribe_vad", "assemble", "vad_speech", "BATCHED_VAD", "speech_only", "to_original",
-           "InputRows", "vad_request"]
+           "InputRows", "vad_request", "row_features"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,7 +283,7 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
     for inputs, batch in _batches(items, settings, decoder.batch_size, progress):
         if not batch:
             continue
-        feats = _row_features(decoder, _cut_rows(inputs, batch, stats))
+        feats = row_features(decoder, _cut_rows(inputs, batch, stats))
         dispatched = (batch, feats, decoder.submit(feats, request, prompt))
         if in_flight is not None:
             finish(*in_flight)
@@ -328,7 +328,7 @@ def _cut_rows(inputs: Dict[int, Any], batch: Sequence[Tuple[int, int]], stats: D
     return clips
 
 
-def _row_features(decoder: Decoder, clips: List[np.ndarray]) -> np.ndarray:
+def row_features(decoder: Decoder, clips: List[np.ndarray]) -> np.ndarray:
     """Rows' decoder input: log-mel, or padded audio when the features are computed on the device."""
     from whisper_t5x.audio.features import log_mel_spectrogram_np, pad_or_trim
 
@@ -353,7 +353,7 @@ def _transcribe_with_engine(engine: Any, decoder: Decoder, items: Sequence[Any],
         for inputs, batch in _batches(items, settings, decoder.batch_size, progress):
             if not batch:
                 continue
-            for key, f in zip(batch, _row_features(decoder, _cut_rows(inputs, batch, stats))):
+            for key, f in zip(batch, row_features(decoder, _cut_rows(inputs, batch, stats))):
                 if align:
                     features[key] = f
                 yield key, f
@@ -426,7 +426,7 @@ class InputRows:
     def features(self, rows: Sequence[int]) -> np.ndarray:
         """The decoder input of ``rows`` (indices, each cut once): log-mel, or padded audio for device features."""
         rows = list(rows)
-        feats = _row_features(self.decoder, _cut_rows({0: self._input}, [(0, k) for k in rows], self.stats))
+        feats = row_features(self.decoder, _cut_rows({0: self._input}, [(0, k) for k in rows], self.stats))
         if self.align:
             self._features.update(zip(rows, feats))
         return feats

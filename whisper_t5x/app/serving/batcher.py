@@ -54,13 +54,15 @@ import numpy as np
 from whisper_t5x.app.config import DecodeSection
 from whisper_t5x.audio.constants import SAMPLE_RATE
 from whisper_t5x.longform.engine import LiveRows
-from whisper_t5x.longform.vad import InputRows, vad_request
+from whisper_t5x.longform.vad import InputRows, row_features, vad_request
 from whisper_t5x.longform.windows import split_windows, window_params
 from whisper_t5x.results import Transcription
 
 logger = logging.getLogger("whisper_t5x.app.serving")
 
-__all__ = ["DecodeOptions", "Batcher", "QueueFull", "BatcherStopped"]
+__all__ = ["DecodeOptions", "Batcher", "QueueFull", "BatcherStopped", "ROW_ORDERS"]
+
+ROW_ORDERS = ("round_robin", "fifo")  # how the engine path orders the rows of the requests in flight
 
 
 def _default_trim() -> bool:
@@ -194,6 +196,8 @@ class Batcher:
         (see the module docstring); False: every request takes the grouped path.
       max_in_flight: engine-path requests prepared and not finished at once
         (default ``2 * max_batch_size``); more wait in the queue (counted by ``max_queue``).
+      row_order: ``"round_robin"`` (one row of each request in flight in turn: a short request is not
+        queued behind every row of a long one) or ``"fifo"`` (the oldest request's rows first).
 
     Memory: at most ``max_queue`` requests wait (their audio); at most ``max_in_flight``
     engine-path requests are in flight, each holding its audio until its last row is cut (and, when
@@ -204,7 +208,7 @@ class Batcher:
     def __init__(self, pipeline: Any, max_batch_size: int = 8, max_delay_s: float = 0.01, max_queue: int = 64,
                  decode: Optional[DecodeSection] = None, call: Optional[Callable[..., Any]] = None,
                  trim_to_bucket: Optional[bool] = None, announce: bool = False, engine: bool = True,
-                 max_in_flight: Optional[int] = None):
+                 max_in_flight: Optional[int] = None, row_order: str = "round_robin"):
         self.pipeline = pipeline
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_delay_s = max(0.0, float(max_delay_s))
@@ -224,6 +228,9 @@ class Batcher:
         self.stats = collections.Counter()
         self.use_engine = bool(engine) and _engine_of(pipeline) is not None
         self.max_in_flight = max(1, int(max_in_flight or 2 * self.max_batch_size))
+        if row_order not in ROW_ORDERS:
+            raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
+        self.row_order = row_order
         self._engine_queue: Deque[_Request] = collections.deque()  # engine-path requests waiting
         self._calls: Dict[Any, _EngineCall] = {}  # the open call of each key
         self._running: set = set()  # every call whose thread runs (open or draining)
@@ -279,6 +286,31 @@ class Batcher:
             return None
         return _Plan(request, bool(call.words), bool(call.segment_timestamps))
 
+    def warm_up_engine(self, audio: np.ndarray, options: Optional[DecodeOptions] = None) -> int:
+        """Compiles what the engine path's calls run for ``options`` (default: greedy, the server's defaults):
+        slots allocated for every request (``slots`` of them), an insert per encoder bucket, generate at
+        those widths. ``audio`` (at most 30 s) is put as rows directly, the VAD not asked (a warm-up tone
+        has no speech). Returns the engine's program count (0: no engine path for these options)."""
+        plan = self._engine_plan(options if options is not None else DecodeOptions(temperature=0.0))
+        if plan is None:
+            return 0
+        pipe, engine = self.pipeline, _engine_of(self.pipeline)
+        features = row_features(pipe.decoder, [np.asarray(audio, np.float32)])[0]
+        n = 1
+        while n <= engine.encode_batch:
+            rows, left = LiveRows(), [n]
+
+            def ended(key: Any, row: Any, rows: LiveRows = rows, left: List[int] = left) -> None:
+                left[0] -= 1
+                if left[0] == 0:
+                    rows.close()  # closed only now: the call keeps every slot, as a server's call does
+
+            for k in range(n):
+                rows.put(k, features)
+            engine.decode(pipe.decoder.params, rows, plan.request, ended)
+            n *= 2
+        return engine.num_programs
+
     @contextlib.contextmanager
     def arriving(self) -> Iterator[None]:
         """Marks a request as on its way (being received or decoded) until it is submitted or fails."""
@@ -333,8 +365,7 @@ class Batcher:
             self._cond.notify_all()
         stopped = BatcherStopped("the server is shutting down")
         for r in pending + [f.request for f in flights]:
-            if r.future.set_running_or_notify_cancel():
-                r.future.set_exception(stopped)
+            _answer(r.future, error=stopped)
         for c in calls:
             c.closed = True
             c.rows.abort(stopped)
@@ -504,7 +535,7 @@ class Batcher:
                 self.stats["dropped"] += 1
                 self._forget(f)
                 return lambda: None  # look again (the flights changed)
-            self._turn = (self._turn + j + 1) % n
+            self._turn = (self._turn + j + 1) % n if self.row_order == "round_robin" else 0
             k = f.next_row
             f.next_row += 1
             f.call.in_engine += 1
@@ -604,7 +635,10 @@ class Batcher:
                 call.in_engine -= 1
                 f = self._by_id.get(fid)
                 complete = False
-                if f is not None and not f.done:
+                if f is not None and not f.done and f.request.future.cancelled():
+                    self.stats["dropped"] += 1  # the caller gave up: its rows still to put are dropped
+                    self._forget(f)
+                elif f is not None and not f.done:
                     try:
                         complete = f.rows.add(k, decoded)
                     except Exception as e:  # noqa: BLE001
@@ -660,15 +694,28 @@ class Batcher:
         except Exception as e:  # noqa: BLE001
             self._fail(f.request, e)
             return
-        if f.request.future.set_running_or_notify_cancel():
-            f.request.future.set_result(result)
+        if _answer(f.request.future, result=result):
             self.stats["engine_done"] += 1
 
     def _fail(self, r: _Request, error: BaseException) -> None:
         if not isinstance(error, BatcherStopped):
             logger.warning("transcription failed: %s: %s", type(error).__name__, error)
-        if r.future.set_running_or_notify_cancel():
-            r.future.set_exception(error)
+        _answer(r.future, error=error)
+
+
+def _answer(future: concurrent.futures.Future, result: Any = None, error: Optional[BaseException] = None) -> bool:
+    """Resolves an engine-path request's Future unless its caller cancelled it or it was already answered
+    (``stop()``); engine-path Futures stay pending until answered, so a caller can cancel one in flight."""
+    try:
+        if not future.set_running_or_notify_cancel():
+            return False
+    except RuntimeError:  # already answered
+        return False
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+    return True
 
 
 def _engine_of(pipeline: Any) -> Any:

@@ -76,13 +76,16 @@ class Service:
     """Pipeline + batcher + readiness; thread-safe.
 
     ``pipeline``: an already built pipeline (tests); otherwise one is built
-    from ``settings`` in the background by :meth:`start`.
+    from ``settings`` in the background by :meth:`start`. ``engine=False``: requests never join a
+    running engine call (the batcher's grouped path only; see :mod:`~whisper_t5x.app.serving.batcher`).
     """
 
     def __init__(self, settings: ServeConfig, pipeline: Any = None,
                  pipeline_factory: Optional[Callable[[ServeConfig], Any]] = None,
-                 stream_decode: Optional[Callable[..., Any]] = None, stream_vad: Optional[Callable[..., Any]] = None):
+                 stream_decode: Optional[Callable[..., Any]] = None, stream_vad: Optional[Callable[..., Any]] = None,
+                 engine: bool = True):
         self.settings = settings
+        self.engine = bool(engine)
         self.pipeline = pipeline
         self._factory = pipeline_factory or _build_pipeline
         self.batcher: Optional[Batcher] = None
@@ -115,7 +118,7 @@ class Service:
                 logger.info("model %s loaded in %.1f s", self.settings.model.name, time.perf_counter() - t)
             s = self.settings
             self.batcher = Batcher(self.pipeline, s.max_batch_size, s.max_batch_delay_ms / 1000.0, s.max_queue,
-                                   s.decode, announce=True)
+                                   s.decode, announce=True, engine=self.engine)
             self.streams = self._make_streams()
             if s.warmup:
                 self.state = "warming_up"
@@ -137,7 +140,8 @@ class Service:
 
     def _warmup(self) -> None:
         """Compile what requests will run, for each batch bucket: greedy decoding, plain and with
-        timestamps, and the word-timestamp path (sequential decoding and the alignment pass)."""
+        timestamps, and the word-timestamp path (sequential decoding and the alignment pass); the engine
+        path's calls (:meth:`Batcher.warm_up_engine`); live streams' rows."""
         audio = _warmup_audio()
         s = self.settings
         # Pipelines that decode with timestamp tokens anyway compile the same
@@ -151,6 +155,8 @@ class Service:
                 kwargs = DecodeOptions(return_timestamps=bool(ts), temperature=0.0,
                                        word_timestamps=ts == "word").pipeline_kwargs(s.decode)
                 self.pipeline.transcribe([audio] * size, batch_size=s.max_batch_size, **kwargs)
+        if self.batcher is not None and self.batcher.use_engine:
+            self.batcher.warm_up_engine(audio)  # the programs of requests joining a running engine call
         if self.streams is not None:
             self._warmup_streams(audio)
 
