@@ -73,6 +73,9 @@ class DecodeOptions:
     # Encoder positions encoded (None: all, 30 s); fewer for audio that ends early in its window (live
     # streams): :class:`~whisper_t5x.model.whisper.AudioEncoder`'s ``audio_ctx``.
     audio_ctx: Optional[int] = None
+    # ``(layer, head)`` cross-attention heads whose mean attention places each sampled token in the audio
+    # (greedy decoding only): :attr:`GenerateOutput.frames` (AlignAtt without a second forward pass).
+    alignment_heads: Tuple[Tuple[int, int], ...] = ()
 
 
 class GenerateOutput(NamedTuple):
@@ -86,6 +89,9 @@ class GenerateOutput(NamedTuple):
     no_speech_prob: Array  # (batch,) float32
     language_token: Array  # (batch,) int32: forced or detected
     language_prob: Array  # (batch,) float32
+    # With ``DecodeOptions.alignment_heads``: (batch, max_length) int32, for each sampled token the encoder
+    # position (20 ms) the alignment heads attended to most when predicting it; -1 where none was read.
+    frames: Optional[Array] = None
 
 
 def forced_prefix(options: DecodeOptions, special: SpecialTokens, multilingual: bool) -> Tuple[int, ...]:
@@ -226,6 +232,43 @@ def start(module: WhisperModule, params: Any, input_features: Array, options: De
     return Start(seq, cache, cross_kv, logits, context, 1 + len(prefix), no_speech_prob, language, language_prob)
 
 
+def attention_frames(intermediates: Any, heads: Tuple[Tuple[int, int], ...], scanned: bool) -> Array:
+    """(rows, new tokens) int32: the argmax encoder position of the mean cross-attention of ``heads``,
+    read from a decoder call's ``intermediates`` (``mutable=["intermediates"]``)."""
+    layers = intermediates["decoder"]["layers"]
+    if scanned:
+        stacked = layers["cross_attention_weights"][0]  # (layers, rows, heads, tokens, positions)
+        weights = [stacked[layer, :, head] for layer, head in heads]
+    else:
+        weights = [layers[str(layer)]["cross_attention_weights"][0][:, head] for layer, head in heads]
+    return jnp.argmax(jnp.mean(jnp.stack(weights), axis=0), axis=-1).astype(jnp.int32)
+
+
+def aligned_step(module: WhisperModule, params: Any, cross_kv: Any, context: int, heads: Tuple[Tuple[int, int], ...],
+                 output_embedding: Optional[Array] = None) -> StepFn:
+    """:func:`decoder_step` that also records where the alignment heads look.
+
+    Its cache is ``(self-attention cache, frames)``, ``frames`` (rows, max_length + 1) int32: the
+    attention of the tokens input at index ``p`` predicts the token at ``p + 1``, so that token's frame is
+    written there (as the post-hoc alignment pairs a token with the attention row before it).
+    """
+    variables = {"params": params}
+    extra = {} if output_embedding is None else {"output_embedding": output_embedding}
+    scanned = module.config.scan_layers
+
+    def step(tokens, cache, position):
+        kv, frames = cache
+        out, inter = module.apply(
+            variables, tokens, cache=kv, cache_index=context + position, cross_kv=cross_kv,
+            method=WhisperModule.decode, mutable=["intermediates"], **extra,
+        )
+        found = attention_frames(inter["intermediates"], heads, scanned)
+        frames = jax.lax.dynamic_update_slice(frames, found, (0, position + 1))
+        return out.logits[:, -1], (out.cache, frames)
+
+    return step
+
+
 CACHE_SPANS = (160,)  # self-attention cache lengths tried before the full one (each stage is compiled)
 
 
@@ -275,12 +318,35 @@ def generate(
     # The loop runs in stages over a growing self-attention cache: each step
     # reads the whole cache, and most windows end long before max_length.
     stages = [CacheStage(span - context, functools.partial(grow_cache, length=span)) for span in spans]
+    if options.alignment_heads:
+        return _aligned_generate(module, params, options, begin, context, stages, temperature, rng)
     out = greedy_search(
         decoder_step(module, params, begin.cross_kv, context, vocab_table(params, options)), begin.seq, begin.logits, begin.cache,
         begin.sample_begin, logit_rules_for(options, special),
         sample=None, temperature=temperature, rng=rng, stages=stages,
     )
     return _output(out, begin)
+
+
+def _aligned_generate(module, params, options, begin, context, stages, temperature, rng) -> GenerateOutput:
+    """The greedy loop over :func:`aligned_step`: the frames ride in the step's cache, which the loop only
+    carries; each cache stage grows the self-attention part alone."""
+    rows, max_length = begin.seq.shape
+    frames = jnp.full((rows, max_length + 1), -1, jnp.int32)
+    staged = [CacheStage(st.until, (lambda c, grow=st.prepare: (grow(c[0]), c[1])) if st.prepare else None)
+              for st in stages]
+    # The loop returns no cache: a last, empty stage (no step runs) hands the final one out through its
+    # ``prepare`` (same trace, outside the loop bodies).
+    final: list = []
+    staged.append(CacheStage(0, lambda c: final.append(c) or c))
+    decoded = greedy_search(
+        aligned_step(module, params, begin.cross_kv, context, tuple(options.alignment_heads),
+                     vocab_table(params, options)),
+        begin.seq, begin.logits, (begin.cache, frames), begin.sample_begin,
+        logit_rules_for(options, module.config.special_tokens),
+        sample=None, temperature=temperature, rng=rng, stages=staged,
+    )
+    return _output(decoded, begin)._replace(frames=final[0][1][:, :max_length])
 
 
 def beam_generate(

@@ -84,6 +84,7 @@ class DecodeRequest:
     best_of: int = 5  # sampled draws per failing row at each fallback temperature (openai / faster-whisper: 5)
     prompt_buckets: Optional[Tuple[int, ...]] = PROMPT_BUCKETS  # None: prompts used at their exact length
     audio_ctx: Optional[int] = None  # encoder positions encoded (None: the whole window; live streams: fewer)
+    alignment_heads: Tuple[Tuple[int, int], ...] = ()  # greedy rows also get each token's frame (DecodedRow.frames)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +108,7 @@ class DecodedRow:
     language_token: int
     silent: bool  # judged silence: ``tokens`` and ``text`` are empty
     compression_ratio: float
+    frames: Tuple[int, ...] = ()  # with DecodeRequest.alignment_heads: per token of ``tokens``, its encoder position
 
 
 @dataclasses.dataclass
@@ -184,6 +186,8 @@ class Decoder:
         )
         if request.audio_ctx is not None:
             options = dataclasses.replace(options, audio_ctx=int(request.audio_ctx))
+        if request.alignment_heads and options.num_beams == 1:
+            options = dataclasses.replace(options, alignment_heads=tuple(request.alignment_heads))
         return options
 
     def program(self, options: DecodeOptions) -> Any:
@@ -309,13 +313,16 @@ class Decoder:
     def _rows(self, output: Any, options_prefix: int, count: int, temperature: float) -> List[DecodedRow]:
         host = jax.device_get(output)
         sequences = np.asarray(host.sequences)
+        frames = None if getattr(host, "frames", None) is None else np.asarray(host.frames)
         begin = 1 + options_prefix
         out = []
         for j in range(count):
             tokens = tuple(cut_at_eot(sequences[j, begin:], self.special.eot))
             text = self.tokenizer.decode(text_tokens(tokens, self.special.eot))
+            at = () if frames is None else tuple(int(f) for f in frames[j, begin:begin + len(tokens)])
             out.append(DecodedRow(tokens, text, float(host.avg_logprob[j]), float(host.no_speech_prob[j]),
-                                  float(temperature), int(host.language_token[j]), False, fb.compression_ratio(text)))
+                                  float(temperature), int(host.language_token[j]), False, fb.compression_ratio(text),
+                                  at))
         return out
 
     def _prefix_length(self, request: DecodeRequest, batch: _Batch) -> int:
@@ -372,5 +379,6 @@ class Decoder:
         for k, v in enumerate(verdict):
             if v == fb.SILENT:
                 self._count("silent_rows", 1)
-                rows[k] = dataclasses.replace(rows[k], tokens=(), text="", silent=True, compression_ratio=0.0)
+                rows[k] = dataclasses.replace(rows[k], tokens=(), text="", silent=True, compression_ratio=0.0,
+                                              frames=())
         return rows

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from whisper_t5x.audio.constants import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 __all__ = [
     "StreamWord", "Hypothesis", "StreamRow", "StreamState", "Policy", "LocalAgreement", "AlignAtt", "POLICIES",
     "make_policy", "skip_committed", "common_prefix", "step", "decoder_decode_fn", "stream_request",
-    "PROMPT_LENGTHS", "SENTENCE_END", "quiet_point", "AUDIO_CTX_BUCKETS", "audio_ctx_for",
+    "PROMPT_LENGTHS", "SENTENCE_END", "quiet_point", "AUDIO_CTX_BUCKETS", "audio_ctx_for", "frame_word_times",
 ]
 
 SENTENCE_END = ".?!\u3002\uff01\uff1f"
@@ -377,12 +377,24 @@ def quiet_point(audio: np.ndarray, lo: float, hi: float, default: float) -> floa
 
 
 class LocalAgreement(Policy):
-    """LocalAgreement-2: commit the longest prefix on which this hypothesis and the previous one agree."""
+    """LocalAgreement-2: commit the longest prefix on which this hypothesis and the previous one agree.
+
+    ``hold_last``: words of agreement withheld while they are the last words of the new hypothesis (a
+    word at the end of the audio is heard without what follows it: two short rows agreeing on "brave"
+    for "grey" is a common mistake of larger models); 0 is plain LocalAgreement-2.
+    """
 
     name = "local_agreement"
 
+    def __init__(self, hold_last: int = 0, **kwargs: Any):
+        super().__init__(**kwargs)
+        if hold_last < 0:
+            raise ValueError(f"hold_last must be >= 0, got {hold_last}")
+        self.hold_last = int(hold_last)
+
     def choose(self, state: StreamState, new: Sequence[StreamWord], row_seconds: float) -> int:
-        return common_prefix(state.pending, new)
+        n = common_prefix(state.pending, new)
+        return max(0, min(n, len(new) - self.hold_last)) if self.hold_last else n
 
 
 class AlignAtt(Policy):
@@ -418,6 +430,8 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
         raise ValueError(f"unknown streaming policy {name!r}; choose one of {sorted(POLICIES)}") from None
     if cls is not AlignAtt:
         kwargs.pop("threshold_s", None)
+    if cls is not LocalAgreement:
+        kwargs.pop("hold_last", None)
     return cls(**kwargs)
 
 
@@ -444,6 +458,11 @@ def stream_request(sample_len: int = 128) -> Any:
                          fallback=FallbackConfig(temperatures=(0.0,)))
 
 
+class _Timing(NamedTuple):
+    start: float
+    end: float
+
+
 def _features(audio: np.ndarray, n_mels: int) -> np.ndarray:
     from whisper_t5x.audio.features import log_mel_spectrogram_np
 
@@ -464,8 +483,24 @@ def audio_ctx_for(samples: int, buckets: Optional[Sequence[int]], margin_s: floa
     return None
 
 
+def frame_word_times(frames: Sequence[int], groups: Sequence[Sequence[int]], seconds: float
+                     ) -> List[Tuple[float, float]]:
+    """(start, end) of each word from its tokens' attention frames (:attr:`DecodedRow.frames` of the text
+    tokens, in order): a word ends at its latest token's frame (20 ms each; kept non-decreasing over the
+    words and within ``seconds``) and starts where the word before it ends, as the post-hoc alignment
+    (:func:`~whisper_t5x.longform.alignment.find_alignment`) places them."""
+    out, k, previous = [], 0, 0.0
+    for g in groups:
+        got = [f for f in frames[k:k + len(g)] if f >= 0]
+        k += len(g)
+        end = min(seconds, max(previous, (max(got) if got else 0) * 2 * HOP_LENGTH / SAMPLE_RATE))
+        out.append((previous, end))
+        previous = end
+    return out
+
+
 def decoder_decode_fn(decoder: Any, request: Any = None,
-                      audio_ctx: Optional[Sequence[int]] = None) -> DecodeFn:
+                      audio_ctx: Optional[Sequence[int]] = None, inline_alignment: bool = False) -> DecodeFn:
     """A :data:`DecodeFn` over the long-form ``decoder``: rows decoded in its batches (one call for all).
 
     Words come from splitting each row's text tokens
@@ -477,8 +512,12 @@ def decoder_decode_fn(decoder: Any, request: Any = None,
     ``audio_ctx``: encoder position buckets (e.g. :data:`AUDIO_CTX_BUCKETS`); a call then encodes only
     the positions its longest row needs (:func:`audio_ctx_for`; the encoder's cost falls with them),
     and decodes and aligns against those. None: every row is encoded as a whole 30 s window.
+
+    ``inline_alignment``: word times come from the alignment heads' attention read while decoding
+    (:attr:`~whisper_t5x.decoding.generate.DecodeOptions.alignment_heads`, :func:`frame_word_times`): a
+    call with rows that ask for word times decodes with those heads recorded, and no second forward runs.
     """
-    from whisper_t5x.longform.alignment import find_alignment, split_to_word_tokens
+    from whisper_t5x.longform.alignment import alignment_heads, find_alignment, split_to_word_tokens
     from whisper_t5x.longform.decoder import Row
     from whisper_t5x.longform.segments import parse_row
 
@@ -486,6 +525,7 @@ def decoder_decode_fn(decoder: Any, request: Any = None,
     model = decoder.model
     special = model.config.special_tokens
     n_mels = model.config.num_mel_bins
+    heads = alignment_heads(model.config)
     multilingual = model.config.is_multilingual
 
     def language_token(code: Optional[str]) -> Optional[int]:
@@ -502,6 +542,9 @@ def decoder_decode_fn(decoder: Any, request: Any = None,
         features = np.stack([_features(r.audio, n_mels) for r in rows])
         ctx = audio_ctx_for(max(r.audio.shape[0] for r in rows), audio_ctx)
         call = request if ctx is None else dataclasses.replace(request, audio_ctx=ctx)
+        inline = inline_alignment and any(r.word_times for r in rows)
+        if inline:
+            call = dataclasses.replace(call, alignment_heads=heads)
         decoded = decoder.decode([Row(features[i], tuple(r.prompt), language_token(r.language))
                                   for i, r in enumerate(rows)], call)
         parts = []
@@ -521,7 +564,13 @@ def decoder_decode_fn(decoder: Any, request: Any = None,
             parts.append((words, groups, tuple(ends), d))
         timings: List[Any] = [None] * len(rows)
         need = [i for i, r in enumerate(rows) if r.word_times and parts[i][1]]
-        if need:
+        if need and inline:
+            for i in need:
+                d = parts[i][3]
+                text_frames = [f for t, f in zip(d.tokens, d.frames) if t < special.eot]
+                timings[i] = [_Timing(a, b) for a, b in frame_word_times(text_frames, parts[i][1],
+                                                                          rows[i].audio.shape[0] / SAMPLE_RATE)]
+        elif need:
             found = find_alignment(model, decoder.params, features[need],
                                    [[t for g in parts[i][1] for t in g] for i in need],
                                    [rows[i].audio.shape[0] // HOP_LENGTH for i in need],
