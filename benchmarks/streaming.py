@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import json
 import os
 import sys
@@ -69,9 +70,9 @@ def offline(pipe, audio):
 def warm(scheduler, pipe, max_rows, buckets=None):
     """Compile every batch bucket up to ``max_rows`` with each prompt length and audio_ctx bucket, word times
     included, and the VAD."""
-    from whisper_t5x.longform.streaming import AUDIO_CTX_MARGIN_S, PROMPT_LENGTHS, StreamRow
+    from whisper_t5x.longform.streaming import PROMPT_LENGTHS, StreamRow, warmup_seconds
 
-    lengths = [2.0] if not buckets else [b / 50 - AUDIO_CTX_MARGIN_S - 0.1 for b in sorted(buckets)] + [25.0]
+    lengths = warmup_seconds(buckets)
     tokens = tuple(pipe.tokenizer.encode(" warm up" * 40))
     size = 1
     while True:
@@ -87,16 +88,17 @@ def warm(scheduler, pipe, max_rows, buckets=None):
 
 
 def run(pipe, policy_name, n, audio, speech_end_s, interval_ms, chunk_ms, threshold_s, tail_s, warmed,
-        buckets=None, cut_search_s=0.4):
+        buckets=None, cut_search_s=0.4, inline=False):
     from whisper_t5x.app.serving.streams import StreamScheduler, TurnDetection
     from whisper_t5x.longform.streaming import decoder_decode_fn, make_policy, stream_request
 
     policy = make_policy(policy_name, threshold_s=threshold_s, cut_search_s=cut_search_s)
-    sched = StreamScheduler(decoder_decode_fn(pipe.decoder, stream_request(), audio_ctx=buckets), policy,
+    sched = StreamScheduler(decoder_decode_fn(pipe.decoder, stream_request(), audio_ctx=buckets,
+                                              inline_alignment=inline), policy,
                             interval_ms / 1000.0, max_streams=n, max_buffer_s=3600.0)
-    if (n, buckets) not in warmed:
+    if (n, buckets, inline) not in warmed:
         warm(sched, pipe, n, buckets)
-        warmed.add((n, buckets))
+        warmed.add((n, buckets, inline))
     events = [[] for _ in range(n)]
     streams = []
     for k in range(n):
@@ -192,8 +194,9 @@ def markdown(out) -> str:
              "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---|"]
     for r in out["runs"]:
         ctx = "buckets" if r.get("audio_ctx") else "30 s"
+        policy = r["policy"] + (" (inline)" if r.get("alignment") == "inline" else "")
         lines.append(
-            f"| {r['model']} | {r['policy']} | {ctx} | {r['streams']} | {r['latency_mean_s']:.2f}"
+            f"| {r['model']} | {policy} | {ctx} | {r['streams']} | {r['latency_mean_s']:.2f}"
             f" / {r['latency_p50_s']:.2f}"
             f" / {r['latency_p90_s']:.2f} | {100 * r['wer_streamed']:.1f} % | {100 * r['wer_offline']:.1f} % | "
             f"{r['busy']:.2f} | {r['device_s_per_update']} ({r['rows_per_update']}) | {r.get('cpu_s_per_update')} | "
@@ -218,6 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--audio_ctx", nargs="+", default=["off"], choices=["off", "on"],
                    help="encode stream rows with the audio_ctx buckets (on), the whole window (off), or both")
+    p.add_argument("--alignment", nargs="+", default=["posthoc"], choices=["posthoc", "inline"],
+                   help="word times from a second forward (posthoc) or from the attention read while decoding")
     p.add_argument("--cut_search_s", type=float, default=0.4, help="cuts move to a pause within this distance")
     p.add_argument("--stop_when_behind", action="store_true", help="skip larger stream counts once one falls behind")
     p.add_argument("--out", default=os.path.join(HERE, "results", "streaming"))
@@ -237,15 +242,17 @@ def main(argv=None) -> int:
         off_wer = wer(reference, off_text)
         print(f"{model}: offline WER {100 * off_wer:.1f} %, {len(off_words)} timed words", flush=True)
         warmed = set()
-        for policy in args.policies:
-            for ctx in args.audio_ctx:
+        for policy, ctx, alignment in itertools.product(args.policies, args.audio_ctx, args.alignment):
+            if True:
                 buckets = AUDIO_CTX_BUCKETS if ctx == "on" else None
                 best = 0
                 for n in sorted(args.streams):
                     result = run(pipe, policy, n, audio, off_words[-1][1], args.interval_ms, args.chunk_ms,
-                                 args.threshold_s, args.tail_s, warmed, buckets, args.cut_search_s)
-                    r = dict(model=model, policy=policy, audio_ctx=list(buckets) if buckets else None, streams=n,
-                             wer_offline=round(off_wer, 4), **score(result, reference, off_words))
+                                 args.threshold_s, args.tail_s, warmed, buckets, args.cut_search_s,
+                                 alignment == "inline")
+                    r = dict(model=model, policy=policy, audio_ctx=list(buckets) if buckets else None,
+                             alignment=alignment, streams=n, wer_offline=round(off_wer, 4),
+                             **score(result, reference, off_words))
                     r["real_time"] = real_time(r)
                     out["runs"].append(r)
                     print(json.dumps(r), flush=True)
@@ -253,7 +260,7 @@ def main(argv=None) -> int:
                         best = max(best, n)
                     elif args.stop_when_behind:
                         break
-                out["kept_in_real_time"][f"{model} {policy} audio_ctx {ctx}"] = best
+                out["kept_in_real_time"][f"{model} {policy} audio_ctx {ctx} {alignment}"] = best
         del pipe
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:

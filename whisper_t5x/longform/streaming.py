@@ -50,6 +50,7 @@ __all__ = [
     "StreamWord", "Hypothesis", "StreamRow", "StreamState", "Policy", "LocalAgreement", "AlignAtt", "POLICIES",
     "make_policy", "skip_committed", "common_prefix", "step", "decoder_decode_fn", "stream_request",
     "PROMPT_LENGTHS", "SENTENCE_END", "quiet_point", "AUDIO_CTX_BUCKETS", "audio_ctx_for", "frame_word_times",
+    "warmup_seconds",
 ]
 
 SENTENCE_END = ".?!\u3002\uff01\uff1f"
@@ -499,6 +500,14 @@ def frame_word_times(frames: Sequence[int], groups: Sequence[Sequence[int]], sec
     return out
 
 
+def warmup_seconds(buckets: Optional[Sequence[int]]) -> List[float]:
+    """Row lengths (seconds) that compile every ``audio_ctx`` program a decode function over ``buckets``
+    runs: one row per bucket, and one past them all (the whole window)."""
+    if not buckets:
+        return [2.0]
+    return [b * 2 * HOP_LENGTH / SAMPLE_RATE - AUDIO_CTX_MARGIN_S - 0.1 for b in sorted(buckets)] + [25.0]
+
+
 def decoder_decode_fn(decoder: Any, request: Any = None,
                       audio_ctx: Optional[Sequence[int]] = None, inline_alignment: bool = False) -> DecodeFn:
     """A :data:`DecodeFn` over the long-form ``decoder``: rows decoded in its batches (one call for all).
@@ -588,4 +597,5 @@ def decoder_decode_fn(decoder: Any, request: Any = None,
             out.append(Hypothesis(ws, ends))
         return out
 
+    decode.audio_ctx = tuple(audio_ctx) if audio_ctx else None  # type: ignore[attr-defined]  # for warm-ups
     return decode
