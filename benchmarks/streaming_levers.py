@@ -46,17 +46,21 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def cost(pipe, audio, buffer_s, rows, ctxs, repeats):
-    """Seconds (wall, CPU) of one update of ``rows`` stream rows per audio_ctx."""
+def cost(pipe, audio, buffer_s, rows, ctxs, repeats, alignments=("none",)):
+    """Seconds (wall, CPU) of one update of ``rows`` stream rows per audio_ctx and word-time source
+    (none; posthoc: a second forward; inline: read while decoding)."""
+    import itertools
+
     from whisper_t5x.longform import streaming as st
 
     prompt = tuple(pipe.tokenizer.encode(" the lighthouse keeper woke before dawn as he had done") * 4)[:32]
     out = []
-    for ctx in ctxs:
-        decode = st.decoder_decode_fn(pipe.decoder, st.stream_request(), audio_ctx=None if ctx is None else (ctx,))
+    for ctx, alignment in itertools.product(ctxs, alignments):
+        decode = st.decoder_decode_fn(pipe.decoder, st.stream_request(), audio_ctx=None if ctx is None else (ctx,),
+                                      inline_alignment=alignment == "inline")
         for n in rows:
-            batch = [st.StreamRow(audio[int(k * 0.7 * SR):int((k * 0.7 + buffer_s) * SR)], prompt, "en")
-                     for k in range(n)]
+            batch = [st.StreamRow(audio[int(k * 0.7 * SR):int((k * 0.7 + buffer_s) * SR)], prompt, "en",
+                                  alignment != "none") for k in range(n)]
             decode(batch)  # compile
             walls, cpus = [], []
             for _ in range(repeats):
@@ -64,7 +68,7 @@ def cost(pipe, audio, buffer_s, rows, ctxs, repeats):
                 decode(batch)
                 walls.append(time.perf_counter() - w0)
                 cpus.append(cpu_s() - c0)
-            r = dict(audio_ctx=ctx or 1500, rows=n, buffer_s=buffer_s, wall_s=round(float(np.median(walls)), 3),
+            r = dict(audio_ctx=ctx or 1500, word_times=alignment, rows=n, buffer_s=buffer_s, wall_s=round(float(np.median(walls)), 3),
                      cpu_s=round(float(np.median(cpus)), 3), load=round(os.getloadavg()[0], 2))
             print(json.dumps(r), flush=True)
             out.append(r)
@@ -91,12 +95,12 @@ def clips(pipe, count, buckets):
     return out
 
 
-def replay(pipe, audio, reference, period_s, policy_name, buckets, **policy_kwargs):
+def replay(pipe, audio, reference, period_s, policy_name, buckets, inline=False, **policy_kwargs):
     """Streamed WER of one stream fed ``period_s`` of audio per update, in virtual time."""
     from whisper_t5x.longform import streaming as st
 
     policy = st.make_policy(policy_name, **policy_kwargs)
-    decode = st.decoder_decode_fn(pipe.decoder, st.stream_request(), audio_ctx=buckets)
+    decode = st.decoder_decode_fn(pipe.decoder, st.stream_request(), audio_ctx=buckets, inline_alignment=inline)
     state = st.StreamState(language="en")
     step = int(period_s * SR)
     words, updates, c0 = [], 0, cpu_s()
@@ -107,7 +111,7 @@ def replay(pipe, audio, reference, period_s, policy_name, buckets, **policy_kwar
             updates += 1
     words += st.step(policy, [state], decode, final=True)[0]
     text = "".join(w.text for w in words).strip()
-    r = dict(policy=policy_name, period_s=period_s, audio_ctx=list(buckets) if buckets else None,
+    r = dict(policy=policy_name, period_s=period_s, audio_ctx=list(buckets) if buckets else None, inline=inline,
              policy_kwargs=policy_kwargs, wer=round(wer(reference, text), 4), updates=updates + 1,
              cpu_s_per_update=round((cpu_s() - c0) / (updates + 1), 3), text=text[:160])
     print(json.dumps(r), flush=True)
@@ -121,11 +125,14 @@ def main(argv=None) -> int:
     p.add_argument("--buffer_s", type=float, default=6.0)
     p.add_argument("--rows", nargs="+", type=int, default=[1, 4])
     p.add_argument("--ctxs", nargs="+", default=["none", "250", "500", "750", "1000"])
+    p.add_argument("--word_times", nargs="+", default=["none"], choices=["none", "posthoc", "inline"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--clips", type=int, default=24)
     p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--speech_end_s", type=float, default=25.6, help="replay audio cut here (0: whole clip)")
     p.add_argument("--periods", nargs="+", type=float, default=[0.5, 1.0, 2.0])
     p.add_argument("--policies", nargs="+", default=["local_agreement"])
+    p.add_argument("--alignment", nargs="+", default=["posthoc"], choices=["posthoc", "inline"])
     p.add_argument("--cut_search_s", nargs="+", type=float, default=[0.4])
     p.add_argument("--out", default=os.path.join(HERE, "results", "streaming_levers"))
     args = p.parse_args(argv)
@@ -134,6 +141,8 @@ def main(argv=None) -> int:
     from whisper_t5x.pipeline import FlaxWhisperPipeline
 
     audio, reference = make_audio(args.seconds)
+    if args.speech_end_s:
+        audio = audio[:int(args.speech_end_s * SR)]  # no trailing silence: streams decode speech (server VAD)
     ctxs = [None if c == "none" else int(c) for c in args.ctxs]
     out = dict(cpu=cpu_name(), cores=os.cpu_count(), load_start=os.getloadavg()[0], buckets=list(AUDIO_CTX_BUCKETS),
                command=" ".join(["python", "benchmarks/streaming_levers.py", *(argv or sys.argv[1:])]), models={})
@@ -144,13 +153,14 @@ def main(argv=None) -> int:
         res["offline_wer"] = round(wer(reference, off), 4)
         print(model, "offline WER", res["offline_wer"], flush=True)
         if "cost" in args.parts:
-            res["cost"] = cost(pipe, audio, args.buffer_s, args.rows, ctxs, args.repeats)
+            res["cost"] = cost(pipe, audio, args.buffer_s, args.rows, ctxs, args.repeats, args.word_times)
         if "clips" in args.parts:
             res["clips"] = clips(pipe, args.clips, AUDIO_CTX_BUCKETS)
         if "replay" in args.parts:
-            res["replay"] = [replay(pipe, audio, reference, period, policy, bk, cut_search_s=cs)
+            res["replay"] = [replay(pipe, audio, reference, period, policy, bk, al == "inline", cut_search_s=cs)
                              for policy in args.policies for period in args.periods
-                             for bk in (None, AUDIO_CTX_BUCKETS) for cs in args.cut_search_s]
+                             for bk in (None, AUDIO_CTX_BUCKETS) for cs in args.cut_search_s
+                             for al in args.alignment]
         del pipe
     out["load_end"] = os.getloadavg()[0]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
