@@ -121,6 +121,7 @@ def program_memory(weights, slots_list) -> dict:
     from whisper_t5x.longform.decoder import DecodeRequest
     from whisper_t5x.longform.engine import Engine
 
+    weights = sorted({w.partition("+kv")[0] for w in weights})  # the programs' buffers: per weight storage
     model, _, stored = _load(weights)
     engine = Engine(model, slots=max(slots_list), encode_batch=max(slots_list))
     options = engine.options(DecodeRequest(task="transcribe", language="en", timestamps=False))

@@ -104,3 +104,25 @@ def test_scan_layout_stores_per_layer_scales():
     layers = stored["decoder"]["layers"]
     assert layers["fc1"]["kernel"].dtype == np.int8 and layers["fc1"]["kernel_scale"].shape == (2, 256)
     np.testing.assert_allclose(_forward(scan_model, stored), loop, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+def test_pipeline_with_stored_weights_transcribes_jfk_as_float32(dtype):
+    """Real tiny.en weights through the pipeline (VAD rows on the engine, and word alignment): the text
+    with stored decoder weights is the float32 text (jfk is short and clear: no word may change)."""
+    import os
+
+    from whisper_t5x import FlaxWhisperPipeline
+    from whisper_t5x.audio.loading import load_audio
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    jfk = load_audio(os.path.join(root, "samples", "jfk.flac"))
+    ref = FlaxWhisperPipeline("tiny.en", batch_size=2, fallback=False)
+    stored = FlaxWhisperPipeline((ref.model, Q.store_weights(ref.decoder.params, dtype)), batch_size=2,
+                                 fallback=False)
+    want = ref(jfk, long_form="vad")["text"]
+    got = stored(jfk, long_form="vad", return_timestamps="word")
+    assert "ask not what your country" in got["text"].lower()
+    assert got["text"] == want
+    assert len(got["chunks"]) >= 20 and all(c["timestamp"][0] is not None for c in got["chunks"])
