@@ -37,7 +37,7 @@ class DecoderCounter:
     def __init__(self, decoder):
         import numpy as np
 
-        self.slot_steps = self.useful = self.batches = 0
+        self.slot_steps = self.useful = self.batches = self.rows = 0
         original = decoder._rows
 
         def rows(output, prefix, count, temperature):
@@ -50,6 +50,7 @@ class DecoderCounter:
             self.slot_steps += int(num.shape[0] * lived.max())
             self.useful += int(lived[:count].sum())
             self.batches += 1
+            self.rows += count
             return original(host, prefix, count, temperature)
 
         decoder._rows = rows
@@ -64,16 +65,21 @@ def main(argv=None) -> int:
     ap.add_argument("--refill_at", type=int, nargs="*", default=[4, 1],
                     help="free slots that trigger a refill (the engine's default: half the batch)")
     ap.add_argument("--fallback", action="store_true", help="temperature fallback on (default: greedy only)")
-    ap.add_argument("--mode", choices=["vad", "chunked"], default="vad",
-                    help="long-form mode: VAD rows (the default) or chunked 30 s windows (with continuations)")
+    ap.add_argument("--mode", choices=["vad", "chunked", "sequential"], default="vad",
+                    help="long-form mode: VAD rows (the default), chunked 30 s windows (with continuations) or "
+                         "the sequential seek (one chain of windows per input)")
+    ap.add_argument("--inputs", type=int, default=1,
+                    help="cut the corpus into this many inputs of equal length, transcribed in one call")
     ap.add_argument("--json", default=None, help="default: results/engine_occupancy[_chunked].json")
     args = ap.parse_args(argv)
     if args.json is None:
-        suffix = "" if args.mode == "vad" else f"_{args.mode}"
+        suffix = ("" if args.mode == "vad" else f"_{args.mode}") + (f"_{args.inputs}" if args.inputs > 1 else "")
         args.json = os.path.join(HERE, "results", f"engine_occupancy{suffix}.json")
     from whisper_t5x import FlaxWhisperPipeline
 
     audio, text = corpus.make_audio(args.seconds)
+    step = -(-audio.shape[0] // max(1, args.inputs))
+    inputs = [audio[k:k + step] for k in range(0, audio.shape[0], step)] if args.inputs > 1 else audio
     kwargs = dict(language="en", task="transcribe", progress=False, long_form=args.mode)
     configs = [("Decoder (batches)", dict(engine=False))] + [
         (f"engine, {s} slots, refill at {r} free", dict(decode_slots=s, refill_at=r))
@@ -88,12 +94,13 @@ def main(argv=None) -> int:
             pipe.engine.refill_at = refill_at
         model = (pipe.model, pipe.decoder.params)
         counter = DecoderCounter(pipe.decoder) if not extra.get("engine", True) else None
-        pipe(audio[:90 * 16000], **kwargs)  # compiles
+        pipe([x[:90 * 16000] for x in inputs] if args.inputs > 1 else audio[:90 * 16000], **kwargs)  # compiles
         if counter is not None:
-            counter.slot_steps = counter.useful = counter.batches = 0
+            counter.slot_steps = counter.useful = counter.batches = counter.rows = 0
         load = os.getloadavg()[0]
         t, cpu0 = time.perf_counter(), time.process_time()
-        out = pipe(audio, **kwargs)
+        out = pipe(inputs, **kwargs)
+        out = {"text": "".join(o["text"] for o in out)} if isinstance(out, list) else out
         wall, cpu_s = time.perf_counter() - t, time.process_time() - cpu0
         st = pipe.last_stats
         if counter is not None:
@@ -102,6 +109,8 @@ def main(argv=None) -> int:
             total, useful = st.get("engine_slot_steps", 0), st.get("engine_live_slot_steps", 0)
         texts[name] = out["text"]
         rows = st.get("rows") if args.mode == "vad" else st.get("windows")
+        if rows is None:  # sequential: windows decoded (fallback draws excluded)
+            rows = counter.rows if counter is not None else st.get("engine_insert_rows", 0) - st.get("fallback_decodes", 0)
         row = dict(config=name, wall_s=round(wall, 2), cpu_s=round(cpu_s, 2), rows=rows, slot_steps=total,
                    useful_slot_steps=useful,
                    occupancy=round(useful / max(1, total), 4), wer=round(corpus.wer(text, out["text"]), 4),
@@ -114,7 +123,10 @@ def main(argv=None) -> int:
         print(row, flush=True)
         del pipe
     cpu = cpu_name()
-    what = "VAD rows (default mode)" if args.mode == "vad" else "chunked windows (30 s, continuations included)"
+    what = {"vad": "VAD rows (default mode)", "chunked": "chunked windows (30 s, continuations included)",
+            "sequential": "sequential seek"}[args.mode]
+    if args.inputs > 1:
+        what += f", {len(inputs)} inputs"
     header = (f"{args.model}, {args.seconds:.0f} s speech corpus, {what}, batch {args.batch_size}, "
               f"{'fallback on' if args.fallback else 'greedy, no fallback'}, language en; CPU: {cpu}, "
               f"{os.cpu_count()} cores")
@@ -128,6 +140,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(dict(cpu=cpu, cores=os.cpu_count(), model=args.model, seconds=args.seconds, mode=args.mode,
+                       inputs=args.inputs,
                        batch_size=args.batch_size, fallback=args.fallback, results=results), f, indent=1)
     return 0
 

@@ -1,10 +1,18 @@
-"""Long-form modes other than VAD rows on the slot engine (issue 21): chunked windows, the label job.
+"""Long-form modes other than VAD rows on the slot engine (issue 21): chunked windows, prompts, the
+sequential seek, the label job.
 
-* a random-init Whisper: chunked windows of several inputs (a silent one among them) through refilled slots give the Transcriptions the Decoder's batches give;
-* real tiny.en: the pipeline's chunked mode with the engine equals it without, continuations included;
-  (``tests/test_refactor_golden.py`` checks the chunked golden texts through the default pipeline, which
-  now decodes them on the engine);
+* a random-init Whisper: chunked windows of several inputs (a silent one among them) through refilled
+  slots give the Transcriptions the Decoder's batches give;
+* prompts: rows of several prompt lengths in refilled slots, and a call-wide ``prompt_ids``, give the
+  Decoder's tokens;
+* the sequential seek as chains of rows (random model: slow; tiny.en);
+* real tiny.en: the pipeline's chunked (slow) and sequential modes with the engine equal them without
+  (``tests/test_refactor_golden.py`` checks the chunked and sequential golden texts through the default
+  pipeline, which now decodes them on the engine);
 * the label job reaches the engine through the pipeline's default mode.
+
+    .venv/bin/python -m pytest -q tests/test_engine_modes.py              # fast
+    .venv/bin/python -m pytest -q -m slow tests/test_engine_modes.py      # the two slow ones
 """
 
 import os
@@ -135,6 +143,7 @@ def _same_transcriptions(got, want):
             assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-5)
 
 
+@pytest.mark.slow  # ~65 s CPU (prompt buckets compile on both paths); the tiny.en test below is the fast check
 def test_sequential_seek_on_the_engine_gives_the_decoders_transcriptions(random_model):
     """Each input a chain of windows (the next one prompted with the text so far: its last 16 tokens),
     three inputs sharing two slots: the same seek log and text as the Decoder's batches."""
@@ -164,6 +173,7 @@ def pipes():
     return on, off
 
 
+@pytest.mark.slow  # ~50 s CPU; test_refactor_golden's jfk test runs chunked tiny.en on the engine by default
 def test_chunked_pipeline_on_the_engine_equals_the_decoder(pipes):
     """Three inputs of one to three windows; the long one's windows stop early, so continuation windows
     join the slots while the other inputs' windows decode."""
