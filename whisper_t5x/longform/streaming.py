@@ -31,9 +31,20 @@ new hypothesis (:func:`skip_committed`) and not emitted again. At the
 end of an item (:meth:`Policy.update` with ``final=True``) every remaining
 word is committed.
 
+A cut is placed in the longest pause near its boundary (:meth:`Policy._place_cut`,
+:func:`quiet_point`): segment-end timestamps and aligned word ends are often late,
+and a buffer that starts inside a word is misread.
+
 Policies never touch a model: :func:`step` takes a ``decode`` function (rows
 in, hypotheses out), so they are tested with fakes; :func:`decoder_decode_fn`
 makes one from the long-form :class:`~whisper_t5x.longform.decoder.Decoder`.
+Two of its options make short rows cheaper: ``audio_ctx`` (encode only the
+encoder positions the longest row needs, in :data:`AUDIO_CTX_BUCKETS`) and
+``inline_alignment`` (word times from the alignment heads' attention read
+while decoding, :attr:`~whisper_t5x.decoding.generate.DecodeOptions.alignment_heads`,
+instead of the second pass of :func:`~whisper_t5x.longform.alignment.find_alignment`).
+With it, AlignAtt's words past the threshold are decoded and then withheld;
+the loop does not stop the row there.
 """
 
 from __future__ import annotations
