@@ -45,8 +45,10 @@ the Decoder's do.
 Scope: one beam (greedy with temperature fallback), with or without
 timestamp tokens and prompts; the caller decides (:meth:`Engine.supports`).
 Callers: VAD rows (:mod:`whisper_t5x.longform.vad`), chunked windows and their
-continuations (:mod:`whisper_t5x.longform.chunked`), the server. Beam search,
-a partitioned model and the sequential seek stay on the
+continuations (:mod:`whisper_t5x.longform.chunked`), the sequential seek (each
+input a chain of rows, prompted with its text so far and in its language:
+:mod:`whisper_t5x.longform.sequential`), the server. Beam search, a
+partitioned model and word timestamps of the seek stay on the
 :class:`~whisper_t5x.longform.decoder.Decoder`. Greedy
 tokens are those of the Decoder; sampled fallback draws use per-slot random
 keys, so they differ from the Decoder's draws (same distribution).
