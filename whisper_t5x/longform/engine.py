@@ -28,30 +28,24 @@ rows, cost a few rows per step.
 
 Compiled programs (:attr:`Engine.num_programs`, keyed in :meth:`Engine.program_keys`):
 per decode options, one allocation, one reorder, one insert per encoder bucket
-(powers of two up to ``encode_batch``) and prompt length bucket, and one generate per cache span
-(:func:`~whisper_t5x.decoding.generate.cache_spans`: 160 positions, then all)
-and width (powers of two up to ``slots``).
+(powers of two up to ``encode_batch``) and prompt bucket, and one generate per
+cache span (:func:`~whisper_t5x.decoding.generate.cache_spans`) and width.
 
-Prompts: a row may be conditioned on previous text (``<|startofprev|>`` and
-the prompt before ``<|startoftranscript|>``): a call-wide ``prompt``
-(``prompt_ids``) or a row's own. Prompts are trimmed and bucketed as the
-Decoder does (:func:`~whisper_t5x.longform.decoder.trim_prompt`); an insert
-takes rows of one prompt length, and each slot keeps its offset (decoder
-positions before ``<|startoftranscript|>``) and its own end, so rows of
-different prompt lengths decode side by side in the one generate program.
-Fallback draws hotter than ``PROMPT_RESET_TEMPERATURE`` drop the prompt, as
-the Decoder's do.
+Prompts (a call-wide ``prompt_ids`` or a row's own previous text) are trimmed
+and bucketed as the Decoder's (:func:`~whisper_t5x.longform.decoder.trim_prompt`);
+an insert takes rows of one prompt length and language, and each slot keeps its
+offset (decoder positions before ``<|startoftranscript|>``) and end, so rows of
+any prompt length share the one generate program. Fallback draws hotter than
+``PROMPT_RESET_TEMPERATURE`` drop the prompt, as the Decoder's do.
 
-Scope: one beam (greedy with temperature fallback), with or without
-timestamp tokens and prompts; the caller decides (:meth:`Engine.supports`).
-Callers: VAD rows (:mod:`whisper_t5x.longform.vad`), chunked windows and their
-continuations (:mod:`whisper_t5x.longform.chunked`), the sequential seek (each
-input a chain of rows, prompted with its text so far and in its language:
-:mod:`whisper_t5x.longform.sequential`), the server. Beam search, a
-partitioned model and word timestamps of the seek stay on the
-:class:`~whisper_t5x.longform.decoder.Decoder`. Greedy
-tokens are those of the Decoder; sampled fallback draws use per-slot random
-keys, so they differ from the Decoder's draws (same distribution).
+Scope: one beam (greedy with temperature fallback), timestamp tokens or not;
+the caller decides (:meth:`Engine.supports`). Callers: VAD rows, chunked
+windows and their continuations, the sequential seek (each input a chain of
+rows: :mod:`whisper_t5x.longform.sequential`), the server. Beam search, a
+partitioned model and the seek's word timestamps stay on the
+:class:`~whisper_t5x.longform.decoder.Decoder`. Greedy tokens are the
+Decoder's; sampled fallback draws use per-slot random keys, so they differ
+from the Decoder's draws (same distribution).
 """
 
 from __future__ import annotations
@@ -219,16 +213,13 @@ class Engine:
         prompt = self.trim(request, prompt)
         if prompt and not prompted:
             return False
-        return self._fits(self.row_options(request, len(prompt)))
+        context = 1 + len(prompt) if prompt else 0
+        return context + self.row_options(request, len(prompt)).max_length <= self.config.max_target_positions
 
     def trim(self, request: DecodeRequest, prompt: Iterable[int]) -> Tuple[int, ...]:
         """The prompt tokens decoded (the last 223, then the last bucket of them; see
         :func:`~whisper_t5x.longform.decoder.trim_prompt`)."""
         return trim_prompt(tuple(prompt), self.config.max_target_positions // 2 - 1, request.prompt_buckets)
-
-    def _fits(self, options: DecodeOptions) -> bool:
-        context = 1 + options.prompt_length if options.prompt_length else 0
-        return context + options.max_length <= self.config.max_target_positions
 
     def options(self, request: DecodeRequest) -> DecodeOptions:
         """The static options (compile key) of the slots for ``request``: no prompt, the greedy program."""
