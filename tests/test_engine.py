@@ -263,6 +263,7 @@ def test_requests_it_cannot_take_are_named_errors():
     # A caller that gives the prompt to decode(); not before a max_length filling the decoder's positions.
     assert eng.supports(DecodeRequest(), prompt=(5, 6), prompted=True)
     assert not eng.supports(DecodeRequest(max_length=448), prompt=(5, 6), prompted=True)
+    assert not eng.supports(DecodeRequest(audio_ctx=500)) and not eng.supports(DecodeRequest(alignment_heads=((1, 2),)))
     with pytest.raises(EngineError):
         eng.options(DecodeRequest(num_beams=3))
     with pytest.raises(EngineError):

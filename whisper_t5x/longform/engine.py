@@ -203,13 +203,13 @@ class Engine:
 
     # ------------------------------------------------------------------ options and programs
     def supports(self, request: DecodeRequest, prompt: Iterable[int] = (), prompted: bool = False) -> bool:
-        """Whether rows of ``request`` (with ``prompt``) decode here: one beam, and the prompt (trimmed as
-        the Decoder trims it) fits before ``max_length`` in the model's decoder positions.
+        """Whether rows of ``request`` (with ``prompt``) decode here: one beam, whole windows, and the prompt
+        (trimmed as the Decoder trims it) fits before ``max_length`` in the model's decoder positions.
 
         ``prompted``: the caller gives ``prompt`` to :meth:`decode`. A caller that does not say so is
         told a prompted request is not supported (it would decode the rows without their prompt)."""
-        if request.num_beams != 1:
-            return False
+        if request.num_beams != 1 or request.audio_ctx is not None or request.alignment_heads:
+            return False  # beams; a shortened encoder or per-token frames (live streams): the Decoder's
         prompt = self.trim(request, prompt)
         if prompt and not prompted:
             return False
@@ -223,8 +223,8 @@ class Engine:
 
     def options(self, request: DecodeRequest) -> DecodeOptions:
         """The static options (compile key) of the slots for ``request``: no prompt, the greedy program."""
-        if request.num_beams != 1:
-            raise EngineError("the engine decodes rows with one beam; use the Decoder for beam search")
+        if request.num_beams != 1 or request.audio_ctx is not None or request.alignment_heads:
+            raise EngineError("the engine decodes whole windows with one beam (no audio_ctx, alignment_heads)")
         return self.row_options(request, 0)
 
     def row_options(self, request: DecodeRequest, prompt_length: int) -> DecodeOptions:
