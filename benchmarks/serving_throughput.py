@@ -231,10 +231,8 @@ def engine_compare(args):
         rows.append(row)
         print(f"engine {mode}: {row['requests_per_min']} req/min, p50 {row['latency_p50_s']} s, "
               f"p90 {row['latency_p90_s']} s", file=sys.stderr, flush=True)
-    same = None
-    if len(texts) == 2:
-        off, on = texts.get("off", {}), texts.get("on", {})
-        same = {n: off.get(n) == on.get(n) for n in off}
+    base = args.modes[0]  # each mode's texts against the first mode's (file by file)
+    same = {m: {n: texts[m].get(n) == texts[base].get(n) for n in texts[base]} for m in args.modes[1:]}
     meta = dict(model=args.model, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
                 clients=clients, requests_per_client=args.requests, decode_slots=pipe.engine.slots,
                 files=[(n, round(d, 1)) for n, _, d, _ in files], cpu=cpu_name(), cpu_count=os.cpu_count(),
@@ -260,8 +258,9 @@ def engine_compare(args):
               f"{longest[0]}, alone otherwise; short / long latency in s, {args.arrivals} tries): "
               + "; ".join(f"{r['engine']}: " + ", ".join(f"{a['short_s']} / {a['long_s']}" for a in r["arrivals"])
                           for r in rows)]
-    if same is not None:
-        lines += ["", "same text in both modes: " + ", ".join(f"{n} {'yes' if v else 'NO'}" for n, v in same.items())]
+    for m, by_file in same.items():
+        lines += ["", f"same text as {base} ({m}): " + ", ".join(f"{n} {'yes' if v else 'NO'}"
+                                                              for n, v in by_file.items())]
     print("\n".join(lines))
     if args.out:
         base = os.path.splitext(args.out)[0]
