@@ -120,8 +120,8 @@ def _is_single(inputs: Any) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Call:
-    """One call's arguments resolved: what to decode and how to assemble it."""
+class ResolvedCall:
+    """One call's arguments resolved: what to decode and how to assemble it (:meth:`FlaxWhisperPipeline.resolve`)."""
 
     request: DecodeRequest
     prompt: Tuple[int, ...]
@@ -310,7 +310,10 @@ class FlaxWhisperPipeline:
         return batch_size
 
     # ------------------------------------------------------------------ arguments
-    def _resolve(self, task, language, return_timestamps, generate_kwargs, long_form) -> _Call:
+    def resolve(self, task: Optional[str] = None, language: Optional[str] = None, return_timestamps: Any = False,
+                generate_kwargs: Optional[Dict[str, Any]] = None, long_form: str = "auto") -> ResolvedCall:
+        """``transcribe``'s arguments checked and resolved (named errors before any audio is read): the
+        decode request, prompt, long-form mode and assembly options. The server uses it to route a request."""
         gk = dict(generate_kwargs or {})
         unknown = sorted(set(gk) - _GENERATE_KEYS)
         if unknown:
@@ -344,8 +347,8 @@ class FlaxWhisperPipeline:
         self.decoder.options(request)  # validates task / language / beams now, before any audio is read
         extra = {k: gk[k] for k in ("condition_on_previous_text", "hallucination_silence_threshold", "vad_filter")
                  if k in gk}
-        return _Call(request, prompt, mode, words, return_timestamps is True, "segments" if timestamps else "windows",
-                     extra)
+        return ResolvedCall(request, prompt, mode, words, return_timestamps is True,
+                            "segments" if timestamps else "windows", extra)
 
     # ------------------------------------------------------------------ calls
     def transcribe(
@@ -394,7 +397,7 @@ class FlaxWhisperPipeline:
         ``hallucination_silence_threshold`` (sequential); also ``task`` /
         ``language`` / ``return_timestamps`` overriding the arguments.
         """
-        call = self._resolve(task, language, return_timestamps, generate_kwargs, long_form)
+        call = self.resolve(task, language, return_timestamps, generate_kwargs, long_form)
         batch_size = self._check_batch_size(batch_size if batch_size is not None else self.batch_size)
         chunk, stride = window_params(chunk_length_s, stride_length_s, SAMPLE_RATE)
         single = _is_single(inputs)
@@ -421,7 +424,7 @@ class FlaxWhisperPipeline:
         logger.debug("transcribed %d input(s) in %.2f s (%s)", len(items), self.last_stats["seconds"], stats)
         return results[0] if single else results
 
-    def _run(self, mode: str, items: List[Any], call: _Call, settings: ChunkedSettings, bar: "_Progress",
+    def _run(self, mode: str, items: List[Any], call: ResolvedCall, settings: ChunkedSettings, bar: "_Progress",
              stats: Dict[str, Any]) -> List[Transcription]:
         """One long-form algorithm over ``items``: segmenter, the Decoder, assembler."""
         engine = self.engine if self.partitioner is None else None  # a sharded model: the Decoder
@@ -438,7 +441,7 @@ class FlaxWhisperPipeline:
         return transcribe_chunked(self.decoder, items, call.request, settings, call.prompt, call.segments, bar,
                                   stats, engine=engine)
 
-    def _sequential(self, items: List[Any], call: _Call, engine: Any = None) -> List[Transcription]:
+    def _sequential(self, items: List[Any], call: ResolvedCall, engine: Any = None) -> List[Transcription]:
         from whisper_t5x.longform.sequential import SequentialOptions, run_sequential
 
         extra = dict(call.extra)

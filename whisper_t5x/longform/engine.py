@@ -190,6 +190,11 @@ class Engine:
         self._programs: Dict[Tuple, Any] = {}
         self._lock = threading.Lock()  # callers on several threads (server, streams) build programs once
         self._state: Optional[Tuple[Tuple[DecodeOptions, int], Any]] = None  # ((options, capacity), slots)
+        self._stats_lock = threading.Lock()  # calls on several threads (server calls, streams) count exactly
+
+    def count(self, **amounts: int) -> None:
+        with self._stats_lock:
+            self.stats.update(amounts)
 
     @property
     def refill_at(self) -> int:
@@ -436,9 +441,7 @@ class _Run:
             self.slot_job[s] = j
             self.slot_index[s] = self.sample_begin
             self.slot_offset[s] = 1 + plen if plen else 0
-        e.stats["engine_inserts"] += 1
-        e.stats["engine_insert_rows"] += len(jobs)
-        e.stats["padding_rows"] += pad
+        e.count(engine_inserts=1, engine_insert_rows=len(jobs), padding_rows=pad)
         return state
 
     def _refill(self, state: Any) -> Any:
@@ -484,7 +487,7 @@ class _Run:
         self.slot_job = [self.slot_job[s] for s in order]
         self.slot_index = self.slot_index[order]
         self.slot_offset = self.slot_offset[order]
-        e.stats["engine_reorders"] += 1
+        e.count(engine_reorders=1)
         return state
 
     def _generate(self, state: Any) -> Tuple[Any, Any]:
@@ -505,10 +508,8 @@ class _Run:
         state, report = fn(self.params, state, jnp.int32(e.steps_per_call), jnp.int32(stop_below))
         report = jax.device_get(report)
         steps = int(report.stats.steps)
-        e.stats["engine_generate_calls"] += 1
-        e.stats["engine_steps"] += steps
-        e.stats["engine_slot_steps"] += steps * width
-        e.stats["engine_live_slot_steps"] += int(report.stats.live_slot_steps)
+        e.count(engine_generate_calls=1, engine_steps=steps, engine_slot_steps=steps * width,
+                engine_live_slot_steps=int(report.stats.live_slot_steps))
         return state, report
 
     # -------------------------------------------------------------- results and fallback
@@ -527,13 +528,13 @@ class _Run:
         temperature = self.temperatures[row.level]
         for d in reversed(range(self.best_of)):
             self.queue.appendleft(_Job(row, temperature, d))
-        self.e.stats["fallback_decodes"] += self.best_of
+        self.e.count(fallback_decodes=self.best_of)
 
     def _finish(self, row: _Row, result: DecodedRow, verdict: str) -> None:
         if verdict == fb.SILENT:
-            self.e.stats["silent_rows"] += 1
+            self.e.count(silent_rows=1)
             result = dataclasses.replace(result, tokens=(), text="", silent=True, compression_ratio=0.0)
-        self.e.stats["rows"] += 1
+        self.e.count(rows=1)
         self.results[row.key] = result
         row.features = None  # type: ignore[assignment]
         if self.on_result is not None:

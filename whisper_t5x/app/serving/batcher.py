@@ -221,8 +221,7 @@ class Batcher(EngineFeed):
         pipe = self.pipeline
         kwargs = options.pipeline_kwargs(self.decode)
         try:
-            # TODO(server): a public FlaxWhisperPipeline.resolve (requested); _resolve is its argument check.
-            call = pipe._resolve(kwargs["task"], kwargs["language"], kwargs["return_timestamps"],
+            call = pipe.resolve(kwargs["task"], kwargs["language"], kwargs["return_timestamps"],
                                  kwargs["generate_kwargs"], kwargs.get("long_form", "auto"))
         except Exception:  # noqa: BLE001 - the grouped path's pipeline call reports the error to this request
             return None
