@@ -270,6 +270,13 @@ def test_progress_and_stats(tiny, jfk_audio, capsys):
     assert normalize(out["text"]).count("country") == 12  # each repetition once: no doubled or lost words
     tiny(audio, progress=False, batch_size=8, generate_kwargs=greedy, long_form="chunked")
     assert "window" not in capsys.readouterr().err
+    # On the slot engine (chunked windows' default) 3 windows fill 3 slots: inserts of 2 and 1, no padding row.
+    assert tiny.last_stats["engine_insert_rows"] == 3 and tiny.last_stats["padding_rows"] == 0
+    engine, tiny.engine = tiny.engine, None  # the Decoder's batches
+    try:
+        tiny(audio, progress=False, batch_size=8, generate_kwargs=greedy, long_form="chunked")
+    finally:
+        tiny.engine = engine
     assert tiny.last_stats["padding_rows"] >= 1  # 3 windows -> a batch of 4
     tiny(audio, progress=True, batch_size=2, generate_kwargs=greedy)  # the default: VAD rows
     assert "row" in capsys.readouterr().err and tiny.last_stats["rows"] >= 2

@@ -36,6 +36,8 @@ def code_fingerprint() -> str:
             module = importlib.import_module(package)
         except ImportError:
             continue
+        if getattr(module, "__file__", None) is None:
+            continue  # a namespace package of that name shadows ours (e.g. a tests/ folder on sys.path)
         root = os.path.dirname(os.path.abspath(module.__file__))
         for folder, dirs, files in os.walk(root):
             dirs.sort()
