@@ -76,6 +76,8 @@ SYSTEMS = {
     "ours_vad": ("whisper_t5x VAD rows fp32", "long_form='vad': Silero VAD (JAX) speech glued into rows of at most "
                  "30 s, no overlap, batch 8"),
     "ours_vad_bf16": ("whisper_t5x VAD rows bf16", "as ours_vad, bfloat16 compute and params"),
+    "ours_vad_int8": ("whisper_t5x VAD rows int8", "as ours_vad, decoder step weights and vocabulary projection "
+                      "int8 (W8A8), encoder float32"),
     "ours_sequential": ("whisper_t5x sequential fp32", "long_form='sequential': OpenAI's seek algorithm, one "
                         "file at a time (several files would share the batch)"),
     "openai_whisper": ("openai-whisper transcribe", "sequential 30 s windows, seek by timestamps"),
@@ -198,14 +200,16 @@ class Ours(System):
 class OursVad(System):
     """long_form='vad': Silero VAD speech merged into rows of at most 30 s (no overlap), decoded once."""
 
-    def __init__(self, paths, dtype: str = "float32"):
+    def __init__(self, paths, dtype: str = "float32", weights_dtype: str = "float32"):
         import jax.numpy as jnp
 
         from whisper_t5x import FlaxWhisperPipeline
 
-        self.pipe = FlaxWhisperPipeline("base", dtype=getattr(jnp, dtype), batch_size=BATCH, fallback=False)
+        self.pipe = FlaxWhisperPipeline("base", dtype=getattr(jnp, dtype), batch_size=BATCH, fallback=False,
+                                        weights_dtype=weights_dtype)
         self.decoding = (f"pipeline(long_form='vad'), rows {self.pipe.vad.strategy}, row timestamps "
-                         f"{self.pipe.vad.row_timestamps}, greedy, language en, fallback off, batch {BATCH}, {dtype}")
+                         f"{self.pipe.vad.row_timestamps}, greedy, language en, fallback off, batch {BATCH}, {dtype}"
+                         + (f", decoder weights {weights_dtype}" if weights_dtype != "float32" else ""))
 
     def transcribe(self, audio):
         out = self.pipe(audio, task="transcribe", language="en", return_timestamps=False, batch_size=BATCH,
@@ -297,6 +301,8 @@ def make_system(name: str, paths: Dict[str, str], timestamps: str) -> System:
         return OursVad(paths)
     if name == "ours_vad_bf16":
         return OursVad(paths, "bfloat16")
+    if name == "ours_vad_int8":
+        return OursVad(paths, weights_dtype="int8")
     if name == "openai_whisper":
         return OpenAIWhisper(paths, timestamps)
     if name == "transformers":

@@ -70,7 +70,8 @@ def offline(pipe, audio):
 def warm(scheduler, pipe, max_rows, buckets=None):
     """Compile every batch bucket up to ``max_rows`` with each prompt length and audio_ctx bucket, word times
     included, and the VAD."""
-    from whisper_t5x.longform.streaming import PROMPT_LENGTHS, StreamRow, warmup_seconds
+    from whisper_t5x.longform.stream_decode import warmup_seconds
+    from whisper_t5x.longform.streaming import PROMPT_LENGTHS, StreamRow
 
     lengths = warmup_seconds(buckets)
     tokens = tuple(pipe.tokenizer.encode(" warm up" * 40))
@@ -90,7 +91,8 @@ def warm(scheduler, pipe, max_rows, buckets=None):
 def run(pipe, policy_name, n, audio, speech_end_s, interval_ms, chunk_ms, threshold_s, tail_s, warmed,
         buckets=None, cut_search_s=0.4, inline=False):
     from whisper_t5x.app.serving.streams import StreamScheduler, TurnDetection
-    from whisper_t5x.longform.streaming import decoder_decode_fn, make_policy, stream_request
+    from whisper_t5x.longform.stream_decode import decoder_decode_fn, stream_request
+    from whisper_t5x.longform.streaming import make_policy
 
     policy = make_policy(policy_name, threshold_s=threshold_s, cut_search_s=cut_search_s)
     sched = StreamScheduler(decoder_decode_fn(pipe.decoder, stream_request(), audio_ctx=buckets,
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(HERE, "results", "streaming"))
     args = p.parse_args(argv)
 
-    from whisper_t5x.longform.streaming import AUDIO_CTX_BUCKETS
+    from whisper_t5x.longform.stream_decode import AUDIO_CTX_BUCKETS
     from whisper_t5x.pipeline import FlaxWhisperPipeline
 
     audio, reference = make_audio(args.seconds)

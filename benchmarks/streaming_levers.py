@@ -51,12 +51,13 @@ def cost(pipe, audio, buffer_s, rows, ctxs, repeats, alignments=("none",)):
     (none; posthoc: a second forward; inline: read while decoding)."""
     import itertools
 
-    from whisper_t5x.longform import streaming as st
+    from whisper_t5x.longform import stream_decode as sd
+from whisper_t5x.longform import streaming as st
 
     prompt = tuple(pipe.tokenizer.encode(" the lighthouse keeper woke before dawn as he had done") * 4)[:32]
     out = []
     for ctx, alignment in itertools.product(ctxs, alignments):
-        decode = st.decoder_decode_fn(pipe.decoder, st.stream_request(), audio_ctx=None if ctx is None else (ctx,),
+        decode = sd.decoder_decode_fn(pipe.decoder, sd.stream_request(), audio_ctx=None if ctx is None else (ctx,),
                                       inline_alignment=alignment == "inline")
         for n in rows:
             batch = [st.StreamRow(audio[int(k * 0.7 * SR):int((k * 0.7 + buffer_s) * SR)], prompt, "en",
@@ -77,30 +78,32 @@ def cost(pipe, audio, buffer_s, rows, ctxs, repeats, alignments=("none",)):
 
 def clips(pipe, count, buckets):
     """WER of ``count`` corpus sentences decoded one per row, whole-window vs with audio_ctx buckets."""
-    from whisper_t5x.longform import streaming as st
+    from whisper_t5x.longform import stream_decode as sd
+from whisper_t5x.longform import streaming as st
 
     texts = sentences()[:count]
     audios = [_synth_sentence(t, cache_dir()) for t in texts]
     reference = " ".join(texts)
     out = dict(clips=len(texts), seconds=round(sum(a.size for a in audios) / SR, 1), reference_words=len(reference.split()))
     for name, bk in (("whole", None), ("audio_ctx", buckets)):
-        decode = st.decoder_decode_fn(pipe.decoder, st.stream_request(), audio_ctx=bk)
+        decode = sd.decoder_decode_fn(pipe.decoder, sd.stream_request(), audio_ctx=bk)
         hyp = []
         for lo in range(0, len(audios), 4):
             part = [st.StreamRow(a, (), "en") for a in audios[lo:lo + 4]]
             hyp.extend("".join(w.text for w in h.words) for h in decode(part))
         out[name] = round(wer(reference, " ".join(hyp)), 4)
-        out[name + "_ctx"] = sorted({st.audio_ctx_for(a.size, bk) or 1500 for a in audios})
+        out[name + "_ctx"] = sorted({sd.audio_ctx_for(a.size, bk) or 1500 for a in audios})
     print(json.dumps(out), flush=True)
     return out
 
 
 def replay(pipe, audio, reference, period_s, policy_name, buckets, inline=False, **policy_kwargs):
     """Streamed WER of one stream fed ``period_s`` of audio per update, in virtual time."""
-    from whisper_t5x.longform import streaming as st
+    from whisper_t5x.longform import stream_decode as sd
+from whisper_t5x.longform import streaming as st
 
     policy = st.make_policy(policy_name, **policy_kwargs)
-    decode = st.decoder_decode_fn(pipe.decoder, st.stream_request(), audio_ctx=buckets, inline_alignment=inline)
+    decode = sd.decoder_decode_fn(pipe.decoder, sd.stream_request(), audio_ctx=buckets, inline_alignment=inline)
     state = st.StreamState(language="en")
     step = int(period_s * SR)
     words, updates, c0 = [], 0, cpu_s()
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(HERE, "results", "streaming_levers"))
     args = p.parse_args(argv)
 
-    from whisper_t5x.longform.streaming import AUDIO_CTX_BUCKETS
+    from whisper_t5x.longform.stream_decode import AUDIO_CTX_BUCKETS
     from whisper_t5x.pipeline import FlaxWhisperPipeline
 
     audio, reference = make_audio(args.seconds)

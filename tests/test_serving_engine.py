@@ -210,7 +210,8 @@ def test_warm_up_compiles_the_calls_programs(pipe):
         b.stop()
     keys = pipe.engine.program_keys()
     slots = pipe.engine.slots
-    assert all(("insert", slots, n, "mel") in keys for n in (1, 2, 4))
+    buckets = [n for n in (1, 2, 4) if n <= pipe.engine.encode_batch]  # CPU: new rows encoded 2 at a time
+    assert buckets and all(("insert", slots, n, "mel") in keys for n in buckets)
     assert any(k[0] == "generate" and k[1] == slots and k[3] == 4 for k in keys)  # (verb, capacity, span, width)
     off = Batcher(pipe, max_batch_size=4, engine=False)
     assert off.warm_up_engine(_warmup_audio()) == 0

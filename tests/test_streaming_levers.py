@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests import _hf_models as H
+from whisper_t5x.longform import stream_decode as sd
 from whisper_t5x.longform import streaming as st
 from whisper_t5x.model.whisper import WhisperModule
 
@@ -68,12 +69,12 @@ def test_decoding_with_audio_ctx_compiles_its_own_program_and_reads_only_those_p
 
 def test_audio_ctx_buckets_hold_the_row_and_a_margin():
     b = (250, 500, 750, 1000)
-    assert st.audio_ctx_for(int(4.4 * 16000), b) == 250  # 4.4 s + 0.5 s margin = 245 positions
-    assert st.audio_ctx_for(int(4.6 * 16000), b) == 500
-    assert st.audio_ctx_for(int(19.5 * 16000), b) == 1000
-    assert st.audio_ctx_for(int(19.6 * 16000), b) is None  # the whole window
-    assert st.audio_ctx_for(16000, None) is None and st.audio_ctx_for(16000, ()) is None
-    assert st.audio_ctx_for(16000, (1500,)) is None  # a bucket of the whole window is the whole window
+    assert sd.audio_ctx_for(int(4.4 * 16000), b) == 250  # 4.4 s + 0.5 s margin = 245 positions
+    assert sd.audio_ctx_for(int(4.6 * 16000), b) == 500
+    assert sd.audio_ctx_for(int(19.5 * 16000), b) == 1000
+    assert sd.audio_ctx_for(int(19.6 * 16000), b) is None  # the whole window
+    assert sd.audio_ctx_for(16000, None) is None and sd.audio_ctx_for(16000, ()) is None
+    assert sd.audio_ctx_for(16000, (1500,)) is None  # a bucket of the whole window is the whole window
 
 
 class _RecordingDecoder:
@@ -94,13 +95,13 @@ class _RecordingDecoder:
 def test_stream_rows_are_decoded_with_the_bucket_of_the_longest_row_in_one_call():
     model, _ = H.flax_twin("english-only")
     rec = _RecordingDecoder(model)
-    decode = st.decoder_decode_fn(rec, audio_ctx=st.AUDIO_CTX_BUCKETS)
+    decode = sd.decoder_decode_fn(rec, audio_ctx=sd.AUDIO_CTX_BUCKETS)
     rows = [st.StreamRow(np.zeros(int(s * 16000), np.float32)) for s in (2.0, 7.0, 3.0)]
     assert [h.words for h in decode(rows)] == [(), (), ()]
     assert [(n, r.audio_ctx) for n, r in rec.requests] == [(3, 500)]
     decode([st.StreamRow(np.zeros(25 * 16000, np.float32))])
     assert rec.requests[-1][1].audio_ctx is None
-    st.decoder_decode_fn(rec)(rows)  # off by default
+    sd.decoder_decode_fn(rec)(rows)  # off by default
     assert rec.requests[-1][1].audio_ctx is None
 
 
@@ -136,10 +137,10 @@ def test_frames_read_while_decoding_equal_the_teacher_forced_attention_of_the_sa
 
 def test_frame_word_times_place_each_word_at_its_latest_tokens_frame():
     groups = [[1], [2, 3], [4], [5]]
-    times = st.frame_word_times([10, 30, 25, 20, 100], groups, seconds=1.5)
+    times = sd.frame_word_times([10, 30, 25, 20, 100], groups, seconds=1.5)
     flat = lambda ts: [t for pair in ts for t in pair]  # noqa: E731
     assert flat(times) == pytest.approx([0.0, 0.2, 0.2, 0.6, 0.6, 0.6, 0.6, 1.5])  # monotone, capped at 1.5 s
-    assert flat(st.frame_word_times([-1, 5], [[1], [2]], 1.0)) == pytest.approx([0.0, 0.0, 0.0, 0.1])
+    assert flat(sd.frame_word_times([-1, 5], [[1], [2]], 1.0)) == pytest.approx([0.0, 0.0, 0.0, 0.1])
 
 
 @pytest.mark.slow
@@ -156,8 +157,8 @@ def test_inline_word_ends_agree_with_the_post_hoc_alignment_on_jfk():
     pipe = FlaxWhisperPipeline("tiny.en", batch_size=4)
     audio = load_audio(os.path.join(REPO, "samples", "jfk.flac"))
     row = [st.StreamRow(audio, (), "en", True)]
-    post = st.decoder_decode_fn(pipe.decoder, st.stream_request())(row)[0].words
-    inline = st.decoder_decode_fn(pipe.decoder, st.stream_request(), inline_alignment=True)(row)[0].words
+    post = sd.decoder_decode_fn(pipe.decoder, sd.stream_request())(row)[0].words
+    inline = sd.decoder_decode_fn(pipe.decoder, sd.stream_request(), inline_alignment=True)(row)[0].words
     assert [w.text for w in inline] == [w.text for w in post] and len(post) > 15
     gaps = np.abs([a.end - b.end for a, b in zip(inline, post)])
     assert gaps.max() <= 0.6 and np.median(gaps) <= 0.25, gaps

@@ -52,6 +52,10 @@ from whisper_t5x.results import Transcription, as_pipeline_dict
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
+# On a CPU the engine encodes new rows 2 at a time whatever the decode batch: an 8-row insert holds ~600 MB of
+# XLA temporaries (encoder + cross K/V), 2 rows ~150 MB; 10 min of base: peak RSS -570 MB, same text, CPU within
+# noise on a 2-core Xeon (benchmarks/step_levers.py --e2e, results/step_levers.md). Accelerators: the batch.
+CPU_ENGINE_ENCODE_BATCH = 2
 DEFAULT_SLOTS_PER_ROW = 1  # the engine's decode slots per encoder row (benchmarks/engine_occupancy.py)
 PROGRESS_MIN_WINDOWS = 4  # a progress bar only for more windows than this
 SILENCE_PEAK = 1e-4  # windows quieter than this (-80 dBFS peak) are not decoded
@@ -72,6 +76,10 @@ _GENERATE_KEYS = {
 _ACCELERATOR_HINTS = (("/dev/nvidia0", "an NVIDIA GPU", 'pip install -U "jax[cuda13]"'),
                       ("/dev/accel0", "a TPU", 'pip install -U "jax[tpu]"'),
                       ("/dev/vfio/0", "a TPU", 'pip install -U "jax[tpu]"'))
+
+
+def _engine_encode_batch() -> int:
+    return CPU_ENGINE_ENCODE_BATCH if jax.default_backend() == "cpu" else 1 << 30
 
 
 def accelerator_hint(backend: Optional[str] = None) -> Optional[str]:
@@ -181,9 +189,13 @@ class FlaxWhisperPipeline:
         are the Decoder's. Beam search, word timestamps and a
         sharded model use the Decoder (VAD rows with prompt_ids too, for now). ``False``: the Decoder always.
       decode_slots: the engine's decode slots (default ``batch_size``: on a
-        CPU a step costs in proportion to its rows, so more slots than the
-        encoder batch did not pay; the encoder takes ``batch_size`` rows at a
-        time whatever the slots).
+        CPU a step costs in proportion to its rows, so more slots than rows
+        did not pay). On a CPU the engine encodes new rows two at a time
+        (:data:`CPU_ENGINE_ENCODE_BATCH`: bounded memory, same text).
+      weights_dtype: storage of the decoder's step weights and the vocabulary
+        projection: ``"float32"`` (default, text unchanged), ``"int8"`` (W8A8,
+        CTranslate2's scheme; the encoder stays float32) or ``"bfloat16"``
+        (:mod:`whisper_t5x.model.quantize`). Not with a partitioner.
     """
 
     def __init__(
@@ -204,6 +216,7 @@ class FlaxWhisperPipeline:
         segment_limits: SegmentLimits = SUBTITLE_LIMITS,
         engine: bool = True,
         decode_slots: Optional[int] = None,
+        weights_dtype: str = "float32",
     ):
         from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
@@ -223,6 +236,11 @@ class FlaxWhisperPipeline:
                 checkpoint, dtype=self.dtype, param_dtype=self.dtype if half else jnp.float32, _do_init=False
             )
         self.checkpoint = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else None
+        from whisper_t5x.model.quantize import store_weights, weights_dtype_of
+
+        if params is not None and weights_dtype_of(params) == "float32":
+            params = store_weights(params, weights_dtype)  # checks the name; "float32" keeps the tree
+        self.weights_dtype = weights_dtype if params is None else weights_dtype_of(params)
         self.tokenizer = self.model.tokenizer
         if self.tokenizer is None:
             raise ValueError("the checkpoint has no tokenizer.json: the pipeline needs one to produce text")
@@ -255,7 +273,8 @@ class FlaxWhisperPipeline:
             from whisper_t5x.longform.engine import Engine
 
             slots = int(decode_slots) if decode_slots else DEFAULT_SLOTS_PER_ROW * self.batch_size
-            self.engine = Engine(self.model, slots=slots, encode_batch=self.batch_size, stats=self.decoder.stats)
+            self.engine = Engine(self.model, slots=slots, encode_batch=min(self.batch_size, _engine_encode_batch()),
+                                 stats=self.decoder.stats)
         self.last_stats: Dict[str, Any] = {}
         if partitioner is not None:
             self._shard_with(partitioner)
@@ -289,6 +308,11 @@ class FlaxWhisperPipeline:
 
     def _shard_with(self, part: Any) -> None:
         from partitioning import InferenceState
+        from whisper_t5x.model.quantize import WeightsDtypeError, weights_dtype_of
+
+        if weights_dtype_of(self._host_params) != "float32":
+            raise WeightsDtypeError("stored (bfloat16/int8) decoder weights are for one device; "
+                                    "shard float32 parameters (weights_dtype='float32')")
 
         host = jax.tree_util.tree_map(np.asarray, jax.device_get(self._host_params))
         state = InferenceState.create({"params": host, "params_axes": self.model.params_axes})
@@ -429,7 +453,7 @@ class FlaxWhisperPipeline:
         """One long-form algorithm over ``items``: segmenter, the Decoder, assembler."""
         engine = self.engine if self.partitioner is None else None  # a sharded model: the Decoder
         if engine is not None:
-            engine.encode_batch = min(settings.batch_size, engine.slots)
+            engine.encode_batch = min(settings.batch_size, engine.slots, _engine_encode_batch())
         if mode == "sequential":
             return self._sequential(items, call, engine)
         if mode in ("auto", "vad"):

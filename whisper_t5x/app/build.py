@@ -92,7 +92,8 @@ def prefetch_programs(model: ModelSection, partition: PartitionSection, batch: O
 
     if compile_cache.enable_compile_cache() is None:
         return 0
-    return program_cache.prefetch(f"{DEFAULT_PIPELINE}|{model.name}|{model.dtype}|{model.max_length}|{batch}")
+    return program_cache.prefetch(f"{DEFAULT_PIPELINE}|{model.name}|{model.dtype}|{model.weights_dtype}|"
+                                  f"{model.max_length}|{batch}")
 
 
 def build_pipeline(model: ModelSection, partition: PartitionSection, process_count: int = 1,
@@ -106,6 +107,8 @@ def build_pipeline(model: ModelSection, partition: PartitionSection, process_cou
     check_batch_size(batch, partitioner)
     kwargs: Dict[str, Any] = dict(checkpoint=model.name, batch_size=batch, max_length=model.max_length,
                                   dtype=_jnp_dtype(model.dtype), partitioner=partitioner)
+    if model.weights_dtype != "float32":  # custom pipeline factories need not take it
+        kwargs["weights_dtype"] = model.weights_dtype
     return factory(**kwargs)
 
 

@@ -70,6 +70,8 @@ flags.DEFINE_string("long_form", None, "A mode of the pipeline's LONG_FORM_MODES
                     "cut segments from the word alignment).")
 flags.DEFINE_integer("batch_size", None, "Windows per forward pass. Default: the pipeline's.", lower_bound=1)
 flags.DEFINE_enum("dtype", None, list(DTYPES), "Compute dtype. Default: float32.")
+flags.DEFINE_enum("weights_dtype", None, ["float32", "int8", "bfloat16"], "Storage of the decoder's step "
+                  "weights and vocabulary projection (int8: W8A8, faster on a CPU). Default: float32.")
 flags.DEFINE_float("chunk_length_s", None, "Long-form window length in seconds. Default: 30.")
 flags.DEFINE_string("output_dir", None, "Output directory. Default: the working directory.")
 flags.DEFINE_string("output_format", None, "txt, srt, vtt, json, tsv, a comma list, or all. Default: txt.")
@@ -100,6 +102,7 @@ _FLAG_TO_FIELD = {
     "long_form": "DecodeSection.long_form",
     "batch_size": "PartitionSection.batch_size",
     "dtype": "ModelSection.dtype",
+    "weights_dtype": "ModelSection.weights_dtype",
     "chunk_length_s": "DecodeSection.chunk_length_s",
     "output_dir": "TranscribeConfig.output_dir",
     "output_format": "TranscribeConfig.output_formats",

@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "bfloat16", "float16")
+WEIGHT_DTYPES = ("float32", "int8", "bfloat16")  # whisper_t5x.model.quantize.WEIGHT_DTYPES (not imported: no jax here)
 DEFAULT_PIPELINE = "whisper_t5x.pipeline:FlaxWhisperPipeline"
 _FALLBACK = FallbackConfig()
 _FALLBACK_KEYS = ("temperature", "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold")
@@ -63,16 +64,22 @@ class ModelSection:
       name: named model (``base``, ``tiny.en``) or a checkpoint path / hub id.
       dtype: compute dtype, ``float32`` / ``bfloat16`` / ``float16``.
       max_length: decoder token limit per window (``None``: the model's).
+      weights_dtype: storage of the decoder's step weights and vocabulary projection:
+        ``float32`` / ``int8`` / ``bfloat16`` (``FlaxWhisperPipeline(weights_dtype=...)``).
     """
 
     name: str = "base"
     dtype: str = "float32"
     max_length: Optional[int] = None
+    weights_dtype: str = "float32"
 
     def __post_init__(self):
         check_required(self)
         if str(self.dtype) not in DTYPES:
             raise ValueError(f"ModelSection.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if str(self.weights_dtype) not in WEIGHT_DTYPES:
+            raise ValueError(f"ModelSection.weights_dtype must be one of {WEIGHT_DTYPES}, "
+                             f"got {self.weights_dtype!r}")
         if self.max_length is not None:
             positive_int(self.max_length, "ModelSection.max_length")
 

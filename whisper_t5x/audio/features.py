@@ -151,10 +151,15 @@ def log_mel_spectrogram_np(
     x = np.pad(x, ((0, 0), (pad, pad)), mode="reflect")
     num_frames = 1 + n // HOP_LENGTH
     starts = np.arange(num_frames) * HOP_LENGTH
-    frames = x[:, starts[:, None] + np.arange(N_FFT)[None, :]]  # (batch, frames, n_fft)
-    spectrum = np.fft.rfft(frames * hann_window(N_FFT), axis=-1)
-    power = (spectrum.real ** 2 + spectrum.imag ** 2)[:, :-1]  # drop the last frame
-    mel = np.einsum("mf,btf->bmt", mel_filters(n_mels), power)
+    index = starts[:, None] + np.arange(N_FFT)[None, :]
+    window, filters = hann_window(N_FFT), mel_filters(n_mels)
+    # One row at a time: a row's frames, spectrum and power are ~35 MB in float64, a batch of 8 rows' ~270 MB
+    # (benchmarks/step_levers.py --memory); the mel product through matmul (BLAS), not einsum's C loop.
+    mel = np.empty((x.shape[0], n_mels, num_frames - 1), np.float64)
+    for i, row in enumerate(x):
+        spectrum = np.fft.rfft(row[index] * window, axis=-1)  # (frames, n_fft // 2 + 1)
+        power = (spectrum.real ** 2 + spectrum.imag ** 2)[:-1]  # drop the last frame
+        mel[i] = filters @ power.T
     log_spec = np.log10(np.maximum(mel, LOG_FLOOR))
     peak = log_spec.max(axis=(1, 2), keepdims=True)
     log_spec = (np.maximum(log_spec, peak - DYNAMIC_RANGE) + 4.0) / 4.0

@@ -235,7 +235,7 @@ class Batcher(EngineFeed):
     def warm_up_engine(self, audio: np.ndarray, options: Optional[DecodeOptions] = None) -> int:
         """Compiles what the engine path's calls run for ``options`` (default: greedy, the server's defaults):
         slots allocated for every request (``slots`` of them), an insert per encoder bucket, generate at
-        those widths. ``audio`` (at most 30 s) is put as rows directly, the VAD not asked (a warm-up tone
+        every width (calls of 1, 2, 4 ... ``slots`` rows). ``audio`` (at most 30 s) is put as rows directly, the VAD not asked (a warm-up tone
         has no speech). Returns the engine's program count (0: no engine path for these options)."""
         plan = self._engine_plan(options if options is not None else DecodeOptions(temperature=0.0))
         if plan is None:
@@ -243,7 +243,7 @@ class Batcher(EngineFeed):
         pipe, engine = self.pipeline, engine_of(self.pipeline)
         features = row_features(pipe.decoder, [np.asarray(audio, np.float32)])[0]
         n = 1
-        while n <= engine.encode_batch:
+        while n <= engine.slots:
             rows, left = LiveRows(), [n]
 
             def ended(key: Any, row: Any, rows: LiveRows = rows, left: List[int] = left) -> None:

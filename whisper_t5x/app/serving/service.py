@@ -27,7 +27,8 @@ from whisper_t5x.app.serving.batcher import Batcher, BatcherStopped, DecodeOptio
 from whisper_t5x.app.serving.streams import StreamScheduler
 from whisper_t5x.audio.constants import SAMPLE_RATE
 from whisper_t5x.audio.loading import AudioError, AudioTooLongError, EmptyAudioError, load_audio
-from whisper_t5x.longform.streaming import decoder_decode_fn, make_policy, stream_request
+from whisper_t5x.longform.stream_decode import decoder_decode_fn, stream_request
+from whisper_t5x.longform.streaming import make_policy
 from whisper_t5x.results import Transcription
 from whisper_t5x.text.tokenizer import TASKS
 
