@@ -27,7 +27,7 @@ from whisper_t5x.app.serving.batcher import Batcher, BatcherStopped, DecodeOptio
 from whisper_t5x.app.serving.streams import StreamScheduler
 from whisper_t5x.audio.constants import SAMPLE_RATE
 from whisper_t5x.audio.loading import AudioError, AudioTooLongError, EmptyAudioError, load_audio
-from whisper_t5x.longform.stream_decode import decoder_decode_fn, stream_request
+from whisper_t5x.longform.stream_decode import AUDIO_CTX_BUCKETS, decoder_decode_fn, stream_request, warmup_seconds
 from whisper_t5x.longform.streaming import make_policy
 from whisper_t5x.results import Transcription
 from whisper_t5x.text.tokenizer import TASKS
@@ -172,14 +172,17 @@ class Service:
             if decoder is None:
                 logger.warning("live streams are off: the pipeline has no Decoder")
                 return None
-            decode = decoder_decode_fn(decoder, stream_request())
+            # Short buffers encode only the positions they need (benchmarks/results/streaming_levers_quiet.md:
+            # 4 tiny.en streams 3.36 -> 1.54 s mean latency on an idle 2-core Xeon); word times read while decoding.
+            decode = decoder_decode_fn(decoder, stream_request(), audio_ctx=AUDIO_CTX_BUCKETS, inline_alignment=True)
         policy = make_policy(s.stream_policy, threshold_s=s.stream_threshold_s)
         return StreamScheduler(decode, policy, s.stream_interval_ms / 1000.0, s.max_streams, s.stream_max_buffer_s,
                                vad=self._stream_vad)
 
     def _warmup_streams(self, audio: np.ndarray) -> None:
         """Compile the stream rows' programs: each batch bucket up to ``max_streams``, with each prompt length
-        streams use, word times included (the alignment forward); and the VAD."""
+        streams use, word times included (the alignment forward); each ``audio_ctx`` bucket of the decode
+        function (at the longest prompt); and the VAD."""
         from whisper_t5x.longform.streaming import PROMPT_LENGTHS, StreamRow
 
         sizes = [n for n in _bucket_sizes(self.settings.max_batch_size) if n <= max(1, self.settings.max_streams)]
@@ -187,6 +190,10 @@ class Service:
         for size in sizes:
             for length in (0,) + PROMPT_LENGTHS:
                 self.streams.decode([StreamRow(audio, tokens[:length], None, True)] * size)
+            buckets = getattr(self.streams.decode, "audio_ctx", None)
+            for seconds in (warmup_seconds(buckets) if buckets else []):  # each bucket, then the whole window
+                clip = np.resize(audio, int(seconds * 16000)).astype(np.float32)
+                self.streams.decode([StreamRow(clip, tokens[:PROMPT_LENGTHS[0]], None, True)] * size)
         self.streams._vad_probabilities([audio])
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
