@@ -125,6 +125,18 @@ def _typed_segment(s: Dict[str, Any], with_words: bool) -> Segment:
     )
 
 
+def _open_input(item: Any, index: int, n_mels: int, language_token: Any, initial: Sequence[int],
+                durations: Dict[int, float]) -> "_File":
+    """An input's seek state: audio loaded, its duration recorded, its whole log-mel computed."""
+    from whisper_t5x.audio.loading import load_audio
+
+    audio = load_audio(item)
+    durations[index] = audio.shape[0] / SAMPLE_RATE
+    mel = file_log_mel(audio, n_mels)
+    return _File(content_frames=mel.shape[1] - N_FRAMES, index=index, mel=mel, language_token=language_token,
+                 initial_prompt_tokens=list(initial), all_tokens=list(initial))
+
+
 def run_sequential(decoder: Decoder, audio_list: Sequence[Any], request: DecodeRequest,
                    options: SequentialOptions = SequentialOptions(), engine: Any = None) -> List[Transcription]:
     """Transcribe each input with openai-whisper's sequential algorithm; one :class:`Transcription` each.
@@ -140,8 +152,6 @@ def run_sequential(decoder: Decoder, audio_list: Sequence[Any], request: DecodeR
     request (one beam) and word timestamps are off: each input is a chain of rows, its next window put
     as the previous one ends, and the windows of several inputs share the slots (see :func:`_on_engine`).
     """
-    from whisper_t5x.audio.loading import load_audio
-
     model = decoder.model
     tokenizer = decoder.tokenizer
     special = decoder.special
@@ -166,12 +176,7 @@ def run_sequential(decoder: Decoder, audio_list: Sequence[Any], request: DecodeR
     def admit() -> None:
         while queue and len(active) < batch_size:
             i = queue.pop(0)
-            audio = load_audio(audio_list[i])
-            durations[i] = audio.shape[0] / SAMPLE_RATE
-            mel = file_log_mel(audio, n_mels)
-            f = _File(content_frames=mel.shape[1] - N_FRAMES, index=i, mel=mel, language_token=forced_language,
-                      initial_prompt_tokens=list(initial), all_tokens=list(initial))
-            files[i] = f
+            f = files[i] = _open_input(audio_list[i], i, n_mels, forced_language, initial, durations)
             if not f.done:
                 active.append(f)
 
@@ -263,8 +268,6 @@ def _on_engine(engine: Any, decoder: Decoder, audio_list: Sequence[Any], request
     so far, in its language) is queued when the previous one ends (in ``on_result``), so one input has one
     row in flight, and up to ``engine.slots`` inputs fill the slots side by side; no input waits for the
     others' windows. Greedy tokens (so the text) are those of the Decoder's batches."""
-    from whisper_t5x.audio.loading import load_audio
-
     tokenizer, special = decoder.tokenizer, decoder.special
     multilingual = decoder.config.is_multilingual
     n_mels = decoder.config.num_mel_bins
@@ -278,12 +281,7 @@ def _on_engine(engine: Any, decoder: Decoder, audio_list: Sequence[Any], request
     def admit() -> None:
         while waiting and len(sizes) + len(ready) < engine.slots:
             i = waiting.pop(0)
-            audio = load_audio(audio_list[i])
-            durations[i] = audio.shape[0] / SAMPLE_RATE
-            mel = file_log_mel(audio, n_mels)
-            f = _File(content_frames=mel.shape[1] - N_FRAMES, index=i, mel=mel, language_token=forced_language,
-                      initial_prompt_tokens=list(initial), all_tokens=list(initial))
-            files[i] = f
+            f = files[i] = _open_input(audio_list[i], i, n_mels, forced_language, initial, durations)
             if not f.done:
                 ready.append(f)
 
