@@ -126,3 +126,17 @@ def test_pipeline_with_stored_weights_transcribes_jfk_as_float32(dtype):
     assert "ask not what your country" in got["text"].lower()
     assert got["text"] == want
     assert len(got["chunks"]) >= 20 and all(c["timestamp"][0] is not None for c in got["chunks"])
+
+
+def test_vocab_dtype_keeps_an_int8_tables_scales():
+    """``DecodeOptions.vocab_dtype`` casts a float table; an int8-stored table keeps its own scaled product
+    (a cast copy would drop the per-row scales and give wrong logits)."""
+    from whisper_t5x.decoding.generate import DecodeOptions, vocab_table
+
+    table = np.ones((4, 3), np.float32)
+    options = DecodeOptions(vocab_dtype="bfloat16")
+    assert vocab_table({"decoder": {"embed_tokens": {"embedding": table}}}, options).dtype == jnp.bfloat16
+    stored = {"decoder": {"embed_tokens": {"embedding": table.astype(np.int8),
+                                           "embedding_scale": np.ones(4, np.float32)}}}
+    assert vocab_table(stored, options) is None
+    assert vocab_table({"decoder": {"embed_tokens": {"embedding": table}}}, DecodeOptions()) is None

@@ -120,9 +120,10 @@ def logit_rules_for(options: DecodeOptions, special: SpecialTokens) -> LogitRule
 
 def vocab_table(params: Any, options: DecodeOptions) -> Optional[Array]:
     """The token table cast to ``options.vocab_dtype`` once per call (None: use the parameter)."""
-    if options.vocab_dtype is None:
-        return None
-    return jnp.asarray(params["decoder"]["embed_tokens"]["embedding"]).astype(jnp.dtype(options.vocab_dtype))
+    embed = params["decoder"]["embed_tokens"]
+    if options.vocab_dtype is None or "embedding_scale" in embed:
+        return None  # int8-stored table (model.quantize): its own int8 product; a cast would drop the scales
+    return jnp.asarray(embed["embedding"]).astype(jnp.dtype(options.vocab_dtype))
 
 
 def decoder_step(module: WhisperModule, params: Any, cross_kv: Any, context: int,
