@@ -254,15 +254,16 @@ def transcribe_vad(decoder: Decoder, items: Sequence[Any], request: DecodeReques
     ``settings.row_timestamps``, segments are cut from the words by ``limits``; ``words`` also keeps the
     words in the result. Otherwise a row is one segment.
     ``engine``: a :class:`~whisper_t5x.longform.engine.Engine` decodes the rows in its slots when it
-    supports the request (no prompt, one beam); else the ``decoder`` decodes them in batches.
+    supports the request (one beam; ``prompt`` too, conditioning every row); else the ``decoder`` decodes
+    them in batches.
     """
     stats = stats if stats is not None else {}
     for key in ("rows", "speech_seconds"):
         stats.setdefault(key, 0)
     request = vad_request(request, settings)
-    if engine is not None and engine.supports(request, prompt):
-        return _transcribe_with_engine(engine, decoder, items, request, settings, words, stats, segment_timestamps,
-                                       limits, progress)
+    if engine is not None and engine.supports(request, prompt, prompted=True):
+        return _transcribe_with_engine(engine, decoder, items, request, settings, prompt, words, stats,
+                                       segment_timestamps, limits, progress)
     align = words or segment_timestamps
     row_words: Dict[Tuple[int, int], List[TimedWord]] = {}
     inputs: Dict[int, _Input] = {}
@@ -338,7 +339,7 @@ def row_features(decoder: Decoder, clips: List[np.ndarray]) -> np.ndarray:
 
 
 def _transcribe_with_engine(engine: Any, decoder: Decoder, items: Sequence[Any], request: DecodeRequest,
-                            settings: VadSettings, words: bool, stats: Dict[str, int], segment_timestamps: bool,
+                            settings: VadSettings, prompt: Sequence[int], words: bool, stats: Dict[str, int], segment_timestamps: bool,
                             limits: SegmentLimits, progress: Any) -> List[Transcription]:
     """:func:`transcribe_vad` through the engine: rows are cut and featurised a batch at a time as the
     engine pulls them, and each row is assembled (and aligned, in batches) as it ends."""
@@ -378,7 +379,7 @@ def _transcribe_with_engine(engine: Any, decoder: Decoder, items: Sequence[Any],
             if len(to_align) >= decoder.batch_size:
                 flush_alignment()
 
-    engine.decode(decoder.params, rows(), request, on_result)
+    engine.decode(decoder.params, rows(), request, on_result, prompt=prompt)
     flush_alignment()
     return [_assemble_input(decoder, inputs[i], i, request, row_words if align else None, limits, words)
             for i in range(len(items))]
