@@ -116,7 +116,7 @@ def main(argv=None) -> int:
                    occupancy=round(useful / max(1, total), 4), wer=round(corpus.wer(text, out["text"]), 4),
                    fallback_decodes=st.get("fallback_decodes", 0), loadavg=round(load, 1),
                    generate_calls=st.get("engine_generate_calls"), inserts=st.get("engine_inserts"),
-                   reorders=st.get("engine_reorders"),
+                   moves=st.get("engine_moves"),
                    programs=None if pipe.engine is None or counter is not None else pipe.engine.num_programs,
                    same_text_as_decoder=out["text"] == texts[configs[0][0]])
         results.append(row)

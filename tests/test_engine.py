@@ -136,14 +136,16 @@ class FakeEngine(Engine):
 
         return self._program(("insert", options, capacity, rows, "mel"), lambda: run)
 
-    def _reorder_fn(self, options, capacity):
-        def run(state, order):
-            order = np.asarray(order)
-            out = {k: v[order] for k, v in state.items() if k != "script"}
-            out["script"] = [state["script"][s] for s in order]
-            return out
+    def _move_fn(self, options, capacity):
+        def run(state, source, target, count):
+            for s, t in list(zip(np.asarray(source), np.asarray(target)))[:int(count)]:
+                assert state["done"][t] and s != t  # a move overwrites a free slot only
+                for k, v in state.items():
+                    v[t] = v[s] if k != "script" else list(v[s])
+                state["done"][s] = True
+            return state
 
-        return self._program(("reorder", options, capacity), lambda: run)
+        return self._program(("move", options, capacity), lambda: run)
 
     def _generate_fn(self, options, capacity, span, width):
         self.widths.append(width)
@@ -196,7 +198,7 @@ def test_refill_keeps_slots_full_and_every_row_ends_once(monkeypatch):
     batches = sum(max(lengths[k:k + 4]) + 1 for k in range(0, len(lengths), 4))
     assert st["engine_steps"] < batches
     # At the tail the live slots move to the front and fewer slots step.
-    assert st["engine_reorders"] >= 1 and eng.widths[-1] == 1 and max(eng.widths) == 4
+    assert st["engine_moves"] >= 1 and eng.widths[-1] == 1 and max(eng.widths) == 4
 
 
 def test_a_failing_row_reenters_hotter_and_ends():

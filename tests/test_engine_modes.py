@@ -222,8 +222,8 @@ def test_the_label_job_decodes_on_the_engine(speech_parquet, tmp_path, monkeypat
     calls = []
     decode = Engine.decode
 
-    def counted(self, params, rows, request, on_result=None):
-        got = decode(self, params, rows, request, on_result)
+    def counted(self, params, rows, request, on_result=None, **kw):
+        got = decode(self, params, rows, request, on_result, **kw)
         calls.append(len(got))
         return got
 

@@ -40,7 +40,7 @@ from whisper_t5x.model.whisper import CrossKV, WhisperModule, init_cache
 Array = jax.Array
 
 __all__ = ["WhisperSlots", "SlotReport", "check_options", "empty", "cache_length_of", "insert", "generate_slots",
-           "reorder"]
+           "move_slots"]
 
 
 class WhisperSlots(NamedTuple):
@@ -141,15 +141,33 @@ def insert(module: WhisperModule, params: Any, state: WhisperSlots, input_featur
     )
 
 
-def reorder(module: WhisperModule, state: WhisperSlots, order: Array) -> WhisperSlots:
-    """Slot ``i`` of the result is slot ``order[i]`` of ``state`` (the engine moves live slots to the front)."""
+def move_slots(module: WhisperModule, state: WhisperSlots, source: Array, target: Array, count: Any) -> WhisperSlots:
+    """Copy slot ``source[i]`` over slot ``target[i]`` for ``i < count``, then free each source slot (the engine
+    moves the live slots at the back into free slots at the front, so fewer slots step at a long input's tail).
+
+    One slot at a time, in place: under ``jax.jit`` with the state donated it holds one slot's copy at a time,
+    where gathering the whole state in a new order held a second state (the 8-slot state of ``base`` is
+    ~370 MB). Targets must be free slots that are not also sources. ``count`` is traced; ``source`` and
+    ``target`` have a fixed length (padding past ``count`` is ignored), so one program moves any number."""
     axis = _batch_axis(module.config)
-    take = lambda a, ax=0: jnp.take(a, order, axis=ax)  # noqa: E731
-    loop = state.loop
-    fields = {k: jax.tree_util.tree_map(take, v) for k, v in loop._asdict().items() if k != "cache"}
-    loop = loop._replace(cache=jax.tree_util.tree_map(lambda a: take(a, axis), loop.cache), **fields)
-    return WhisperSlots(loop, jax.tree_util.tree_map(lambda a: take(a, axis), state.cross_kv),
-                        take(state.no_speech_prob), take(state.language), take(state.offset))
+
+    def copy(leaf_axis: int):
+        def run(a, i):
+            row = jax.lax.dynamic_slice_in_dim(a, source[i], 1, axis=leaf_axis)
+            return jax.lax.dynamic_update_slice_in_dim(a, row, target[i], axis=leaf_axis)
+        return run
+
+    def body(i, s: WhisperSlots) -> WhisperSlots:
+        at0 = lambda a: copy(0)(a, i)  # noqa: E731
+        at_axis = lambda a: copy(axis)(a, i)  # noqa: E731
+        loop = s.loop
+        fields = {k: jax.tree_util.tree_map(at0, v) for k, v in loop._asdict().items() if k != "cache"}
+        loop = loop._replace(cache=jax.tree_util.tree_map(at_axis, loop.cache), **fields)
+        loop = loop._replace(done=loop.done.at[source[i]].set(True))
+        return WhisperSlots(loop, jax.tree_util.tree_map(at_axis, s.cross_kv), at0(s.no_speech_prob),
+                            at0(s.language), at0(s.offset))
+
+    return jax.lax.fori_loop(0, jnp.asarray(count, jnp.int32), body, state)
 
 
 def _first_slots(tree: Any, width: int, axis: int) -> Any:

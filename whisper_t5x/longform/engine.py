@@ -27,7 +27,7 @@ halves the width, so the last rows of a long input, or a short input's few
 rows, cost a few rows per step.
 
 Compiled programs (:attr:`Engine.num_programs`, keyed in :meth:`Engine.program_keys`):
-per decode options, one allocation, one reorder, one insert per encoder bucket
+per decode options, one allocation, one slot move, one insert per encoder bucket
 (powers of two up to ``encode_batch``) and prompt bucket, and one generate per
 cache span (:func:`~whisper_t5x.decoding.generate.cache_spans`) and width.
 
@@ -303,11 +303,11 @@ class Engine:
 
         return self._program(("insert", layout, capacity, rows, "audio" if audio else "mel"), build)
 
-    def _reorder_fn(self, layout: SlotLayout, capacity: int) -> Any:
+    def _move_fn(self, layout: SlotLayout, capacity: int) -> Any:
         module = self.module
-        return self._program(("reorder", layout, capacity), lambda: _kept(jax.jit(
-            lambda state, order: slot_generate.reorder(module, state, order), donate_argnums=(0,)),
-            "engine_reorder", (module, layout.options), (0,)))
+        return self._program(("move", layout, capacity), lambda: _kept(jax.jit(
+            lambda state, source, target, count: slot_generate.move_slots(module, state, source, target, count),
+            donate_argnums=(0,)), "engine_move", (module, layout.options), (0,)))
 
     def _generate_fn(self, layout: SlotLayout, capacity: int, span: int, width: int) -> Any:
         module, options = self.module, layout.options
@@ -477,17 +477,22 @@ class _Run:
         return self.spans[-1]
 
     def _compact(self, state: Any) -> Any:
-        """Move the live slots to the front when that halves (or better) the slots a step runs."""
+        """Move the live slots at the back into the free slots at the front when that halves (or better)
+        the slots a step runs (in place, a slot at a time: :func:`~whisper_t5x.decoding.slot_generate.move_slots`)."""
         e = self.e
         live = [s for s, j in enumerate(self.slot_job) if j is not None]
         if not live or bucket_size(len(live), self.capacity) >= bucket_size(live[-1] + 1, self.capacity):
             return state
-        order = live + [s for s, j in enumerate(self.slot_job) if j is None]
-        state = e._reorder_fn(self.layout, self.capacity)(state, jnp.asarray(order, jnp.int32))
-        self.slot_job = [self.slot_job[s] for s in order]
-        self.slot_index = self.slot_index[order]
-        self.slot_offset = self.slot_offset[order]
-        e.count(engine_reorders=1)
+        source = [s for s in live if s >= len(live)]
+        target = [s for s in range(len(live)) if self.slot_job[s] is None]
+        pad = [0] * (self.capacity - len(source))
+        state = e._move_fn(self.layout, self.capacity)(state, jnp.asarray(source + pad, jnp.int32),
+                                                       jnp.asarray(target + pad, jnp.int32), jnp.int32(len(source)))
+        for s, t in zip(source, target):
+            self.slot_job[t], self.slot_job[s] = self.slot_job[s], None
+            self.slot_index[t] = self.slot_index[s]
+            self.slot_offset[t] = self.slot_offset[s]
+        e.count(engine_moves=len(source))
         return state
 
     def _generate(self, state: Any) -> Tuple[Any, Any]:
