@@ -65,6 +65,16 @@ def stored_dot(x: Array, weight: Array, spec: str, scale: Optional[Array]) -> Ar
     return jnp.einsum(spec, x.astype(weight.dtype), weight, preferred_element_type=jnp.float32)
 
 
+def accumulates_wider(dtype: Dtype) -> bool:
+    """True for a half-precision compute dtype (bfloat16, float16), whose products accumulate in float32.
+
+    XLA's CPU dot of two bfloat16 operands returning bfloat16 runs no faster than float32, while the
+    same dot returning float32 (``preferred_element_type``) takes the bfloat16 matrix units (Intel
+    AMX, avx512_bf16). float32 compute keeps its plain products, unchanged.
+    """
+    return jnp.dtype(dtype).itemsize < 4
+
+
 def constrain(x: Array, names: Sequence[Optional[str]]) -> Array:
     """Constrain an activation by logical axis names (no-op without rules and mesh)."""
     return nn.with_logical_constraint(x, tuple(names))
@@ -88,17 +98,21 @@ class Dense(nn.Module):
             self.param_dtype,
             axes=self.kernel_axes,
         )
+        wide = accumulates_wider(self.dtype)
         if is_stored(kernel, self.dtype):
             scale = self.get_variable("params", "kernel_scale") if kernel.dtype == jnp.int8 else None
-            y = stored_dot(x, kernel, "...i,io->...o", scale).astype(self.dtype)
+            y = stored_dot(x, kernel, "...i,io->...o", scale)
+            y = y if wide else y.astype(self.dtype)
+        elif wide:  # half precision: float32 accumulation (the fast path), bias added before rounding
+            y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32)
         else:
             y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
             bias = param_with_axes(
                 "bias", nn.initializers.zeros, (self.features,), self.param_dtype, axes=(self.kernel_axes[1],)
             )
-            y = y + bias.astype(self.dtype)
-        return y
+            y = y + bias.astype(y.dtype)
+        return y.astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -140,6 +154,9 @@ class Conv1D(nn.Module):
             axes=(A.CONV_WIDTH, self.in_axis, A.EMBED),
         )
         bias = param_with_axes("bias", nn.initializers.zeros, (self.features,), self.param_dtype, axes=(A.EMBED,))
+        if accumulates_wider(self.dtype):
+            y = _conv_as_taps(x.astype(self.dtype), kernel.astype(self.dtype), self.strides)
+            return (y + bias.astype(jnp.float32)).astype(self.dtype)
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype),
             kernel.astype(self.dtype),
@@ -148,6 +165,22 @@ class Conv1D(nn.Module):
             dimension_numbers=("NWC", "WIO", "NWC"),
         )
         return y + bias.astype(self.dtype)
+
+
+def _conv_as_taps(x: Array, kernel: Array, strides: int) -> Array:
+    """The width-3 same-padded convolution as one float32-accumulating product per tap, summed.
+
+    XLA's CPU convolution of half-precision operands takes no matrix-unit path (with or without a
+    float32 ``preferred_element_type``); three shifted products do (``benchmarks/amx_levers.py``).
+    """
+    length = (x.shape[1] - 1) // strides + 1
+    padded = jnp.pad(x, ((0, 0), (1, 1), (0, 0)))
+    out = None
+    for tap in range(kernel.shape[0]):
+        window = jax.lax.slice_in_dim(padded, tap, tap + strides * (length - 1) + 1, stride=strides, axis=1)
+        y = jnp.einsum("btc,co->bto", window, kernel[tap], preferred_element_type=jnp.float32)
+        out = y if out is None else out + y
+    return out
 
 
 class Embed(nn.Module):

@@ -20,6 +20,11 @@ compute stays in the model's dtype. The encoder, the cross-attention key/value
 projections (run once per row, not per step), biases, layer norms and position
 tables are left as they are.
 
+``"int8_all"`` stores, as int8 in the same way, also the weights of the per-row work (the encoder's
+dense kernels: attention q/k/v/out, fc1, fc2 of every layer; and the decoder's cross-attention key/value
+projections): the encoder's products then run int8 x int8 with int32 accumulation, activations
+quantised per row (W8A8). The convolutions, biases, layer norms and position tables stay float.
+
 The stored tree no longer matches ``params_axes`` (int8 leaves gain a scale):
 it is for the unpartitioned decoding paths (the engine and the Decoder on one
 device), not for :meth:`FlaxWhisperPipeline.shard_params`.
@@ -37,12 +42,16 @@ from whisper_t5x.checkpoints.params import aligned
 __all__ = ["WEIGHT_DTYPES", "WeightsDtypeError", "store_weights", "weights_dtype_of", "restore_weights",
            "stored_bytes"]
 
-WEIGHT_DTYPES = ("float32", "bfloat16", "int8")
+WEIGHT_DTYPES = ("float32", "bfloat16", "int8", "int8_all")
 
 # Per decoder layer: the dense kernels a decoding step reads (cross-attention k/v run at insert only).
 _STEP_KERNELS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"),
                  ("self_attn", "out_proj"), ("encoder_attn", "q_proj"), ("encoder_attn", "out_proj"),
                  ("fc1",), ("fc2",))
+# Per encoder layer (``"int8_all"``): every dense kernel; per decoder layer, the cross-attention k/v.
+_ENCODER_KERNELS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"),
+                    ("self_attn", "out_proj"), ("fc1",), ("fc2",))
+_CROSS_KV_KERNELS = (("encoder_attn", "k_proj"), ("encoder_attn", "v_proj"))
 _INT8_MAX = 127.0
 
 
@@ -106,17 +115,28 @@ def store_weights(params: Mapping, weights_dtype: Any) -> Dict[str, Any]:
     if current != "float32":
         raise WeightsDtypeError(f"the parameters are already stored as {current}: restore_weights first")
     tree = dict(params)
+    storage = "int8" if name == "int8_all" else name
     decoder = _copy_path(tree, ("decoder",))
-    layers = _copy_path(decoder, ("layers",))
-    scanned = "fc1" in layers  # scan layout: one block, every leaf stacked on a leading layers axis
-    blocks = [layers] if scanned else [_copy_path(layers, (k,)) for k in sorted(layers)]
-    for block in blocks:
-        for path in _STEP_KERNELS:
+    decoder_kernels = _STEP_KERNELS + (_CROSS_KV_KERNELS if name == "int8_all" else ())
+    for block in _blocks(decoder):
+        for path in decoder_kernels:
             # kernels are (in, out), or (layers, in, out): one scale per output column (and layer)
-            _store(_copy_path(block, path), "kernel", name, -2)
+            _store(_copy_path(block, path), "kernel", storage, -2)
     # the table is (vocab, d): one scale per token, an output channel of the vocabulary projection
-    _store(_copy_path(decoder, ("embed_tokens",)), "embedding", name, -1)
+    _store(_copy_path(decoder, ("embed_tokens",)), "embedding", storage, -1)
+    if name == "int8_all":
+        for block in _blocks(_copy_path(tree, ("encoder",))):
+            for path in _ENCODER_KERNELS:
+                _store(_copy_path(block, path), "kernel", storage, -2)
     return tree
+
+
+def _blocks(stack: Dict[str, Any]):
+    """Fresh copies of the layer blocks of an encoder or decoder (the one stacked block in scan layout)."""
+    layers = _copy_path(stack, ("layers",))
+    if "fc1" in layers:  # scan layout: one block, every leaf stacked on a leading layers axis
+        return [layers]
+    return [_copy_path(layers, (k,)) for k in sorted(layers)]
 
 
 def weights_dtype_of(params: Mapping) -> str:
@@ -126,7 +146,9 @@ def weights_dtype_of(params: Mapping) -> str:
     except (KeyError, TypeError) as e:
         raise WeightsDtypeError("not a Whisper parameter tree: no decoder/embed_tokens") from e
     if "embedding_scale" in table:
-        return "int8"
+        layers = params.get("encoder", {}).get("layers", {})
+        block = layers if "fc1" in layers else next(iter(layers.values()), {})
+        return "int8_all" if "kernel_scale" in block.get("fc1", {}) else "int8"
     dtype = np.dtype(getattr(table["embedding"], "dtype", np.float32))
     return "bfloat16" if dtype == _bfloat16() else "float32"
 
