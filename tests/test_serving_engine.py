@@ -5,7 +5,9 @@
 * a request arriving while a call decodes joins that call (one engine call, a joined request) and is
   answered before the long request it joined;
 * a request that fails (bad audio, or the engine call itself) fails alone / only its call, and the next
-  request starts a clean call; cancelled requests are dropped; ``stop()`` ends everything.
+  request starts a clean call; cancelled requests are dropped; ``stop()`` ends everything;
+* requests with different prompts (``prompt_ids``) and none share one engine call, each row with its own
+  request's prompt, and never mix; a bad prompt fails alone.
 """
 
 import concurrent.futures
@@ -126,12 +128,12 @@ def test_a_failing_request_fails_alone_and_a_failed_call_fails_only_its_requests
         real = pipe.engine.decode
         calls = []
 
-        def broken(params, rows, request, on_result=None):
+        def broken(params, rows, request, on_result=None, **kw):
             calls.append(1)
             if len(calls) == 1:
                 rows.take(True)
                 raise RuntimeError("device lost")
-            return real(params, rows, request, on_result)
+            return real(params, rows, request, on_result, **kw)
 
         pipe.engine.decode = broken
         try:
@@ -183,19 +185,61 @@ def test_stop_ends_cleanly(pipe, clips):
         b.submit(clips["short"], GREEDY)
 
 
-def test_engine_off_and_prompted_requests_take_the_grouped_path(pipe, clips):
+def test_engine_off_takes_the_grouped_path(pipe, clips):
     off = Batcher(pipe, max_batch_size=4, max_delay_s=0.0, engine=False)
-    b = _batcher(pipe)
     try:
         want = _alone(pipe, clips["short"], GREEDY)
         _same(off.submit(clips["short"], GREEDY).result(300), want)
-        prompted = DecodeOptions(temperature=0.0, prompt_ids=tuple(pipe.tokenizer.encode(" Kennedy")))
-        assert b.submit(clips["short"], prompted).result(300).text.strip()
     finally:
         off.stop()
-        b.stop()
     assert not off.use_engine and off.stats["groups"] == 1 and off.stats["engine_requests"] == 0
-    assert b.stats["groups"] == 1 and b.stats["engine_requests"] == 0
+
+
+def test_requests_with_different_prompts_share_one_call_and_never_mix(pipe, clips):
+    """Each row carries its request's prompt (``prompt_ids`` is not part of a call's key): requests with
+    two prompts and none decode side by side in one engine call, each equal to its own transcription."""
+    lower = tuple(pipe.tokenizer.encode(" and so my fellow americans ask not what your country can do for you"))
+    upper = tuple(pipe.tokenizer.encode(" AND SO, MY FELLOW AMERICANS!"))
+    jobs = {
+        "jfk_lower": ("jfk", DecodeOptions(temperature=0.0, prompt_ids=lower)),
+        "jfk_upper": ("jfk", DecodeOptions(temperature=0.0, prompt_ids=upper)),
+        "two_rows_upper": ("two_rows", DecodeOptions(temperature=0.0, prompt_ids=upper, return_timestamps=True)),
+        "short": ("short", GREEDY),
+    }
+    want = {n: _alone(pipe, clips[c], o) for n, (c, o) in jobs.items()}
+    # Not vacuous: the prompts change the text (lower case, upper case) of the same audio.
+    assert want["jfk_lower"].text != want["jfk_upper"].text
+    assert want["jfk_lower"].text.strip().startswith("and so my fellow americans")
+    assert want["jfk_upper"].text.strip().startswith("AND SO MY FELLOW AMERICANS")
+    b = _batcher(pipe)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as ex:  # concurrent clients
+            futs = dict(zip(jobs, ex.map(lambda n: b.submit(clips[jobs[n][0]], jobs[n][1]), jobs)))
+        got = {n: f.result(300) for n, f in futs.items()}
+    finally:
+        b.stop()
+    for n in jobs:
+        _same(got[n], want[n])
+    st = b.stats
+    assert st["engine_requests"] == len(jobs) and st["engine_done"] == len(jobs) and st["groups"] == 0
+    assert st["engine_rows"] == 5 and st["engine_calls"] == 1
+
+
+def test_a_bad_prompt_fails_alone(pipe, clips):
+    """Prompt ids outside the vocabulary are the request's named error (the grouped path reports it); a
+    prompted request after it still decodes on the engine."""
+    from whisper_t5x.pipeline import PromptError
+
+    b = _batcher(pipe)
+    try:
+        bad = b.submit(clips["short"], DecodeOptions(temperature=0.0, prompt_ids=(10 ** 6,)))
+        with pytest.raises(PromptError):
+            bad.result(300)
+        prompted = DecodeOptions(temperature=0.0, prompt_ids=tuple(pipe.tokenizer.encode(" Kennedy")))
+        _same(b.submit(clips["short"], prompted).result(300), _alone(pipe, clips["short"], prompted))
+    finally:
+        b.stop()
+    assert b.stats["engine_requests"] == 1 and b.stats["engine_done"] == 1
 
 
 def test_warm_up_compiles_the_calls_programs(pipe):

@@ -20,12 +20,14 @@ alone, so one bad request fails only itself. Requests whose caller gave up
 
 The engine path. When the pipeline decodes VAD rows on its slot engine (the
 default long-form mode; :mod:`whisper_t5x.longform.engine`) and the engine
-takes the request's options (no prompt, one beam), a request does not wait for
+takes the request's options (one beam; a prompt that fits), a request does not wait for
 the call in flight: a feeder thread prepares it (VAD, rows:
 :class:`whisper_t5x.longform.vad.InputRows`) and puts its rows into the one
 engine call running for its decoding options (a
 :class:`~whisper_t5x.longform.engine.LiveRows`, keyed ``(request, row)``), where
-they join the running slots at the next refill. Rows of the requests in flight
+they join the running slots at the next refill. The prompt (``prompt_ids``) is
+not part of a call's key: each row carries its request's prompt, so requests
+with different prompts, or none, share one call and its slots. Rows of the requests in flight
 are put round-robin, one at a time, while fewer than ``slots + encode_batch``
 rows of the call are in the engine, so a short request is not queued behind
 every row of a long one and featurised rows stay bounded. ``on_result`` routes
@@ -34,7 +36,8 @@ when its last row ends, and the call is closed when no request is in flight.
 Isolation: a request whose preparation or assembly fails fails alone; if the
 engine call raises, its requests fail and the next request starts a new call.
 A cancelled request's rows not yet put are dropped, those in the engine ignored.
-Other requests (prompts, chunked or sequential modes) take the grouped path.
+Other requests (beam search, a prompt too long for ``max_length``, chunked or
+sequential modes) take the grouped path.
 ``Batcher(..., engine=False)`` sends every request through the grouped path.
 """
 
@@ -216,7 +219,7 @@ class Batcher(EngineFeed):
 
     def _engine_plan(self, options: DecodeOptions) -> Optional[EnginePlan]:
         """The engine path for ``options``, or None (grouped path): VAD rows, and options the engine takes."""
-        if not self.use_engine or options.prompt_ids:
+        if not self.use_engine:
             return None
         pipe = self.pipeline
         kwargs = options.pipeline_kwargs(self.decode)
@@ -228,9 +231,11 @@ class Batcher(EngineFeed):
         if call.mode not in ("auto", "vad"):
             return None
         request = vad_request(call.request, pipe.vad)
-        if not engine_of(pipe).supports(request, call.prompt):
+        engine = engine_of(pipe)
+        prompt = engine.trim(request, call.prompt)  # what conditions the rows (the engine trims no further)
+        if not engine.supports(request, prompt, prompted=True):
             return None
-        return EnginePlan(request, bool(call.words), bool(call.segment_timestamps))
+        return EnginePlan(request, bool(call.words), bool(call.segment_timestamps), prompt)
 
     def warm_up_engine(self, audio: np.ndarray, options: Optional[DecodeOptions] = None) -> int:
         """Compiles what the engine path's calls run for ``options`` (default: greedy, the server's defaults):
@@ -253,7 +258,7 @@ class Batcher(EngineFeed):
 
             for k in range(n):
                 rows.put(k, features)
-            engine.decode(pipe.decoder.params, rows, plan.request, ended)
+            engine.decode(pipe.decoder.params, rows, plan.request, ended, prompts=True)  # a server call's slots
             n *= 2
         return engine.num_programs
 

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from whisper_t5x.longform.engine import LiveRows
 from whisper_t5x.longform.vad import InputRows
@@ -32,11 +32,14 @@ class BatcherStopped(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class EnginePlan:
-    """How a request decodes on the engine: the call's request (its key) and how its rows are assembled."""
+    """How a request decodes on the engine: the call's request (its key), the prompt its rows carry and
+    how its rows are assembled. The prompt is not part of the key: requests with different prompts (or
+    none) share one call, each row conditioned on its own request's prompt."""
 
     request: Any  # whisper_t5x.longform.decoder.DecodeRequest
     words: bool
     segment_timestamps: bool
+    prompt: Tuple[int, ...] = ()  # prompt_ids (trimmed by the engine as the Decoder trims them)
 
 
 class _CallRows(LiveRows):
@@ -133,7 +136,7 @@ class EngineFeed:
                 self._cond.notify_all()
             self._fail(f.request, e)
             return
-        f.call.rows.put((f.id, k), features)
+        f.call.rows.put((f.id, k), features, prompt=f.request.plan.prompt or None)
         self.stats["engine_rows"] += 1
 
     def _prepare_work(self) -> Optional[Callable[[], None]]:
@@ -233,7 +236,9 @@ class EngineFeed:
 
         error: Optional[BaseException] = None
         try:
-            engine_of(pipe).decode(pipe.decoder.params, call.rows, call.key, on_result)
+            # prompts=True: the slots leave room for a prompt (the same slots when max_length is the
+            # model's), so a prompted request may join the call whichever request started it.
+            engine_of(pipe).decode(pipe.decoder.params, call.rows, call.key, on_result, prompts=True)
         except BaseException as e:  # noqa: BLE001 - fail this call's requests; the next call starts clean
             error = e
         with self._cond:
