@@ -111,8 +111,7 @@ def _variants(names, checkpoint: str = "base"):
     import jax.numpy as jnp
 
     from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
-    from whisper_t5x.model.quantize import store_weights
-    from whisper_t5x.model.whisper import WhisperModule
+    from whisper_t5x.model.quantize import cast_float_weights, store_weights
 
     model, params = FlaxWhisperForConditionalGeneration.from_pretrained(checkpoint, _do_init=False)
     out = {}
@@ -123,24 +122,12 @@ def _variants(names, checkpoint: str = "base"):
         dtype = jnp.dtype(compute)
         p = store_weights(params, weights or "float32")
         if compute == "bfloat16":
-            p = bf16_params(p)
+            p = cast_float_weights(p, "bfloat16")
         twin = FlaxWhisperForConditionalGeneration(model.config, dtype=dtype, param_dtype=dtype, _do_init=False,
                                                    tokenizer_file=model.tokenizer_file,
                                                    generation_config=model.generation_config)
         out[name] = (twin, p)
     return model, out
-
-
-def bf16_params(params):
-    """Float leaves as bfloat16; int8 kernels and their float32 scales (``*_scale``) stay as they are."""
-    import ml_dtypes
-
-    def walk(node):
-        return {k: walk(v) if isinstance(v, dict) else (
-            np.asarray(v) if k.endswith("_scale") or np.asarray(v).dtype == np.int8
-            else np.asarray(v).astype(ml_dtypes.bfloat16)) for k, v in node.items()}
-
-    return walk(dict(params))
 
 
 def encoder_times(names, batches, repeats: int) -> dict:

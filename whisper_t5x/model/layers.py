@@ -6,6 +6,14 @@ names every dimension, so a partitioner can shard the model by rules alone.
 Parameters are stored in ``param_dtype`` and cast to the compute ``dtype`` at
 use; layer norms and softmax always run in float32.
 
+Half-precision compute (``dtype`` bfloat16 or float16, :func:`accumulates_wider`):
+every product takes half-precision operands and accumulates in float32
+(``preferred_element_type``), the form XLA's CPU backend runs on bfloat16
+matrix units (Intel AMX; avx512_bf16 elsewhere); a Dense adds its bias in
+float32 and rounds once to the compute dtype. The width-3 convolutions run as
+three shifted products (:func:`_conv_as_taps`), since XLA's CPU convolution has
+no such path. float32 compute is unchanged.
+
 Stored weights (:mod:`whisper_t5x.model.quantize`): a :class:`Dense` kernel or
 an :class:`Embed` table may arrive in another dtype than the compute dtype,
 and the product is then taken in the stored dtype (:func:`stored_dot`), since

@@ -40,7 +40,7 @@ import numpy as np
 from whisper_t5x.checkpoints.params import aligned
 
 __all__ = ["WEIGHT_DTYPES", "WeightsDtypeError", "store_weights", "weights_dtype_of", "restore_weights",
-           "stored_bytes"]
+           "stored_bytes", "cast_float_weights"]
 
 WEIGHT_DTYPES = ("float32", "bfloat16", "int8", "int8_all")
 
@@ -170,6 +170,27 @@ def restore_weights(params: Mapping, dtype: Any = np.float32) -> Dict[str, Any]:
                 s = np.asarray(scale, np.float32)
                 w = w.astype(np.float32) * (s[:, None] if key == "embedding" else s[..., None, :])
             out[key] = np.asarray(w, dtype)
+        return out
+
+    return walk(params)
+
+
+def cast_float_weights(params: Mapping, dtype: Any) -> Dict[str, Any]:
+    """``params`` for a half-precision compute dtype: every float leaf as ``dtype`` (host numpy), int8
+    kernels and their float32 ``*_scale`` leaves as they are (a bfloat16 scale would add its rounding
+    to every int8 product). For ``FlaxWhisperPipeline(dtype=bfloat16, weights_dtype="int8")``: store
+    first (from float32), then cast."""
+    target = np.dtype(_bfloat16() if str(dtype) == "bfloat16" else np.dtype(dtype))
+
+    def walk(node: Mapping) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                out[key] = walk(value)
+                continue
+            w = np.asarray(value)
+            keep = key.endswith("_scale") or not np.issubdtype(w.dtype, np.floating) and w.dtype != _bfloat16()
+            out[key] = w if keep else aligned(w, target)
         return out
 
     return walk(params)
