@@ -199,3 +199,17 @@ def test_int8_all_scan_layout_matches_loop_layout():
     assert Q.weights_dtype_of(stored) == "int8_all"
     np.testing.assert_allclose(_forward(scan_model, stored), _forward(loop_model, Q.store_weights(loop_params, "int8_all")),
                                atol=1e-3, rtol=1e-3)
+
+
+def test_bf16_compute_over_int8_weights_keeps_float32_scales():
+    """bfloat16 compute with int8 kernels: ``cast_float_weights`` makes the float leaves bfloat16 and keeps
+    the int8 kernels and float32 scales; the logits stay within 5% (mean) of float32's spread."""
+    _, params = flax_twin(NAME)
+    model16, _ = flax_twin(NAME, dtype=jnp.bfloat16)
+    tree = Q.cast_float_weights(Q.store_weights(params, "int8_all"), "bfloat16")
+    fc1 = tree["encoder"]["layers"]["0"]["fc1"]
+    assert fc1["kernel"].dtype == np.int8 and fc1["kernel_scale"].dtype == np.float32
+    assert fc1["bias"].dtype == Q._bfloat16() and tree["encoder"]["conv1"]["kernel"].dtype == Q._bfloat16()
+    ref = _forward(flax_twin(NAME)[0], params)
+    err = np.abs(_forward(model16, tree) - ref).mean() / ref.std()
+    assert 1e-4 < err < 0.05, err
