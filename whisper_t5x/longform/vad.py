@@ -339,8 +339,8 @@ def row_features(decoder: Decoder, clips: List[np.ndarray]) -> np.ndarray:
 
 
 def _transcribe_with_engine(engine: Any, decoder: Decoder, items: Sequence[Any], request: DecodeRequest,
-                            settings: VadSettings, prompt: Sequence[int], words: bool, stats: Dict[str, int], segment_timestamps: bool,
-                            limits: SegmentLimits, progress: Any) -> List[Transcription]:
+                            settings: VadSettings, prompt: Sequence[int], words: bool, stats: Dict[str, int],
+                            segment_timestamps: bool, limits: SegmentLimits, progress: Any) -> List[Transcription]:
     """:func:`transcribe_vad` through the engine: rows are cut and featurised a batch at a time as the
     engine pulls them, and each row is assembled (and aligned, in batches) as it ends."""
     align = words or segment_timestamps

@@ -240,8 +240,9 @@ class Batcher(EngineFeed):
     def warm_up_engine(self, audio: np.ndarray, options: Optional[DecodeOptions] = None) -> int:
         """Compiles what the engine path's calls run for ``options`` (default: greedy, the server's defaults):
         slots allocated for every request (``slots`` of them), an insert per encoder bucket, generate at
-        every width (calls of 1, 2, 4 ... ``slots`` rows). ``audio`` (at most 30 s) is put as rows directly, the VAD not asked (a warm-up tone
-        has no speech). Returns the engine's program count (0: no engine path for these options)."""
+        every width (calls of 1, 2, 4 ... ``slots`` rows), in slots with room for a prompt as a server call's.
+        ``audio`` (at most 30 s) is put as rows directly, the VAD not asked (a warm-up tone has no speech).
+        Returns the engine's program count (0: no engine path for these options)."""
         plan = self._engine_plan(options if options is not None else DecodeOptions(temperature=0.0))
         if plan is None:
             return 0
