@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from whisper_t5x import compile_cache
+from whisper_t5x import compile_cache, host_memory
 from whisper_t5x.audio.constants import SAMPLE_RATE
 from whisper_t5x.longform import fallback as fb
 from whisper_t5x.longform.chunked import ChunkedSettings, transcribe_chunked
@@ -52,10 +52,11 @@ from whisper_t5x.results import Transcription, as_pipeline_dict
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
-# On a CPU the engine encodes new rows 2 at a time whatever the decode batch: an 8-row insert holds ~600 MB of
-# XLA temporaries (encoder + cross K/V), 2 rows ~150 MB; 10 min of base: peak RSS -570 MB, same text, CPU within
-# noise on a 2-core Xeon (benchmarks/step_levers.py --e2e, results/step_levers.md). Accelerators: the batch.
-CPU_ENGINE_ENCODE_BATCH = 2
+# On a CPU the engine encodes new rows one at a time whatever the decode batch: an insert's XLA temporaries
+# (encoder + cross K/V) are ~75 MB a row for base (8 rows ~600 MB, 2 rows 150 MB, 1 row 43 MB), one insert program
+# is compiled instead of one per bucket (~48 MB of code each), and a CPU encodes no faster per window in a batch
+# (base: 739 vs 759 ms CPU per window at 1 and 2 rows, 2-core Xeon). Accelerators: the batch.
+CPU_ENGINE_ENCODE_BATCH = 1
 DEFAULT_SLOTS_PER_ROW = 1  # the engine's decode slots per encoder row (benchmarks/engine_occupancy.py)
 PROGRESS_MIN_WINDOWS = 4  # a progress bar only for more windows than this
 SILENCE_PEAK = 1e-4  # windows quieter than this (-80 dBFS peak) are not decoded
@@ -187,15 +188,20 @@ class FlaxWhisperPipeline:
         (:mod:`whisper_t5x.longform.engine`: rows join and leave a running
         batch, so no row waits for the longest of its batch); greedy tokens
         are the Decoder's. Beam search, word timestamps and a
-        sharded model use the Decoder (VAD rows with prompt_ids too, for now). ``False``: the Decoder always.
+        sharded model use the Decoder. ``False``: the Decoder always.
       decode_slots: the engine's decode slots (default ``batch_size``: on a
         CPU a step costs in proportion to its rows, so more slots than rows
-        did not pay). On a CPU the engine encodes new rows two at a time
+        did not pay). On a CPU the engine encodes new rows one at a time
         (:data:`CPU_ENGINE_ENCODE_BATCH`: bounded memory, same text).
       weights_dtype: storage of the decoder's step weights and the vocabulary
         projection: ``"float32"`` (default, text unchanged), ``"int8"`` (W8A8,
         CTranslate2's scheme; the encoder stays float32) or ``"bfloat16"``
         (:mod:`whisper_t5x.model.quantize`). Not with a partitioner.
+      return_freed_memory: on a CPU with glibc, pin malloc's mmap and trim
+        thresholds so memory XLA frees goes back to the system during a call,
+        and trim the heap after each call (:mod:`whisper_t5x.host_memory`;
+        a lower peak at the same speed). A process that set
+        ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` keeps its own.
     """
 
     def __init__(
@@ -217,6 +223,7 @@ class FlaxWhisperPipeline:
         engine: bool = True,
         decode_slots: Optional[int] = None,
         weights_dtype: str = "float32",
+        return_freed_memory: bool = True,
     ):
         from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
 
@@ -227,6 +234,9 @@ class FlaxWhisperPipeline:
             _compile_cache_module().enable_compile_cache(
                 None if compile_cache is True else compile_cache, enabled=True if compile_cache is not True else None
             )
+        self.return_freed_memory = bool(return_freed_memory) and jax.default_backend() == "cpu"
+        if self.return_freed_memory:
+            host_memory.return_freed_memory()
         self.dtype = jnp.dtype(dtype)
         if isinstance(checkpoint, tuple):
             self.model, params = checkpoint
@@ -441,6 +451,8 @@ class FlaxWhisperPipeline:
         finally:
             bar.close()
             self.decoder.batch_size = self.batch_size
+            if self.return_freed_memory:
+                host_memory.trim()
         decoded = {k: self.decoder.stats[k] - before.get(k, 0) for k in self.decoder.stats}
         stats.update(fallback_decodes=decoded.get("fallback_decodes", 0), silent_windows=decoded.get("silent_rows", 0))
         stats.update({k: v for k, v in decoded.items() if k.startswith("engine_") and v})
