@@ -234,3 +234,17 @@ def test_timed_output_formats_ask_for_segment_timestamps():
     assert words.decode.return_timestamps == "word"
     off = TranscribeConfig(output_formats="srt", decode=DecodeSection(timestamps=False))  # --notimestamps
     assert off.decode.return_timestamps is False
+
+
+def test_multi_host_partitioner_is_local_and_absent_for_one_device(monkeypatch):
+    import jax
+
+    from whisper_t5x.app.build import build_partitioner
+
+    cpu = jax.devices("cpu")[0]
+    monkeypatch.setattr(jax, "local_devices", lambda *a, **k: [cpu])
+    assert build_partitioner(None, process_count=2) is None  # one device: no mesh, the slot engine decodes
+    assert build_partitioner(None, process_count=1) is None
+    seen = []
+    assert build_partitioner(lambda devices: seen.append(devices) or "made", process_count=2) == "made"
+    assert seen == [[cpu]]  # a configured factory still gets the local devices
