@@ -9,9 +9,9 @@
 
 Variants (``--variants``): ``float32`` (the default model); ``bfloat16`` (``WhisperModule(dtype=bf16,
 param_dtype=bf16)``: bfloat16 weights and activations, products accumulated in float32, which is what
-takes the bfloat16 matrix units); ``int8`` (float32 compute, the decoder step's weights and the
-vocabulary table int8, W8A8); ``int8_all`` (``int8`` plus the encoder's dense kernels and the
-cross-attention K/V projections int8); ``bfloat16+int8_all`` (both: bfloat16 compute, int8 kernels).
+takes the bfloat16 matrix units); ``int8_step`` (float32 compute, the decoder step's weights and the
+vocabulary table int8, W8A8); ``int8`` (``int8_step`` plus the encoder's dense kernels and the
+cross-attention K/V projections int8); ``bfloat16+int8`` (both: bfloat16 compute, int8 kernels).
 
 ``--dots``: the product that motivates it, timed for f32, bf16 returning bf16 (what a Dense in bfloat16
 did before), bf16 accumulating in f32, int8 accumulating in int32, and the width-3 convolution of the
@@ -46,7 +46,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-VARIANTS = ("float32", "bfloat16", "int8", "int8_all", "bfloat16+int8_all")
+VARIANTS = ("float32", "bfloat16", "int8_step", "int8", "bfloat16+int8")
 
 
 def _timed(calls: dict, repeats: int) -> dict:
@@ -228,7 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--encoder", action="store_true")
     ap.add_argument("--step", action="store_true")
     ap.add_argument("--jfk", action="store_true")
-    ap.add_argument("--variants", nargs="+", default=["float32", "bfloat16", "int8", "int8_all"], choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=["float32", "bfloat16", "int8_step", "int8"],
+                    choices=VARIANTS)
     ap.add_argument("--encoder_batches", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--batches", nargs="+", type=int, default=[2, 8])
     ap.add_argument("--spans", nargs="+", type=int, default=[160, 448])

@@ -76,10 +76,10 @@ SYSTEMS = {
     "ours_vad": ("whisper_t5x VAD rows fp32", "long_form='vad': Silero VAD (JAX) speech glued into rows of at most "
                  "30 s, no overlap, batch 8"),
     "ours_vad_bf16": ("whisper_t5x VAD rows bf16", "as ours_vad, bfloat16 compute and params"),
-    "ours_vad_int8": ("whisper_t5x VAD rows int8", "as ours_vad, decoder step weights and vocabulary projection "
-                      "int8 (W8A8), encoder float32"),
-    "ours_vad_int8_all": ("whisper_t5x VAD rows int8 all", "as ours_vad_int8, and the encoder's dense kernels and "
-                          "cross-attention K/V projections int8 (W8A8; convolutions float32)"),
+    "ours_vad_int8": ("whisper_t5x VAD rows int8", "as ours_vad, int8 weights (W8A8): the encoder's dense kernels, "
+                      "the decoder's and the vocabulary projection; convolutions float32"),
+    "ours_vad_int8_step": ("whisper_t5x VAD rows int8 step", "as ours_vad, int8 (W8A8) decoder step weights and "
+                           "vocabulary projection only, encoder float32 (weights_dtype='int8_step')"),
     "ours_sequential": ("whisper_t5x sequential fp32", "long_form='sequential': OpenAI's seek algorithm, one "
                         "file at a time (several files would share the batch)"),
     "openai_whisper": ("openai-whisper transcribe", "sequential 30 s windows, seek by timestamps"),
@@ -305,8 +305,8 @@ def make_system(name: str, paths: Dict[str, str], timestamps: str) -> System:
         return OursVad(paths, "bfloat16")
     if name == "ours_vad_int8":
         return OursVad(paths, weights_dtype="int8")
-    if name == "ours_vad_int8_all":
-        return OursVad(paths, weights_dtype="int8_all")
+    if name == "ours_vad_int8_step":
+        return OursVad(paths, weights_dtype="int8_step")
     if name == "openai_whisper":
         return OpenAIWhisper(paths, timestamps)
     if name == "transformers":

@@ -1,29 +1,29 @@
-"""Weight-only storage for the decoding step: bfloat16 or int8 decoder weights, float32 compute.
+"""Weight storage for decoding: bfloat16 or int8 weights, compute in the model's dtype.
 
 A decoding step at a small batch reads every decoder weight once per token, so
-its time follows the bytes stored. :func:`store_weights` rewrites a parameter
-tree (host numpy or device arrays, loop or scan layout) so that the weights a
-step reads are kept in fewer bytes:
+its time follows the bytes stored; the encoder's products, on a CPU with int8
+matrix units (Intel AMX, VNNI), run faster on int8 operands. :func:`store_weights`
+rewrites a parameter tree (host numpy or device arrays, loop or scan layout):
 
-* the decoder's dense kernels a step uses (self-attention q/k/v/out, the
-  cross-attention query and output projections, fc1, fc2);
-* the token table (``decoder/embed_tokens/embedding``), which is both the
-  token lookup and the vocabulary projection.
+* ``"bfloat16"``: the decoder's dense kernels a step uses (self-attention
+  q/k/v/out, the cross-attention query and output projections, fc1, fc2) and
+  the token table (``decoder/embed_tokens/embedding``, both the token lookup
+  and the vocabulary projection) as bfloat16;
+* ``"int8_step"``: the same leaves as int8 with a float32 scale per output
+  channel beside each one (``kernel_scale`` of shape ``(out,)``,
+  ``embedding_scale`` of shape ``(vocab,)``): symmetric, ``w = q * scale`` with
+  ``q = round(w / scale)`` and ``scale = max|w| / 127``;
+* ``"int8"``: those, and the weights of the per-row work as int8 in the same
+  way: the encoder's dense kernels (attention q/k/v/out, fc1, fc2 of every
+  layer) and the decoder's cross-attention key/value projections.
 
-``"bfloat16"`` stores those leaves as bfloat16. ``"int8"`` stores them as int8
-with a float32 scale per output channel beside each one (``kernel_scale`` of
-shape ``(out,)``, ``embedding_scale`` of shape ``(vocab,)``): symmetric,
-``w = q * scale`` with ``q = round(w / scale)`` and ``scale = max|w| / 127``.
-The layers (:mod:`whisper_t5x.model.layers`) convert them where they are used,
-inside the jitted program, and multiply an int8 product by its scale, so
-compute stays in the model's dtype. The encoder, the cross-attention key/value
-projections (run once per row, not per step), biases, layer norms and position
-tables are left as they are.
-
-``"int8_all"`` stores, as int8 in the same way, also the weights of the per-row work (the encoder's
-dense kernels: attention q/k/v/out, fc1, fc2 of every layer; and the decoder's cross-attention key/value
-projections): the encoder's products then run int8 x int8 with int32 accumulation, activations
-quantised per row (W8A8). The convolutions, biases, layer norms and position tables stay float.
+The layers (:mod:`whisper_t5x.model.layers`) use an int8 kernel as W8A8: each
+activation row is quantised to int8 with its own scale, the product
+accumulates in int32 and both scales multiply it (CTranslate2's scheme).
+Convolutions, biases, layer norms and position tables are left as they are.
+``"int8"`` took the encoder once its word error rate measured no worse than
+float32 (``benchmarks/peers.py``, see the README); ``"int8_step"`` is the
+earlier decoder-only storage, kept for comparison.
 
 The stored tree no longer matches ``params_axes`` (int8 leaves gain a scale):
 it is for the unpartitioned decoding paths (the engine and the Decoder on one
@@ -42,13 +42,13 @@ from whisper_t5x.checkpoints.params import aligned
 __all__ = ["WEIGHT_DTYPES", "WeightsDtypeError", "store_weights", "weights_dtype_of", "restore_weights",
            "stored_bytes", "cast_float_weights"]
 
-WEIGHT_DTYPES = ("float32", "bfloat16", "int8", "int8_all")
+WEIGHT_DTYPES = ("float32", "bfloat16", "int8", "int8_step")
 
 # Per decoder layer: the dense kernels a decoding step reads (cross-attention k/v run at insert only).
 _STEP_KERNELS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"),
                  ("self_attn", "out_proj"), ("encoder_attn", "q_proj"), ("encoder_attn", "out_proj"),
                  ("fc1",), ("fc2",))
-# Per encoder layer (``"int8_all"``): every dense kernel; per decoder layer, the cross-attention k/v.
+# Per encoder layer (``"int8"``): every dense kernel; per decoder layer, the cross-attention k/v.
 _ENCODER_KERNELS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"),
                     ("self_attn", "out_proj"), ("fc1",), ("fc2",))
 _CROSS_KV_KERNELS = (("encoder_attn", "k_proj"), ("encoder_attn", "v_proj"))
@@ -115,16 +115,16 @@ def store_weights(params: Mapping, weights_dtype: Any) -> Dict[str, Any]:
     if current != "float32":
         raise WeightsDtypeError(f"the parameters are already stored as {current}: restore_weights first")
     tree = dict(params)
-    storage = "int8" if name == "int8_all" else name
+    storage = "int8" if name.startswith("int8") else name
     decoder = _copy_path(tree, ("decoder",))
-    decoder_kernels = _STEP_KERNELS + (_CROSS_KV_KERNELS if name == "int8_all" else ())
+    decoder_kernels = _STEP_KERNELS + (_CROSS_KV_KERNELS if name == "int8" else ())
     for block in _blocks(decoder):
         for path in decoder_kernels:
             # kernels are (in, out), or (layers, in, out): one scale per output column (and layer)
             _store(_copy_path(block, path), "kernel", storage, -2)
     # the table is (vocab, d): one scale per token, an output channel of the vocabulary projection
     _store(_copy_path(decoder, ("embed_tokens",)), "embedding", storage, -1)
-    if name == "int8_all":
+    if name == "int8":
         for block in _blocks(_copy_path(tree, ("encoder",))):
             for path in _ENCODER_KERNELS:
                 _store(_copy_path(block, path), "kernel", storage, -2)
@@ -148,7 +148,7 @@ def weights_dtype_of(params: Mapping) -> str:
     if "embedding_scale" in table:
         layers = params.get("encoder", {}).get("layers", {})
         block = layers if "fc1" in layers else next(iter(layers.values()), {})
-        return "int8_all" if "kernel_scale" in block.get("fc1", {}) else "int8"
+        return "int8" if "kernel_scale" in block.get("fc1", {}) else "int8_step"
     dtype = np.dtype(getattr(table["embedding"], "dtype", np.float32))
     return "bfloat16" if dtype == _bfloat16() else "float32"
 
