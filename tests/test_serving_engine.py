@@ -7,7 +7,8 @@
 * a request that fails (bad audio, or the engine call itself) fails alone / only its call, and the next
   request starts a clean call; cancelled requests are dropped; ``stop()`` ends everything;
 * requests with different prompts (``prompt_ids``) and none share one engine call, each row with its own
-  request's prompt, and never mix; a bad prompt fails alone.
+  request's prompt, and never mix; a bad prompt fails alone; a prompt that does not fit ``max_length``
+  takes the grouped path (the Decoder's named error).
 """
 
 import concurrent.futures
@@ -240,6 +241,26 @@ def test_a_bad_prompt_fails_alone(pipe, clips):
     finally:
         b.stop()
     assert b.stats["engine_requests"] == 1 and b.stats["engine_done"] == 1
+
+
+def test_a_prompt_that_does_not_fit_max_length_takes_the_grouped_path(pipe, clips):
+    """With ``max_length`` 440 a 15-token prompt leaves no room (1 + 15 + 440 > 448 positions): the request
+    takes the grouped path and fails alone with the Decoder's error; a 3-token prompt fits and decodes on the
+    engine (slots of 448 positions, 8 of them for prompts)."""
+    from whisper_t5x import FlaxWhisperPipeline
+
+    capped = FlaxWhisperPipeline((pipe.model, pipe.decoder.params), batch_size=4, max_length=440)
+    prompt = tuple(pipe.tokenizer.encode(" and so my fellow americans ask not what your country can do for you"))
+    assert len(prompt) == 15
+    b = _batcher(capped)
+    try:
+        with pytest.raises(ValueError, match="decoder positions"):
+            b.submit(clips["short"], DecodeOptions(temperature=0.0, prompt_ids=prompt)).result(300)
+        fits = DecodeOptions(temperature=0.0, prompt_ids=prompt[:3])
+        _same(b.submit(clips["short"], fits).result(300), _alone(capped, clips["short"], fits))
+    finally:
+        b.stop()
+    assert b.stats["groups"] == 1 and b.stats["engine_requests"] == 1 and b.stats["engine_done"] == 1
 
 
 def test_warm_up_compiles_the_calls_programs(pipe):
