@@ -120,7 +120,7 @@ class FakeEngine(Engine):
         return dict(seq=np.full((s, self.MAX_LEN), EOT_E, np.int32), index=np.zeros(s, np.int64),
                     done=np.ones(s, bool), script=[None] * s, avg=np.zeros(s))
 
-    def _insert_fn(self, options, capacity, rows, audio):
+    def _insert_fn(self, options, capacity, rows, audio, **_):
         def run(params, state, feats, ids, temps, draw_ids, seed):
             for f, s, t, d in zip(np.asarray(feats), np.asarray(ids), np.asarray(temps), np.asarray(draw_ids)):
                 if s >= capacity:
@@ -136,7 +136,7 @@ class FakeEngine(Engine):
 
         return self._program(("insert", options, capacity, rows, "mel"), lambda: run)
 
-    def _move_fn(self, options, capacity):
+    def _move_fn(self, options, capacity, **_):
         def run(state, source, target, count):
             for s, t in list(zip(np.asarray(source), np.asarray(target)))[:int(count)]:
                 assert state["done"][t] and s != t  # a move overwrites a free slot only
@@ -147,7 +147,7 @@ class FakeEngine(Engine):
 
         return self._program(("move", options, capacity), lambda: run)
 
-    def _generate_fn(self, options, capacity, span, width):
+    def _generate_fn(self, options, capacity, span, width, **_):
         self.widths.append(width)
 
         def run(params, state, steps, stop_below):

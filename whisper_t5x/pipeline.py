@@ -187,8 +187,10 @@ class FlaxWhisperPipeline:
         several inputs side by side) decode through the slot engine
         (:mod:`whisper_t5x.longform.engine`: rows join and leave a running
         batch, so no row waits for the longest of its batch); greedy tokens
-        are the Decoder's. Beam search, word timestamps and a
-        sharded model use the Decoder. ``False``: the Decoder always.
+        are the Decoder's. Beam search and word timestamps use the Decoder;
+        so does a model-parallel partitioner (a data-parallel one spreads the
+        engine's slots over its devices, :meth:`Engine.shard`). ``False``:
+        the Decoder always.
       decode_slots: the engine's decode slots (default ``batch_size``: on a
         CPU a step costs in proportion to its rows, so more slots than rows
         did not pay). On a CPU the engine encodes new rows one at a time
@@ -300,6 +302,16 @@ class FlaxWhisperPipeline:
         self._host_params = value
         self.decoder.set_params(value)
         self.partitioner = None
+        if self.engine is not None:
+            self.engine.shard(None)
+
+    @property
+    def active_engine(self) -> Any:
+        """The slot engine calls decode on: the pipeline's, unless a partitioner it cannot run under (model
+        parallel) sends sharded calls to the Decoder; None without an engine."""
+        if self.engine is None or (self.partitioner is not None and self.engine.partitioner is None):
+            return None
+        return self.engine
 
     def shard_params(self, num_mp_partitions: int = 1, logical_axis_rules: Any = None, params: Any = None) -> None:
         """Shard the parameters over a ("data", "model") mesh of all devices.
@@ -330,6 +342,22 @@ class FlaxWhisperPipeline:
         self.partitioner = part
         self._check_batch_size(self.batch_size)
         self.decoder.set_params(part.shard_host_params(host, axes), part, axes)
+        self._shard_engine(part, axes)
+
+    def _shard_engine(self, part: Any, axes: Any) -> None:
+        """Spread the engine's slots over ``part``'s data axis (slots rounded up to a multiple of it); a mesh
+        the engine does not run on (model parallel) leaves sharded calls to the Decoder."""
+        if self.engine is None:
+            return
+        from whisper_t5x.longform.engine import EngineMeshError
+
+        data = int(part.data_mesh_size)
+        self.engine.slots = -(-self.engine.slots // data) * data
+        try:
+            self.engine.shard(part, axes)
+        except EngineMeshError as e:
+            self.engine.shard(None)
+            logger.info("sharded calls decode with the Decoder: %s", e)
 
     def _data_size(self) -> int:
         return 1 if self.partitioner is None else int(self.partitioner.data_mesh_size)
@@ -463,9 +491,11 @@ class FlaxWhisperPipeline:
     def _run(self, mode: str, items: List[Any], call: ResolvedCall, settings: ChunkedSettings, bar: "_Progress",
              stats: Dict[str, Any]) -> List[Transcription]:
         """One long-form algorithm over ``items``: segmenter, the Decoder, assembler."""
-        engine = self.engine if self.partitioner is None else None  # a sharded model: the Decoder
+        engine = self.active_engine  # None: the Decoder (no engine, or a mesh it does not run on)
         if engine is not None:
             engine.encode_batch = min(settings.batch_size, engine.slots, _engine_encode_batch())
+            if engine.data_size > 1:  # on a mesh: rows split over the data axis (a CPU's cap is per process)
+                engine.encode_batch = min(settings.batch_size, engine.slots)
         if mode == "sequential":
             return self._sequential(items, call, engine)
         if mode in ("auto", "vad"):

@@ -40,7 +40,7 @@ from whisper_t5x.model.whisper import CrossKV, WhisperModule, init_cache
 Array = jax.Array
 
 __all__ = ["WhisperSlots", "SlotReport", "check_options", "empty", "cache_length_of", "insert", "generate_slots",
-           "move_slots"]
+           "move_slots", "state_specs", "report_specs"]
 
 
 class WhisperSlots(NamedTuple):
@@ -170,39 +170,89 @@ def move_slots(module: WhisperModule, state: WhisperSlots, source: Array, target
     return jax.lax.fori_loop(0, jnp.asarray(count, jnp.int32), body, state)
 
 
-def _first_slots(tree: Any, width: int, axis: int) -> Any:
-    return jax.tree_util.tree_map(lambda a: jax.lax.slice_in_dim(a, 0, width, axis=axis), tree)
+def state_specs(config: WhisperConfig, state: Any, data_axis: str = "data") -> WhisperSlots:
+    """The PartitionSpec of every leaf of a :class:`WhisperSlots` (arrays or shapes) on a mesh: the slot axis
+    over ``data_axis``, everything else replicated (slots are rows: a device steps its own slots)."""
+    from jax.sharding import PartitionSpec as P
+
+    axis = _batch_axis(config)
+    at0, at_axis = P(data_axis), P(*([None] * axis + [data_axis]))
+    loop = state.loop
+    fields = {k: jax.tree_util.tree_map(lambda _: at0, v) for k, v in loop._asdict().items() if k != "cache"}
+    loop = loop._replace(cache=jax.tree_util.tree_map(lambda _: at_axis, loop.cache), **fields)
+    return WhisperSlots(loop, jax.tree_util.tree_map(lambda _: at_axis, state.cross_kv), at0, at0, at0)
 
 
-def _write_front(full: Any, part: Any) -> Any:
-    """``part`` written over the start of ``full`` (leaf by leaf, every axis from 0)."""
-    return jax.tree_util.tree_map(lambda a, b: jax.lax.dynamic_update_slice(a, b, (0,) * a.ndim), full, part)
+def report_specs(data_axis: str = "data") -> SlotReport:
+    """The PartitionSpecs of a :class:`SlotReport`: per-slot fields over ``data_axis``, the loop's counts replicated."""
+    from jax.sharding import PartitionSpec as P
+
+    at0 = P(data_axis)
+    return SlotReport(at0, at0, at0, at0, at0, at0, at0, LoopStats(P(), P()))
+
+
+def _front(a: Array, width: int, axis: int, shards: int) -> Array:
+    """The first ``width`` slots of ``a`` along ``axis``; with ``shards`` > 1 the slot axis is ``shards`` equal
+    blocks (one per device of a mesh) and the front is the first ``width // shards`` slots of every block, so
+    taking it moves nothing between devices."""
+    if shards == 1:
+        return jax.lax.slice_in_dim(a, 0, width, axis=axis)
+    n = a.shape[axis]
+    blocks = a.reshape(a.shape[:axis] + (shards, n // shards) + a.shape[axis + 1:])
+    part = jax.lax.slice_in_dim(blocks, 0, width // shards, axis=axis + 1)
+    return part.reshape(a.shape[:axis] + (width,) + a.shape[axis + 1:])
+
+
+def _first_slots(tree: Any, width: int, axis: int, shards: int = 1) -> Any:
+    return jax.tree_util.tree_map(lambda a: _front(a, width, axis, shards), tree)
+
+
+def _write_front(full: Any, part: Any, axis: int, shards: int = 1) -> Any:
+    """``part`` written over the start of ``full``, leaf by leaf (every axis from 0; a leaf of ``part`` may be
+    shorter along any axis: the front slots, and the cache's first positions). With ``shards`` > 1 the front
+    slots along ``axis`` (0 outside the cache) are the front of every block, as :func:`_front` takes them."""
+    if shards == 1:
+        return jax.tree_util.tree_map(lambda a, b: jax.lax.dynamic_update_slice(a, b, (0,) * a.ndim), full, part)
+
+    def put(a, b, at):
+        split = lambda x: x.reshape(x.shape[:at] + (shards, x.shape[at] // shards) + x.shape[at + 1:])  # noqa: E731
+        return jax.lax.dynamic_update_slice(split(a), split(b), (0,) * (a.ndim + 1)).reshape(a.shape)
+
+    fields = {k: jax.tree_util.tree_map(lambda a, b: put(a, b, 0), getattr(full, k), v)
+              for k, v in part._asdict().items() if k != "cache"}
+    return full._replace(cache=jax.tree_util.tree_map(lambda a, b: put(a, b, axis), full.cache, part.cache),
+                         **fields)
 
 
 def generate_slots(module: WhisperModule, params: Any, state: WhisperSlots, options: DecodeOptions, steps: Any,
-                   stop_below: Any = 0, span: Optional[int] = None,
-                   width: Optional[int] = None) -> Tuple[WhisperSlots, SlotReport]:
+                   stop_below: Any = 0, span: Optional[int] = None, width: Optional[int] = None,
+                   shards: int = 1) -> Tuple[WhisperSlots, SlotReport]:
     """Up to ``steps`` steps of the first ``width`` slots (default: all; the others must be free), see
     :func:`~whisper_t5x.decoding.slots.slot_steps`, reading the first ``span`` cache positions (default: all;
     a slot stops before its decoder position, offset + sequence index, would pass them).
 
     A step costs in proportion to the slots it runs, so a caller that keeps its live slots at the front
-    runs a few rows (a short input, the tail of a long one) at the cost of a few."""
+    runs a few rows (a short input, the tail of a long one) at the cost of a few.
+
+    ``shards``: the slot axis is split in that many equal blocks (the devices of a mesh's data axis); the
+    "first ``width``" slots are then the first ``width // shards`` of every block (``width`` a multiple of
+    ``shards``), so a narrow call steps the same number of slots on every device and moves none."""
     check_options(options)
     axis = _batch_axis(module.config)
     full = cache_length_of(state)
     slots = state.loop.index.shape[0]
     span = full if span is None or span >= full else int(span)
     width = slots if width is None or width >= slots else int(width)
+    if slots % shards or width % shards:
+        raise ValueError(f"{slots} slots and a width of {width} must be multiples of the {shards} shards")
     loop = state.loop
     cross_kv = state.cross_kv
     offset = state.offset
     if width < slots:
-        fields = {k: jax.tree_util.tree_map(lambda a: a[:width], v)
-                  for k, v in loop._asdict().items() if k != "cache"}
-        loop = loop._replace(cache=_first_slots(loop.cache, width, axis), **fields)
-        cross_kv = _first_slots(cross_kv, width, axis)
-        offset = offset[:width]
+        fields = {k: _first_slots(v, width, 0, shards) for k, v in loop._asdict().items() if k != "cache"}
+        loop = loop._replace(cache=_first_slots(loop.cache, width, axis, shards), **fields)
+        cross_kv = _first_slots(cross_kv, width, axis, shards)
+        offset = _front(offset, width, 0, shards)
     cache = loop.cache
     if span < full:
         cache = jax.tree_util.tree_map(lambda a: a[..., :span, :], cache)
@@ -214,7 +264,7 @@ def generate_slots(module: WhisperModule, params: Any, state: WhisperSlots, opti
     rules = logit_rules_for(options, module.config.special_tokens)
     loop, stats = slot_steps(step, loop._replace(cache=cache), rules, steps, stop_below,
                              limit=span - offset if span < full else None)
-    loop = _write_front(state.loop, loop)  # the cache's positions and the slots that ran
+    loop = _write_front(state.loop, loop, axis, shards)  # the cache's positions and the slots that ran
     state = state._replace(loop=loop)
     report = SlotReport(loop.seq, loop.index, loop.done, loop.sum_logprob, loop.num_tokens, state.no_speech_prob,
                         state.language, stats)
