@@ -5,6 +5,7 @@
     python benchmarks/step_levers.py --step                   # ms per decoding step, f32 / bf16 / int8 weights
     python benchmarks/step_levers.py --memory                 # XLA buffers of the engine's programs
     python benchmarks/step_levers.py --e2e --weights float32 int8   # VAD rows, 1 and 10 min: wall, CPU, WER, RSS
+    python benchmarks/step_levers.py --e2e --weights float32 bfloat16:float32 encoder_bfloat16:int8_step
     python benchmarks/step_levers.py --step --memory --e2e --json benchmarks/results/step_levers.json
 
 ``--step``: the ``base`` decoder step (one token, self-attention cache ``--span`` positions, cross
@@ -158,7 +159,9 @@ def program_memory(weights, slots_list) -> dict:
 
 
 def _e2e_worker(variant: str, durations, runs: int) -> dict:
-    """``variant``: a weight storage, optionally ``@N`` for an engine encoder batch of N rows (8 slots)."""
+    """``variant``: a weight storage, optionally ``@N`` for an engine encoder batch of N rows (8 slots),
+    optionally after a compute prefix: ``bfloat16:`` (bfloat16 compute and float parameters) or
+    ``encoder_bfloat16:`` (the encoder alone in bfloat16, ``WhisperModule.encoder_dtype``)."""
     import threading
 
     import psutil
@@ -169,11 +172,26 @@ def _e2e_worker(variant: str, durations, runs: int) -> dict:
     from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
     from whisper_t5x.model.quantize import store_weights
 
-    weights, _, encode = variant.partition("@")
+    compute, _, storage = variant.rpartition(":")
+    weights, _, encode = storage.partition("@")
     encode_batch = int(encode) if encode else 8
     proc = psutil.Process()
     model, params = FlaxWhisperForConditionalGeneration.from_pretrained("base", _do_init=False)
     params = store_weights(params, weights)
+    if compute:
+        import jax.numpy as jnp
+
+        from whisper_t5x.model.quantize import cast_float_weights
+
+        if compute not in ("bfloat16", "encoder_bfloat16"):
+            raise ValueError(f"unknown compute prefix {compute!r}")
+        whole = compute == "bfloat16"
+        params = cast_float_weights(params, "bfloat16") if whole else dict(
+            params, encoder=cast_float_weights(params["encoder"], "bfloat16"))
+        model = FlaxWhisperForConditionalGeneration(
+            model.config, dtype=jnp.bfloat16 if whole else jnp.float32, _do_init=False,
+            encoder_dtype=None if whole else jnp.bfloat16, tokenizer_file=model.tokenizer_file,
+            generation_config=model.generation_config)
     pipe = FlaxWhisperPipeline((model, params), batch_size=8, fallback=False, decode_slots=8)
     del params
     out = {"weights": variant, "encode_batch": encode_batch, "rss_after_load_mb": proc.memory_info().rss / MB, "clips": []}

@@ -130,3 +130,23 @@ def test_tiny_en_jfk_text_bf16_equals_float32():
     got = pipe(jfk, long_form="vad")["text"]
     assert "ask not what your country" in got.lower()
     assert got == ref
+
+
+def test_encoder_alone_in_bf16():
+    """``encoder_dtype=bfloat16``: the encoder computes (and keeps its parameters) in bfloat16, the decoder
+    in float32 with its float32 cache; teacher-forced logits within 2% (mean) of float32's spread."""
+    from tests.test_quantize import _forward
+    from whisper_t5x.model.pretrained import FlaxWhisperForConditionalGeneration
+    from whisper_t5x.model.quantize import cast_float_weights
+
+    model32, params = H.flax_twin(NAME)
+    mixed = FlaxWhisperForConditionalGeneration(model32.config, encoder_dtype=jnp.bfloat16, _do_init=False)
+    tree = dict(params, encoder=cast_float_weights(params["encoder"], "bfloat16"))
+    assert mixed.module.encoder_dtype == jnp.bfloat16 and mixed.module.dtype == jnp.float32
+    ref = _forward(model32, params)
+    out = _forward(mixed, tree)
+    err = np.abs(out - ref).mean() / ref.std()
+    assert 1e-4 < err < 0.02, err
+    shapes = jax.eval_shape(mixed.module.init, jax.random.PRNGKey(0), *mixed.dummy_inputs())["params"]
+    assert shapes["encoder"]["layers"]["0"]["fc1"]["kernel"].dtype == jnp.bfloat16
+    assert shapes["decoder"]["layers"]["0"]["fc1"]["kernel"].dtype == jnp.float32

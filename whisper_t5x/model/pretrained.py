@@ -62,11 +62,15 @@ class FlaxWhisperForConditionalGeneration:
         seed: int = 0,
         tokenizer_file: Optional[str] = None,
         generation_config: Optional[dict] = None,
+        encoder_dtype: Any = None,
     ):
         self.config = config
         self.dtype = jnp.dtype(dtype)
         self.param_dtype = jnp.dtype(param_dtype)
-        self.module = WhisperModule(config, dtype=self.dtype, param_dtype=self.param_dtype)
+        # encoder_dtype: the encoder's compute and parameter dtype when it differs (WhisperModule.encoder_dtype)
+        self.encoder_dtype = None if encoder_dtype is None else jnp.dtype(encoder_dtype)
+        self.module = WhisperModule(config, dtype=self.dtype, param_dtype=self.param_dtype,
+                                    encoder_dtype=self.encoder_dtype)
         self.tokenizer_file = tokenizer_file
         self.generation_config = dict(generation_config or {})
         self._tokenizer = None

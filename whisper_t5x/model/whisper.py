@@ -354,9 +354,14 @@ class WhisperModule(nn.Module):
     config: WhisperConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    # The encoder's compute (and parameter) dtype when it should differ from the decoder's: on a CPU with
+    # bfloat16 matrix units the encoder (large products) gains from bfloat16 while a decoding step (products
+    # of a few rows, memory bound) does not. None: ``dtype`` / ``param_dtype``.
+    encoder_dtype: Optional[Dtype] = None
 
     def setup(self):
-        self.encoder = AudioEncoder(self.config, self.dtype, self.param_dtype)
+        enc = self.encoder_dtype
+        self.encoder = AudioEncoder(self.config, enc or self.dtype, enc or self.param_dtype)
         self.decoder = TextDecoder(self.config, self.dtype, self.param_dtype)
 
     def __call__(
