@@ -248,3 +248,10 @@ def test_multi_host_partitioner_is_local_and_absent_for_one_device(monkeypatch):
     seen = []
     assert build_partitioner(lambda devices: seen.append(devices) or "made", process_count=2) == "made"
     assert seen == [[cpu]]  # a configured factory still gets the local devices
+
+
+def test_config_weight_dtypes_match_the_models():
+    from whisper_t5x.app.config import WEIGHT_DTYPES
+    from whisper_t5x.model import quantize
+
+    assert set(WEIGHT_DTYPES) == set(quantize.WEIGHT_DTYPES)  # config.py cannot import jax: kept in step by hand

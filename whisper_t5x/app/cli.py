@@ -70,8 +70,9 @@ flags.DEFINE_string("long_form", None, "A mode of the pipeline's LONG_FORM_MODES
                     "cut segments from the word alignment).")
 flags.DEFINE_integer("batch_size", None, "Windows per forward pass. Default: the pipeline's.", lower_bound=1)
 flags.DEFINE_enum("dtype", None, list(DTYPES), "Compute dtype. Default: float32.")
-flags.DEFINE_enum("weights_dtype", None, ["float32", "int8", "bfloat16"], "Storage of the decoder's step "
-                  "weights and vocabulary projection (int8: W8A8, faster on a CPU). Default: float32.")
+flags.DEFINE_enum("weights_dtype", None, ["float32", "int8", "int8_step", "bfloat16"], "Storage of the dense "
+                  "kernels. int8: encoder, decoder and vocabulary projection W8A8 (faster on a CPU; int8_step: the "
+                  "decoder step and vocabulary only); bfloat16: the decoder step and vocabulary. Default: float32.")
 flags.DEFINE_float("chunk_length_s", None, "Long-form window length in seconds. Default: 30.")
 flags.DEFINE_string("output_dir", None, "Output directory. Default: the working directory.")
 flags.DEFINE_string("output_format", None, "txt, srt, vtt, json, tsv, a comma list, or all. Default: txt.")

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "bfloat16", "float16")
-WEIGHT_DTYPES = ("float32", "int8", "bfloat16")  # whisper_t5x.model.quantize.WEIGHT_DTYPES (not imported: no jax here)
+WEIGHT_DTYPES = ("float32", "int8", "int8_step", "bfloat16")  # whisper_t5x.model.quantize.WEIGHT_DTYPES (not imported: no jax here)
 DEFAULT_PIPELINE = "whisper_t5x.pipeline:FlaxWhisperPipeline"
 _FALLBACK = FallbackConfig()
 _FALLBACK_KEYS = ("temperature", "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold")
@@ -64,8 +64,9 @@ class ModelSection:
       name: named model (``base``, ``tiny.en``) or a checkpoint path / hub id.
       dtype: compute dtype, ``float32`` / ``bfloat16`` / ``float16``.
       max_length: decoder token limit per window (``None``: the model's).
-      weights_dtype: storage of the decoder's step weights and vocabulary projection:
-        ``float32`` / ``int8`` / ``bfloat16`` (``FlaxWhisperPipeline(weights_dtype=...)``).
+      weights_dtype: storage of the dense kernels: ``float32``; ``int8`` (encoder, decoder and vocabulary
+        projection W8A8); ``int8_step`` (the decoder step and vocabulary only); ``bfloat16`` (the decoder
+        step and vocabulary) (``FlaxWhisperPipeline(weights_dtype=...)``).
     """
 
     name: str = "base"
