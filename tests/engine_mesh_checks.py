@@ -2,7 +2,7 @@
 
 Prints one line ``RESULT <json>``; tests/test_engine_mesh.py asserts on it. The device count must be
 fixed before JAX starts, hence the subprocess. ``--pipeline``: also tiny.en VAD rows through a pipeline
-with a data-parallel partitioner (slow).
+with a data-parallel (and a data 2 x model 2) partitioner (slow).
 """
 
 import json
@@ -65,7 +65,10 @@ def _rows(got):
 
 
 def _spec(x):
-    return [list(e) if isinstance(e, tuple) else e for e in x.sharding.spec]
+    out = [list(e) if isinstance(e, tuple) else e for e in x.sharding.spec]
+    while out and out[-1] is None:
+        out.pop()
+    return out
 
 
 def engine_checks():
@@ -130,12 +133,28 @@ def engine_checks():
         hlo[str(width)] = dict(all_gather=[[t, [int(d) for d in dims.split(",") if d]] for t, dims in gathered],
                                all_to_all=text.count("all-to-all("), permute=text.count("collective-permute("))
     out["generate_collectives"] = hlo
-    # Model parallel: refused by name.
+    # Model parallel (data 2 x model 2, the "mp" rules): heads of the caches over "model".
+    part = _partitioner(2)
+    axes = _axes(part, model, params)
+    request = DecodeRequest(task="transcribe", language="en", timestamps=False, max_length=MAX_LENGTH,
+                            fallback=fb.FallbackConfig(temperatures=(0.0,)))
+    rows = list(enumerate(feats))
+    one = Engine(model, slots=4, encode_batch=2, steps_per_call=8, tokenizer=_Tokenizer())
+    want = one.decode(params, rows, request)
+    eng = Engine(model, slots=4, encode_batch=2, steps_per_call=8, tokenizer=_Tokenizer())
+    eng.shard(part, axes)
+    eng.keep_slots = True
+    got = eng.decode(part.shard_host_params(params, axes), rows, request)
+    cache = jax.tree_util.tree_leaves(eng._state[1].loop.cache)[0]
+    cross = jax.tree_util.tree_leaves(eng._state[1].cross_kv)[0]
+    out["mp"] = dict(mesh=dict(part.mesh.shape), want=_rows(want), got=_rows(got), cache_spec=_spec(cache),
+                     cross_spec=_spec(cross), cache_shard=list(cache.addressable_shards[0].data.shape),
+                     cache_shape=list(cache.shape))
     try:
-        Engine(model, slots=4).shard(_partitioner(2), None)
-        out["mp"] = "accepted"
+        Engine(model, slots=6).shard(_partitioner(), axes)
+        out["uneven"] = "accepted"
     except EngineMeshError as e:
-        out["mp"] = f"EngineMeshError: {e}"
+        out["uneven"] = f"EngineMeshError: {e}"
     return out
 
 
@@ -155,10 +174,13 @@ def pipeline_checks():
     chunked_got = [r["text"] for r in dp(inputs, long_form="chunked")]
     mp = FlaxWhisperPipeline((one.model, one.decoder.params), batch_size=4, fallback=False, compile_cache=False,
                              partitioner=_partitioner(2))
+    mp_text = mp(inputs)
     return dict(vad_equal=got == want, vad_text=got[0], chunked_equal=chunked_got == chunked_want,
                 engine_calls=int(dp.last_stats.get("engine_generate_calls", 0)),
                 active=dp.active_engine is dp.engine and dp.engine.data_size == 4,
-                mp_active=mp.active_engine is not None, mp_text=mp(jfk)["text"] == want[0])
+                mp_active=mp.active_engine is mp.engine and mp.engine.data_size == 2,
+                mp_equal=[r["text"] for r in mp_text] == want,
+                mp_engine_calls=int(mp.last_stats.get("engine_generate_calls", 0)))
 
 
 def main():

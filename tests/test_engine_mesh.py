@@ -2,12 +2,13 @@
 
 Fast, in this process (one CPU device): the host-to-device slot order; the blocked front of
 ``generate_slots(shards=...)`` steps the same rows as the plain front; the engine's mesh programs (explicit
-shardings, ``jax.set_mesh``) on a one-device partitioner give the plain engine's tokens; model-parallel meshes
-and uneven slot counts are named errors; the pipeline routes a data-parallel partitioner to the engine.
+shardings, ``jax.set_mesh``) on a one-device partitioner give the plain engine's tokens; uneven slot counts
+are named errors; the pipeline routes a partitioner to the engine.
 Slow, in a subprocess with 4 simulated CPU devices (tests/engine_mesh_checks.py): rows through the sharded
 engine equal the one-device engine's (greedy, timestamps, prompts; inserts split over the data axis or
-replicated), the state is sharded over ``data``, the program count is bounded, the generate program moves
-no slot between devices; tiny.en VAD rows and chunked windows through a pipeline with a partitioner.
+replicated; a data 2 x model 2 mesh), the state is sharded over ``data`` (and its heads over ``model``), the
+program count is bounded, the generate program moves no slot between devices; tiny.en VAD rows and chunked
+windows through a pipeline with a data-parallel partitioner, and VAD rows with a model-parallel one.
 """
 
 import json
@@ -44,9 +45,6 @@ def test_slot_order_puts_the_hosts_front_on_every_device():
 
 def test_mesh_refusals_are_named_errors():
     eng = FakeEngine({}, slots=6)
-    mp = types.SimpleNamespace(data_mesh_size=2, model_mesh_size=2)
-    with pytest.raises(EngineMeshError, match="data parallel only"):
-        eng.shard(mp)
     with pytest.raises(EngineMeshError, match="multiple of the data axis"):
         eng.shard(types.SimpleNamespace(data_mesh_size=4, model_mesh_size=1))
     assert eng.partitioner is None and eng.data_size == 1  # refused: still one device
@@ -180,7 +178,7 @@ def test_sharded_engine_gives_the_one_device_tokens(mesh_report, case):
 @pytest.mark.parametrize("case", ["split", "replicated", "timestamps", "prompt"])
 def test_state_is_sharded_over_the_data_axis(mesh_report, case):
     r = mesh_report[case]
-    assert r["cache_spec"][:2] in (["data"], [None, "data"]) and r["seq_spec"] == ["data"]
+    assert r["cache_spec"] in (["data"], [None, "data"]) and r["seq_spec"] == ["data"]
     assert "data" in r["cross_spec"]
     axis = r["cache_spec"].index("data")
     assert r["cache_shard"][axis] * 4 == r["cache_shape"][axis]  # a quarter of the slots on each device
@@ -204,8 +202,15 @@ def test_generate_moves_no_slot_between_devices(mesh_report):
 
 
 @pytest.mark.slow
-def test_model_parallel_is_refused_by_name(mesh_report):
-    assert mesh_report["mp"].startswith("EngineMeshError")
+def test_model_parallel_mesh_gives_the_one_device_tokens(mesh_report):
+    r = mesh_report["mp"]
+    assert r["mesh"] == {"data": 2, "model": 2} and r["got"] == r["want"]
+    # slots over data, heads over model (the "mp" rules split the model's heads)
+    assert r["cache_spec"] in (["data", "model"], [None, "data", "model"]) and "model" in r["cross_spec"]
+    axis = r["cache_spec"].index("data")
+    assert r["cache_shard"][axis] * 2 == r["cache_shape"][axis]
+    assert r["cache_shard"][axis + 1] * 2 == r["cache_shape"][axis + 1]
+    assert mesh_report["uneven"].startswith("EngineMeshError")  # 6 slots over 4 devices
 
 
 @pytest.mark.slow
@@ -214,4 +219,4 @@ def test_pipeline_with_a_data_parallel_partitioner_decodes_on_the_engine():
     assert r["active"] and r["engine_calls"] >= 1
     assert r["vad_equal"] and "ask not what your country" in r["vad_text"].lower()
     assert r["chunked_equal"]
-    assert not r["mp_active"] and r["mp_text"]  # model parallel: the Decoder, same text
+    assert r["mp_active"] and r["mp_engine_calls"] >= 1 and r["mp_equal"]  # data 2 x model 2: the engine too

@@ -154,7 +154,8 @@ class FlaxWhisperPipeline:
       max_length: default length of generated sequences (tokens from
         ``<|startoftranscript|>``; default the model's 448).
       partitioner: a ``partitioning.PjitPartitioner``; parameters are sharded
-        with it (see :meth:`shard_params`) and batches split over its data axis.
+        with it (see :meth:`shard_params`) and batches split over its data axis;
+        the engine's slots are split over its data axis too.
       compile_cache: ``True`` (default: JAX's persistent compilation cache in
         ``~/.cache/whisper_t5x/jax`` or ``$WHISPER_T5X_CACHE``, see
         :mod:`whisper_t5x.compile_cache`), a directory, or ``False``.
@@ -187,10 +188,9 @@ class FlaxWhisperPipeline:
         several inputs side by side) decode through the slot engine
         (:mod:`whisper_t5x.longform.engine`: rows join and leave a running
         batch, so no row waits for the longest of its batch); greedy tokens
-        are the Decoder's. Beam search and word timestamps use the Decoder;
-        so does a model-parallel partitioner (a data-parallel one spreads the
-        engine's slots over its devices, :meth:`Engine.shard`). ``False``:
-        the Decoder always.
+        are the Decoder's. Beam search and word timestamps use the Decoder.
+        Under a partitioner the engine's slots are split over its data axis
+        (:meth:`Engine.shard`). ``False``: the Decoder always.
       decode_slots: the engine's decode slots (default ``batch_size``: on a
         CPU a step costs in proportion to its rows, so more slots than rows
         did not pay). On a CPU the engine encodes new rows one at a time
@@ -307,8 +307,8 @@ class FlaxWhisperPipeline:
 
     @property
     def active_engine(self) -> Any:
-        """The slot engine calls decode on: the pipeline's, unless a partitioner it cannot run under (model
-        parallel) sends sharded calls to the Decoder; None without an engine."""
+        """The slot engine calls decode on: the pipeline's, unless it refused the partitioner (then sharded
+        calls decode with the Decoder); None without an engine."""
         if self.engine is None or (self.partitioner is not None and self.engine.partitioner is None):
             return None
         return self.engine
@@ -346,7 +346,7 @@ class FlaxWhisperPipeline:
 
     def _shard_engine(self, part: Any, axes: Any) -> None:
         """Spread the engine's slots over ``part``'s data axis (slots rounded up to a multiple of it); a mesh
-        the engine does not run on (model parallel) leaves sharded calls to the Decoder."""
+        the engine refuses leaves sharded calls to the Decoder."""
         if self.engine is None:
             return
         from whisper_t5x.longform.engine import EngineMeshError

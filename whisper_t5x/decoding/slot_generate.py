@@ -170,13 +170,14 @@ def move_slots(module: WhisperModule, state: WhisperSlots, source: Array, target
     return jax.lax.fori_loop(0, jnp.asarray(count, jnp.int32), body, state)
 
 
-def state_specs(config: WhisperConfig, state: Any, data_axis: str = "data") -> WhisperSlots:
+def state_specs(config: WhisperConfig, state: Any, data_axis: str = "data", heads_axis: Any = None) -> WhisperSlots:
     """The PartitionSpec of every leaf of a :class:`WhisperSlots` (arrays or shapes) on a mesh: the slot axis
-    over ``data_axis``, everything else replicated (slots are rows: a device steps its own slots)."""
+    over ``data_axis`` (slots are rows: a device steps its own slots), the attention heads of the caches and
+    cross K/V over ``heads_axis`` (a model-parallel mesh, as its rules split the heads), the rest replicated."""
     from jax.sharding import PartitionSpec as P
 
     axis = _batch_axis(config)
-    at0, at_axis = P(data_axis), P(*([None] * axis + [data_axis]))
+    at0, at_axis = P(data_axis), P(*([None] * axis + [data_axis, heads_axis]))
     loop = state.loop
     fields = {k: jax.tree_util.tree_map(lambda _: at0, v) for k, v in loop._asdict().items() if k != "cache"}
     loop = loop._replace(cache=jax.tree_util.tree_map(lambda _: at_axis, loop.cache), **fields)

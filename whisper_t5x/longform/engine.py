@@ -50,14 +50,15 @@ axis on ``data``, the state donated). Host slot ``i`` is device slot
 are not moved at the tail on a mesh (a move would cross devices): the width
 follows the last live slot. An insert's rows are split over ``data`` when
 their bucket divides it, else replicated (each device encodes them and keeps
-those of its slots). A ``model`` axis larger than 1 is refused
-(:class:`EngineMeshError`): the pipeline then decodes with the Decoder.
+those of its slots). On a ``model`` axis larger than 1 the parameters stay as
+the partitioner split them and the caches' heads are split as the rules split
+the model's heads.
 
 Scope: one beam (greedy with temperature fallback), timestamp tokens or not;
 the caller decides (:meth:`Engine.supports`). Callers: VAD rows, chunked
 windows and their continuations, the sequential seek (each input a chain of
-rows: :mod:`whisper_t5x.longform.sequential`), the server. Beam search, a
-model-parallel mesh and the seek's word timestamps stay on the
+rows: :mod:`whisper_t5x.longform.sequential`), the server. Beam search and
+the seek's word timestamps stay on the
 :class:`~whisper_t5x.longform.decoder.Decoder`. Greedy tokens are the
 Decoder's; sampled fallback draws use per-slot random keys, so they differ
 from the Decoder's draws (same distribution).
@@ -118,6 +119,7 @@ class Engine:
         self.partitioner: Any = None  # a data-parallel mesh the slots are spread over (:meth:`shard`)
         self._param_axes: Any = None
         self._param_shardings: Any = None
+        self._heads_axis: Any = None  # the mesh axis of the caches' heads (a model-parallel mesh)
 
     # ------------------------------------------------------------------ a mesh
     def shard(self, partitioner: Any, param_axes: Any = None) -> None:
@@ -126,20 +128,26 @@ class Engine:
 
         The slot state is split over the mesh's ``data`` axis (``slots`` must be a multiple of its size): each
         device steps its own slots; inserts encode their rows split over ``data`` when the rows divide it (else
-        replicated) and write each into its slot on whichever device holds it. A mesh with a ``model`` axis
-        larger than 1 raises :class:`EngineMeshError` (the Decoder decodes model-parallel meshes)."""
+        replicated) and write each into its slot on whichever device holds it. On a ``model`` axis larger than 1
+        the caches' attention heads are split over it as the rules split the model's heads (else replicated)."""
         self._programs.clear()
         self._state = None
-        self.partitioner, self._param_axes, self._param_shardings = None, None, None
+        self.partitioner, self._param_axes, self._param_shardings, self._heads_axis = None, None, None, None
         if partitioner is None:
             return
         data, model = int(partitioner.data_mesh_size), int(partitioner.model_mesh_size)
-        if model != 1:
-            raise EngineMeshError(f"the engine's slots are data parallel only: a model axis of {model} devices "
-                                  f"decodes with the Decoder")
         if self.slots % data:
             raise EngineMeshError(f"{self.slots} decode slots must be a multiple of the data axis ({data} devices)")
+        if model > 1 and self.config.decoder_attention_heads % model == 0:
+            from jax.sharding import PartitionSpec
+
+            spec = tuple(partitioner.logical_to_mesh_axes(PartitionSpec("heads")) or ())
+            self._heads_axis = spec[0] if spec else None
         self.partitioner, self._param_axes = partitioner, param_axes
+
+    def _specs(self, state: Any) -> Any:
+        """The slot state's PartitionSpecs on the mesh (slot axis over ``data``, cache heads as the rules say)."""
+        return slot_generate.state_specs(self.config, state, heads_axis=self._heads_axis)
 
     @property
     def data_size(self) -> int:
@@ -287,7 +295,7 @@ class Engine:
 
     def _state_specs(self, layout: SlotLayout, capacity: int) -> Any:
         shape = jax.eval_shape(lambda: slot_generate.empty(self.module, layout.options, capacity, layout.cache_length))
-        return slot_generate.state_specs(self.config, shape)
+        return self._specs(shape)
 
     def _insert_fn(self, layout: SlotLayout, capacity: int, rows: int, audio: bool, params: Any = None,
                    state: Any = None, prompted: bool = False) -> Any:
@@ -310,7 +318,7 @@ class Engine:
                 return _kept(jax.jit(run, donate_argnums=(1,)), "engine_insert", (module, options, audio), (1,))
             from jax.sharding import PartitionSpec as P
 
-            specs = slot_generate.state_specs(self.config, state)
+            specs = self._specs(state)
             split = rows % self.data_size == 0  # the rows' encoder split over the data axis; else replicated
             row = P("data") if split else P()
             ins = ("params", specs, row, P(), P(), P(), P()) + ((row,) if prompted else ())
@@ -332,7 +340,7 @@ class Engine:
                 return _kept(jax.jit(move, donate_argnums=(0,)), "engine_move", (module, layout.options), (0,))
             from jax.sharding import PartitionSpec as P
 
-            specs = slot_generate.state_specs(self.config, state)
+            specs = self._specs(state)
             return self._on_mesh(move, (specs, P(), P(), P()), specs, (0,))
 
         return self._program(("move", layout, capacity), build)
@@ -351,7 +359,7 @@ class Engine:
                              (1,))
             from jax.sharding import PartitionSpec as P
 
-            specs = slot_generate.state_specs(self.config, state)
+            specs = self._specs(state)
             return self._on_mesh(run, ("params", specs, P(), P()), (specs, slot_generate.report_specs()), (1,),
                                  params=params)
 
