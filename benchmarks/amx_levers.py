@@ -11,7 +11,9 @@ Variants (``--variants``): ``float32`` (the default model); ``bfloat16`` (``Whis
 param_dtype=bf16)``: bfloat16 weights and activations, products accumulated in float32, which is what
 takes the bfloat16 matrix units); ``int8_step`` (float32 compute, the decoder step's weights and the
 vocabulary table int8, W8A8); ``int8`` (``int8_step`` plus the encoder's dense kernels and the
-cross-attention K/V projections int8); ``bfloat16+int8`` (both: bfloat16 compute, int8 kernels).
+cross-attention K/V projections int8); ``bfloat16+int8`` (both: bfloat16 compute, int8 kernels); a
+``+f32kv`` suffix (``--step`` only): the self-attention cache and cross K/V kept float32 under bfloat16
+compute (the attention products of a step then run in float32).
 
 ``--dots``: the product that motivates it, timed for f32, bf16 returning bf16 (what a Dense in bfloat16
 did before), bf16 accumulating in f32, int8 accumulating in int32, and the width-3 convolution of the
@@ -46,7 +48,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-VARIANTS = ("float32", "bfloat16", "int8_step", "int8", "bfloat16+int8")
+VARIANTS = ("float32", "bfloat16", "int8_step", "int8", "bfloat16+int8", "bfloat16+f32kv", "bfloat16+int8+f32kv")
 
 
 def _timed(calls: dict, repeats: int) -> dict:
@@ -116,7 +118,7 @@ def _variants(names, checkpoint: str = "base"):
     model, params = FlaxWhisperForConditionalGeneration.from_pretrained(checkpoint, _do_init=False)
     out = {}
     for name in names:
-        compute, _, weights = name.partition("+")
+        compute, _, weights = name.removesuffix("+f32kv").partition("+")
         if compute != "bfloat16":
             compute, weights = "float32", name
         dtype = jnp.dtype(compute)
@@ -165,12 +167,14 @@ def step_times(names, batches, spans, steps: int, repeats: int) -> dict:
             module = twin.module
             hidden = jax.jit(lambda p, x, module=module: module.apply(
                 {"params": p}, x, method=WhisperModule.encode))(params, feats)
+            kv_dtype = jnp.float32 if name.endswith("+f32kv") else module.dtype
             for span in spans:
-                first = jax.jit(lambda p, h, module=module, batch=batch, span=span: module.apply(
+                first = jax.jit(lambda p, h, module=module, batch=batch, span=span, kv_dtype=kv_dtype: module.apply(
                     {"params": p}, jnp.full((batch, 1), cfg.special_tokens.sot, jnp.int32),
-                    cache=init_cache(cfg, batch, span, module.dtype), cache_index=0, encoder_hidden=h,
+                    cache=init_cache(cfg, batch, span, kv_dtype), cache_index=0, encoder_hidden=h,
                     method=WhisperModule.decode))
                 out = first(params, hidden)
+                out = out._replace(cross_kv=jax.tree_util.tree_map(lambda a: a.astype(kv_dtype), out.cross_kv))
 
                 def loop(p, cache, cross_kv, module=module, batch=batch, span=span):
                     def body(i, c):

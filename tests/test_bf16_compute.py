@@ -88,8 +88,10 @@ def test_bf16_model_teacher_forced_logits_close_to_float32():
     assert np.mean(out.argmax(-1) == ref.argmax(-1)) >= 0.8
 
 
-def test_bf16_incremental_decoding_matches_its_full_forward():
-    """In bfloat16 the cached step path and the teacher-forced pass round alike (within bf16)."""
+@pytest.mark.parametrize("kv_dtype", ["bfloat16", "float32"])
+def test_bf16_incremental_decoding_matches_its_full_forward(kv_dtype):
+    """In bfloat16 the cached step path and the teacher-forced pass round alike (within bf16); also with
+    the cache and cross K/V kept float32 (the step's attention products then run in float32)."""
     from whisper_t5x.model.whisper import WhisperModule, init_cache
 
     model, params = H.flax_twin(NAME, dtype=jnp.bfloat16)
@@ -103,13 +105,16 @@ def test_bf16_incremental_decoding_matches_its_full_forward():
                                                     method=WhisperModule.decode))
     step = jax.jit(lambda p, t, c, i, kv: module.apply({"params": p}, t, cache=c, cache_index=i, cross_kv=kv,
                                                        method=WhisperModule.decode))
-    out = first(params, ids[:, :1], init_cache(cfg, 1, 8, jnp.bfloat16), hidden)
+    out = first(params, ids[:, :1], init_cache(cfg, 1, 8, kv_dtype), hidden)
+    assert out.cross_kv.k[0].dtype == jnp.bfloat16  # cross K/V computed in the compute dtype (half the bytes)
+    out = out._replace(cross_kv=jax.tree_util.tree_map(lambda a: a.astype(kv_dtype), out.cross_kv))
     steps = [np.asarray(out.logits)]
     for i in range(1, ids.shape[1]):
         out = step(params, ids[:, i:i + 1], out.cache, i, out.cross_kv)
         steps.append(np.asarray(out.logits))
     cross = out.cross_kv
-    assert cross.k[0].dtype == jnp.bfloat16  # cross K/V kept in the compute dtype (half the bytes)
+    assert out.cache.k[0].dtype == kv_dtype  # the cache keeps the dtype it was given
+    assert cross.k[0].dtype == kv_dtype
     joined = np.concatenate(steps, axis=1)
     assert np.abs(joined - full).mean() / full.std() < 0.02
 

@@ -370,8 +370,11 @@ _heads_attention.defvjp(_heads_attention_fwd, _heads_attention_bwd)
 
 
 def _product_dtype(q: Array, kv: Array):
-    """The dtype of an attention product: the queries', unless keys/values are stored narrower."""
-    return kv.dtype if jnp.dtype(kv.dtype).itemsize < jnp.dtype(q.dtype).itemsize else q.dtype
+    """The dtype of an attention product: the queries', unless keys/values are stored in another float
+    dtype, whose product is then taken in theirs (bfloat16 cross K/V under float32 compute; float32
+    caches under bfloat16 compute, where XLA's CPU matrix-vector products of a decoding step are
+    slower in bfloat16): converting the few queries is cheap, converting the keys is not."""
+    return kv.dtype if jnp.issubdtype(kv.dtype, jnp.floating) and kv.dtype != q.dtype else q.dtype
 
 
 def _attend_all(q: Array, parts: Sequence[Tuple[Array, Array, Optional[Array]]], return_probs: bool = False):

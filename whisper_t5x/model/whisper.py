@@ -325,9 +325,9 @@ class TextDecoder(nn.Module):
             cross_kv = CrossKV(constrain_all(out["cross_k"], CROSS_KV_AXES), constrain_all(out["cross_v"], CROSS_KV_AXES))
 
         def write(old, new):
-            new = new.astype(self.dtype)
             if not cache_len:
-                return new
+                return new.astype(self.dtype)
+            new = new.astype(old.dtype)  # the cache's own dtype (float32 caches under bfloat16 compute)
             if per_row:
                 # One scatter of every row's new positions (batch axis: 1 when layers are stacked).
                 batch_axis = new.ndim - 4
