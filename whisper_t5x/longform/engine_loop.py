@@ -208,10 +208,11 @@ class DecodeCall:
         draw_ids = np.asarray([j.row.serial * stride + j.row.level * self.best_of + j.draw for j in jobs]
                               + [0] * pad, np.int32)
         plen = len(jobs[0].prompt)
-        args = [jnp.asarray(feats), jnp.asarray(ids), jnp.asarray(temps), jnp.asarray(draw_ids),
-                jnp.int32(self.request.seed)]
+        # On a mesh the host arrays go to the program as they are: each device receives only its rows.
+        put = jnp.asarray if e.partitioner is None else np.asarray
+        args = [put(feats), put(ids), put(temps), put(draw_ids), put(np.int32(self.request.seed))]
         if plen:
-            args.append(jnp.asarray([j.prompt for j in jobs] + [jobs[-1].prompt] * pad, jnp.int32))
+            args.append(put(np.asarray([j.prompt for j in jobs] + [jobs[-1].prompt] * pad, np.int32)))
         fn = e._insert_fn(self._row_layout(*jobs[0].group), self.capacity, size, feats.ndim == 2, params=self.params,
                           state=state, prompted=bool(plen))
         state = fn(self.params, state, *args)
