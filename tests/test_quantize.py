@@ -214,3 +214,20 @@ def test_bf16_compute_over_int8_weights_keeps_float32_scales():
     ref = _forward(flax_twin(NAME)[0], params)
     err = np.abs(_forward(model16, tree) - ref).mean() / ref.std()
     assert 1e-4 < err < 0.05, err
+
+
+def test_pipeline_bf16_with_int8_keeps_the_int8_storage():
+    import jax.numpy as jnp
+
+    from whisper_t5x import FlaxWhisperPipeline
+
+    try:
+        pipe = FlaxWhisperPipeline("tiny.en", dtype=jnp.bfloat16, weights_dtype="int8", batch_size=2)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"tiny.en not available: {e}")
+    assert pipe.weights_dtype == "int8"  # before: loaded bf16, the int8 request silently dropped
+    leaves = jax.tree_util.tree_leaves_with_path(pipe.decoder.params)
+    kinds = {str(np.asarray(v).dtype) for _, v in leaves}
+    assert "int8" in kinds and "bfloat16" in kinds
+    scales = [np.asarray(v).dtype for p, v in leaves if "_scale" in jax.tree_util.keystr(p)]  # not a norm's scale
+    assert scales and all(d == np.float32 for d in scales)

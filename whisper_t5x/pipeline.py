@@ -195,10 +195,15 @@ class FlaxWhisperPipeline:
         CPU a step costs in proportion to its rows, so more slots than rows
         did not pay). On a CPU the engine encodes new rows one at a time
         (:data:`CPU_ENGINE_ENCODE_BATCH`: bounded memory, same text).
-      weights_dtype: storage of the decoder's step weights and the vocabulary
-        projection: ``"float32"`` (default, text unchanged), ``"int8"`` (W8A8,
-        CTranslate2's scheme; the encoder stays float32) or ``"bfloat16"``
-        (:mod:`whisper_t5x.model.quantize`). Not with a partitioner.
+      weights_dtype: storage of the dense kernels: ``"float32"`` (default,
+        text unchanged); ``"int8"``: the encoder's, the decoder's and the
+        vocabulary projection int8 with a float32 scale per output channel,
+        each product W8A8 (CTranslate2's scheme; int8 x int8 takes a CPU's
+        int8 matrix units); ``"int8_step"``: the decoder step and vocabulary
+        only; ``"bfloat16"``: the decoder step and vocabulary
+        (:mod:`whisper_t5x.model.quantize`). With ``dtype=bfloat16`` every
+        product is bf16 x bf16 with float32 accumulation (AMX / avx512_bf16).
+        Not with a partitioner.
       return_freed_memory: on a CPU with glibc, pin malloc's mmap and trim
         thresholds so memory XLA frees goes back to the system during a call,
         and trim the heap after each call (:mod:`whisper_t5x.host_memory`;
@@ -243,15 +248,19 @@ class FlaxWhisperPipeline:
         if isinstance(checkpoint, tuple):
             self.model, params = checkpoint
         else:
-            half = self.dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+            # Half precision loads half-precision weights, unless some are stored int8: those are quantised
+            # from float32, then every other float leaf is cast (the int8 kernels keep float32 scales).
+            half = self.dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and str(weights_dtype) == "float32"
             self.model, params = FlaxWhisperForConditionalGeneration.from_pretrained(
                 checkpoint, dtype=self.dtype, param_dtype=self.dtype if half else jnp.float32, _do_init=False
             )
         self.checkpoint = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else None
-        from whisper_t5x.model.quantize import store_weights, weights_dtype_of
+        from whisper_t5x.model.quantize import cast_float_weights, store_weights, weights_dtype_of
 
         if params is not None and weights_dtype_of(params) == "float32":
             params = store_weights(params, weights_dtype)  # checks the name; "float32" keeps the tree
+            if weights_dtype != "float32" and self.dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+                params = cast_float_weights(params, self.dtype)
         self.weights_dtype = weights_dtype if params is None else weights_dtype_of(params)
         self.tokenizer = self.model.tokenizer
         if self.tokenizer is None:

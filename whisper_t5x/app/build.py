@@ -55,9 +55,9 @@ def build_partitioner(spec: Any, process_count: int = 1):
     Under multi-host every process decodes its own inputs, so the mesh must
     span this process's devices only: factories are called with
     ``devices=jax.local_devices()``, and when none is configured a
-    data-parallel one over the local devices is made, or none at all for a
-    process with one device (a mesh of one shards nothing, and without a
-    partitioner the pipeline decodes on its slot engine).
+    data-parallel one over the local devices is made (the slot engine's
+    slots are spread over them), or none at all for a process with one
+    device (a mesh of one shards nothing).
     """
     is_instance = spec is not None and not isinstance(spec, type) and hasattr(spec, "partition")
     if spec is not None and (is_instance or not callable(spec)):

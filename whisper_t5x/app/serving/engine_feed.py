@@ -305,8 +305,9 @@ def answer_future(future: concurrent.futures.Future, result: Any = None, error: 
 
 
 def engine_of(pipeline: Any) -> Any:
-    """The pipeline's slot engine, if it decodes VAD rows on one (not sharded), else None."""
-    engine = getattr(pipeline, "engine", None)
-    if engine is None or getattr(pipeline, "decoder", None) is None or getattr(pipeline, "partitioner", None):
+    """The pipeline's slot engine, if its calls decode on one (on its mesh too), else None."""
+    if getattr(pipeline, "decoder", None) is None:
         return None
-    return engine
+    if hasattr(pipeline, "active_engine"):
+        return pipeline.active_engine
+    return None if getattr(pipeline, "partitioner", None) else getattr(pipeline, "engine", None)
