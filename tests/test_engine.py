@@ -224,15 +224,20 @@ def test_a_failing_row_reenters_hotter_and_ends():
     assert eng.stats["fallback_decodes"] == 9 and eng.stats["rows"] == 4
 
 
-def test_a_few_rows_get_a_few_slots():
+@pytest.mark.parametrize("fit", [False, True])
+def test_a_few_rows_step_a_few_slots(fit):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(jax, "device_get", lambda x: x)
         eng = FakeEngine({(0, 0.0): ([5], -0.1), (1, 0.0): ([6, 7], -0.1)}, slots=8, encode_batch=8)
+        eng.fit_slots = fit
         greedy = DecodeRequest(task=None, timestamps=False, fallback=fb.FallbackConfig(temperatures=(0.0,)))
         got = eng.decode(None, _feats([0, 1]), greedy)
         assert eng.decode(None, [], greedy) == {}  # no rows: nothing allocated or run
     assert got[0].tokens == (5,) and got[1].tokens == (6, 7)
-    assert {k[0]: k[1] for k in eng.program_keys()}["allocate"] == 2
+    # Default: every call allocates all the slots (one set of programs for every input length); fit_slots:
+    # only what the rows fill. Either way the two rows step two slots, not eight.
+    assert {k[0]: k[1] for k in eng.program_keys()}["allocate"] == (2 if fit else 8)
+    assert max(eng.widths) == 2
 
 
 def test_rows_arriving_while_others_decode_join_at_the_next_refill():
@@ -353,7 +358,7 @@ def test_audio_rows_with_device_features_and_word_alignment(pipes):
     dev = FlaxWhisperPipeline((on.model, on.decoder.params), feature_backend="jax", fallback=False)
     ref = FlaxWhisperPipeline((on.model, on.decoder.params), feature_backend="jax", fallback=False, engine=False)
     assert dev(jfk)["text"] == ref(jfk)["text"]
-    assert ("insert", 1, 1, "audio") in dev.engine.program_keys()
+    assert ("insert", dev.engine.slots, 1, "audio") in dev.engine.program_keys()  # (capacity, rows, kind)
     timed = dev(jfk, return_timestamps=True)["chunks"]
     assert len(timed) >= 2 and timed[0]["timestamp"][0] < 1.0 and timed[-1]["timestamp"][1] > 9.0
 

@@ -112,6 +112,11 @@ class Engine:
         # Keep the slots allocated between calls (a server); else they are freed when a call ends
         # (the cross K/V of every slot: 37 MB each for ``base`` in float32).
         self.keep_slots = False
+        # Every call allocates ``slots`` slots, so one set of programs serves inputs of every length (each
+        # program holds ~25-50 MB of machine code for ``base`` on a CPU; a short input's few rows step at a
+        # narrow width all the same). ``fit_slots``: a call whose rows are all known and fewer allocates
+        # only what they fill (less memory for a short input, a set of programs per slot count).
+        self.fit_slots = False
         self._programs: Dict[Tuple, Any] = {}
         self._lock = threading.Lock()  # callers on several threads (server, streams) build programs once
         self._state: Optional[Tuple[Tuple[DecodeOptions, int], Any]] = None  # ((options, capacity), slots)

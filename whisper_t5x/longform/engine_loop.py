@@ -361,7 +361,7 @@ class DecodeCall:
         self._pull(e.slots, block=True)
         if not self.queue:
             return self.results
-        if self.exhausted and not e.keep_slots:
+        if self.exhausted and e.fit_slots and not e.keep_slots:
             # All the rows are known and fewer than the slots: allocate only what they fill (a short
             # input's cross K/V is one row's, not ``slots`` rows'); fallback draws queue for these slots.
             self.capacity = bucket_size(min(len(self.queue), e.slots), e.slots, self.shards)
