@@ -292,7 +292,10 @@ class Engine:
         module = self.module
         make = lambda: slot_generate.empty(module, layout.options, capacity, layout.cache_length)  # noqa: E731
         if self.partitioner is None:
-            fn = self._program(("allocate", layout, capacity), lambda: jax.jit(make))
+            # Committed to the default device, as every later state is (an insert's or a generate's output):
+            # an uncommitted first state made the first insert a separate compile of the same program.
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            fn = self._program(("allocate", layout, capacity), lambda: jax.jit(make, out_shardings=device))
         else:
             fn = self._program(("allocate", layout, capacity),
                                lambda: self._on_mesh(make, (), self._state_specs(layout, capacity), ()))
