@@ -66,3 +66,9 @@ def test_the_pipeline_trims_after_each_call_on_a_cpu(tiny, monkeypatch):
     monkeypatch.setattr(tiny, "return_freed_memory", False)
     tiny(tone)
     assert trims == [1]
+
+
+def test_threshold_stays_above_a_steps_logits():
+    assert host_memory.threshold_for(0) == host_memory.DEFAULT_THRESHOLD == 2 << 20
+    assert host_memory.threshold_for(8 * 51865 * 4) == 2 << 20  # base, 8 slots: 1.7 MB of logits
+    assert host_memory.threshold_for(16 * 51866 * 4) == 4 << 20

@@ -30,9 +30,9 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_THRESHOLD", "return_freed_memory", "trim"]
+__all__ = ["DEFAULT_THRESHOLD", "return_freed_memory", "threshold_for", "trim"]
 
-DEFAULT_THRESHOLD = 1 << 20  # bytes
+DEFAULT_THRESHOLD = 2 << 20  # bytes
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
@@ -64,6 +64,15 @@ def return_freed_memory(threshold: int = DEFAULT_THRESHOLD) -> bool:
         _applied = int(threshold)
         logger.debug("malloc: mmap and trim thresholds pinned at %d bytes", threshold)
     return ok
+
+
+def threshold_for(step_bytes: int) -> int:
+    """The threshold for a decoder that allocates ``step_bytes`` per step: the next power of two at or
+    above it, at least :data:`DEFAULT_THRESHOLD`."""
+    threshold = DEFAULT_THRESHOLD
+    while threshold < int(step_bytes):
+        threshold *= 2
+    return threshold
 
 
 def trim() -> bool:

@@ -242,8 +242,6 @@ class FlaxWhisperPipeline:
                 None if compile_cache is True else compile_cache, enabled=True if compile_cache is not True else None
             )
         self.return_freed_memory = bool(return_freed_memory) and jax.default_backend() == "cpu"
-        if self.return_freed_memory:
-            host_memory.return_freed_memory()
         self.dtype = jnp.dtype(dtype)
         if isinstance(checkpoint, tuple):
             self.model, params = checkpoint
@@ -296,6 +294,9 @@ class FlaxWhisperPipeline:
             slots = int(decode_slots) if decode_slots else DEFAULT_SLOTS_PER_ROW * self.batch_size
             self.engine = Engine(self.model, slots=slots, encode_batch=min(self.batch_size, _engine_encode_batch()),
                                  stats=self.decoder.stats)
+        if self.return_freed_memory:  # above a decoding step's logits (slots x vocabulary floats)
+            slots = self.engine.slots if self.engine is not None else self.batch_size
+            host_memory.return_freed_memory(host_memory.threshold_for(slots * self.config.vocab_size * 4))
         self.last_stats: Dict[str, Any] = {}
         if partitioner is not None:
             self._shard_with(partitioner)
