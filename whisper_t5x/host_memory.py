@@ -1,7 +1,7 @@
 """How a CPU process gives back the memory XLA frees (glibc's malloc only; a no-op elsewhere).
 
 XLA's CPU client takes each program's temporaries and outputs from ``malloc``
-and frees them when a call ends: an encoder insert's ~150 MB, a generate
+and frees them when a call ends: an encoder insert's temporaries, a generate
 call's cache slices, a log-mel batch. glibc serves a request above its
 ``mmap`` threshold from its own mapping, which ``free`` unmaps at once; but the
 threshold starts at 128 KiB and *grows* to the size of each large block freed
@@ -10,10 +10,13 @@ freed heap memory stays in the process until the top of the heap is free. A
 transcription's resident memory then climbs towards the sum of everything it
 ever held, not the most it held at once.
 
-:func:`return_freed_memory` pins both thresholds (1 MiB: larger blocks are
-mapped and unmapped, and more than 1 MiB free at the heap's top goes back), so
-the resident set follows what is live. Measured on a 10-minute input
-(``benchmarks/peers.py``, README "Memory"): a lower peak at the same wall time.
+:func:`return_freed_memory` pins both thresholds, so larger blocks are mapped
+and unmapped and free memory at the heap's top goes back: the resident set
+follows what is live. The threshold stays above what every decoding step
+allocates (its logits, ``slots x vocabulary`` floats: :func:`threshold_for`),
+or each step would pay for fresh pages. Measured in the README ("Memory"): a
+lower peak at the same wall time with 2 MiB for ``base``; 1 MiB, which maps
+its 8-slot logits every step, was slower.
 A process that already chose (``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` in its environment) keeps its choice.
 :func:`trim` hands the free memory back now (after a call: a server's resting
