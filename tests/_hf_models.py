@@ -88,3 +88,16 @@ def configure_hf_generation(model):
     gc.eos_token_id = special.eot
     gc.pad_token_id = special.eot
     return model
+
+
+def eot_twin(name="multilingual-80", eot_scale=2.6):
+    """``flax_twin(name)`` with the end-of-text row of the token table scaled up, so greedy rows end at
+    different lengths (the engine's refill and tail tests need rows that end apart)."""
+    import jax.numpy as jnp
+
+    model, params = flax_twin(name)
+    emb = np.asarray(params["decoder"]["embed_tokens"]["embedding"]).copy()
+    emb[model.config.special_tokens.eot] *= eot_scale
+    params = {**params, "decoder": {**params["decoder"], "embed_tokens": {
+        **params["decoder"]["embed_tokens"], "embedding": jnp.asarray(emb)}}}
+    return model, params

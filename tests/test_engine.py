@@ -283,11 +283,7 @@ def eot_model():
     """multilingual-80 with the end-of-text row of the token table scaled up: rows end at 3..44 tokens."""
     from tests import _hf_models as H
 
-    model, params = H.flax_twin("multilingual-80")
-    emb = np.asarray(params["decoder"]["embed_tokens"]["embedding"]).copy()
-    emb[model.config.special_tokens.eot] *= 2.6
-    params = jax.tree_util.tree_map(lambda x: x, params)
-    params["decoder"]["embed_tokens"]["embedding"] = jnp.asarray(emb)
+    model, params = H.eot_twin("multilingual-80")
     feats = np.stack([H.random_features(1, 80, seed=s)[0] * (0.5 + 0.2 * s) for s in range(8)])
     return model, params, feats
 

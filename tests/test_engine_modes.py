@@ -39,12 +39,8 @@ def random_model():
     with the multilingual tokenizer so windows can be parsed and stitched."""
     from tests import _hf_models as H
 
-    model, params = H.flax_twin("multilingual-80")
+    model, params = H.eot_twin("multilingual-80")
     model.tokenizer_file = require(ML_TOKENIZER)
-    emb = np.asarray(params["decoder"]["embed_tokens"]["embedding"]).copy()
-    emb[model.config.special_tokens.eot] *= 2.6
-    params = jax.tree_util.tree_map(lambda x: x, params)
-    params["decoder"]["embed_tokens"]["embedding"] = jnp.asarray(emb)
     return model, params
 
 
