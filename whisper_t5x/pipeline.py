@@ -195,20 +195,14 @@ class FlaxWhisperPipeline:
         CPU a step costs in proportion to its rows, so more slots than rows
         did not pay). On a CPU the engine encodes new rows one at a time
         (:data:`CPU_ENGINE_ENCODE_BATCH`: bounded memory, same text).
-      weights_dtype: storage of the dense kernels: ``"float32"`` (default,
-        text unchanged); ``"int8"``: the encoder's, the decoder's and the
-        vocabulary projection int8 with a float32 scale per output channel,
-        each product W8A8 (CTranslate2's scheme; int8 x int8 takes a CPU's
-        int8 matrix units); ``"int8_step"``: the decoder step and vocabulary
-        only; ``"bfloat16"``: the decoder step and vocabulary
-        (:mod:`whisper_t5x.model.quantize`). With ``dtype=bfloat16`` every
-        product is bf16 x bf16 with float32 accumulation (AMX / avx512_bf16).
-        Not with a partitioner.
-      return_freed_memory: on a CPU with glibc, pin malloc's mmap and trim
-        thresholds so memory XLA frees goes back to the system during a call,
-        and trim the heap after each call (:mod:`whisper_t5x.host_memory`;
-        a lower peak at the same speed). A process that set
-        ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` keeps its own.
+      weights_dtype: storage of the dense kernels (:mod:`whisper_t5x.model.quantize`): ``"float32"``
+        (default, text unchanged); ``"int8"``: encoder, decoder and vocabulary W8A8 (float32 scale per
+        output channel, int8 x int8 products); ``"int8_step"`` / ``"bfloat16"``: the decoder step and
+        vocabulary only. With ``dtype=bfloat16`` every product is bf16 x bf16 with float32
+        accumulation (AMX / avx512_bf16). Not with a partitioner.
+      return_freed_memory: on a CPU with glibc, pin malloc's mmap and trim thresholds and trim the
+        heap after each call, so memory XLA frees goes back (:mod:`whisper_t5x.host_memory`); a
+        process's own ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` wins.
     """
 
     def __init__(
