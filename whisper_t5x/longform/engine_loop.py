@@ -208,8 +208,9 @@ class DecodeCall:
         draw_ids = np.asarray([j.row.serial * stride + j.row.level * self.best_of + j.draw for j in jobs]
                               + [0] * pad, np.int32)
         plen = len(jobs[0].prompt)
-        # On a mesh the host arrays go to the program as they are: each device receives only its rows.
-        put = jnp.asarray if e.partitioner is None else np.asarray
+        # On a mesh of one process the host arrays go to the program as they are (each device receives only
+        # its rows); with several processes jit refuses host arrays for sharded inputs: staged as device arrays.
+        put = np.asarray if e.partitioner is not None and jax.process_count() == 1 else jnp.asarray
         args = [put(feats), put(ids), put(temps), put(draw_ids), put(np.int32(self.request.seed))]
         if plen:
             args.append(put(np.asarray([j.prompt for j in jobs] + [jobs[-1].prompt] * pad, np.int32)))
