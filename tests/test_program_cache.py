@@ -56,7 +56,16 @@ def cache_dir(tmp_path, monkeypatch):
     for name in (compile_cache.ENV_DIR, compile_cache.ENV_DISABLE, program_cache.ENV_PROGRAMS):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(compile_cache, "compile_cache_dir", lambda: str(tmp_path))
-    return tmp_path / "programs"
+    # A pipeline built earlier in this process turned JAX's persistent compile cache on: a program compiled
+    # here would come from it, and such executables are not kept (programs.py). Off for the test.
+    from jax._src import compilation_cache as jax_cc
+
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    jax_cc.reset_cache()
+    yield tmp_path / "programs"
+    jax.config.update("jax_enable_compilation_cache", before)
+    jax_cc.reset_cache()
 
 
 def _read_back(stats, tier):
